@@ -1,0 +1,238 @@
+package testserver
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// ZooKeeperJar is where Debian's zookeeper package puts the server; its
+// manifest carries the rest of the class path.
+const ZooKeeperJar = "/usr/share/java/zookeeper.jar"
+
+// ZKNode is one ZooKeeper server process.
+type ZKNode struct {
+	ID         int
+	ClientPort int
+	Addr       string // 127.0.0.1:ClientPort
+	dir        string
+	t          testing.TB
+
+	mu  sync.Mutex
+	cmd *exec.Cmd
+}
+
+// ZKEnsemble is a standalone server (one node) or a quorum on loopback.
+type ZKEnsemble struct {
+	Nodes []*ZKNode
+}
+
+// Servers lists the client addresses, for a ZooKeeper client.
+func (e *ZKEnsemble) Servers() []string {
+	out := make([]string, len(e.Nodes))
+	for i, n := range e.Nodes {
+		out[i] = n.Addr
+	}
+	return out
+}
+
+// StartZooKeeper starts a standalone ZooKeeper and waits until it answers ruok.
+func StartZooKeeper(t testing.TB) *ZKEnsemble {
+	return StartZKEnsemble(t, 1)
+}
+
+// StartZKEnsemble starts n servers (1 is standalone) on loopback ports below
+// 32768 and waits until every node serves clients. Each is killed in
+// t.Cleanup.
+func StartZKEnsemble(t testing.TB, n int) *ZKEnsemble {
+	t.Helper()
+	checkJava(t)
+	e := &ZKEnsemble{}
+	var servers []string
+	for i := 1; i <= n; i++ {
+		node := &ZKNode{ID: i, ClientPort: FreePort(t), dir: t.TempDir(), t: t}
+		node.Addr = fmt.Sprintf("127.0.0.1:%d", node.ClientPort)
+		e.Nodes = append(e.Nodes, node)
+		if n > 1 {
+			servers = append(servers, fmt.Sprintf("server.%d=127.0.0.1:%d:%d", i, FreePort(t), FreePort(t)))
+		}
+	}
+	for _, node := range e.Nodes {
+		cfg := []string{
+			"tickTime=200", "initLimit=25", "syncLimit=10",
+			"dataDir=" + filepath.Join(node.dir, "data"),
+			fmt.Sprintf("clientPort=%d", node.ClientPort),
+			"clientPortAddress=127.0.0.1",
+			"admin.enableServer=false",
+			"4lw.commands.whitelist=ruok,srvr,stat,mntr",
+			"maxClientCnxns=0",
+		}
+		cfg = append(cfg, servers...)
+		if err := os.MkdirAll(filepath.Join(node.dir, "data"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if n > 1 {
+			if err := os.WriteFile(filepath.Join(node.dir, "data", "myid"), []byte(fmt.Sprint(node.ID)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(filepath.Join(node.dir, "zoo.cfg"), []byte(strings.Join(cfg, "\n")+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		node.Start()
+		t.Cleanup(node.Kill)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for _, node := range e.Nodes {
+		if err := node.WaitServing(time.Until(deadline)); err != nil {
+			t.Fatalf("testserver: %v\n%s", err, e.logs())
+		}
+	}
+	return e
+}
+
+func checkJava(t testing.TB) {
+	t.Helper()
+	if _, err := exec.LookPath("java"); err != nil {
+		t.Fatalf("testserver: java is not installed: run `make test` (it apt-get installs zookeeper, which brings a JRE), or apt-get install zookeeper")
+	}
+	if _, err := os.Stat(ZooKeeperJar); err != nil {
+		t.Fatalf("testserver: %s is missing: apt-get install zookeeper (make test does it)", ZooKeeperJar)
+	}
+}
+
+func (e *ZKEnsemble) logs() string {
+	var b strings.Builder
+	for _, n := range e.Nodes {
+		fmt.Fprintf(&b, "--- zookeeper node %d log tail:\n%s\n", n.ID, n.LogTail(30))
+	}
+	return b.String()
+}
+
+// Start (re)starts the node's process; it does not wait for it to serve.
+func (n *ZKNode) Start() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd != nil {
+		return
+	}
+	log, err := os.OpenFile(filepath.Join(n.dir, "zookeeper.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	cmd := exec.Command("java", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+		"-Dzookeeper.admin.enableServer=false", "-cp", ZooKeeperJar,
+		"org.apache.zookeeper.server.quorum.QuorumPeerMain", filepath.Join(n.dir, "zoo.cfg"))
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		log.Close()
+		n.t.Fatalf("testserver: start zookeeper: %v", err)
+	}
+	log.Close()
+	n.cmd = cmd
+}
+
+// Kill stops the node with SIGKILL and waits for it to exit.
+func (n *ZKNode) Kill() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil {
+		return
+	}
+	syscall.Kill(-n.cmd.Process.Pid, syscall.SIGKILL)
+	n.cmd.Wait()
+	n.cmd = nil
+}
+
+// Running reports whether the process was started and not killed.
+func (n *ZKNode) Running() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.cmd != nil
+}
+
+// WaitServing waits until the node answers srvr with a mode, which it does
+// only once it serves clients (in an ensemble: after leader election).
+func (n *ZKNode) WaitServing(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		mode, err := n.Mode()
+		if err == nil && mode != "" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("zookeeper node %d on %s not serving after %v (last: %v)", n.ID, n.Addr, timeout, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Mode returns "standalone", "leader" or "follower" from the srvr command.
+func (n *ZKNode) Mode() (string, error) {
+	out, err := FourLetter(n.Addr, "srvr")
+	if err != nil {
+		return "", err
+	}
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		if m, ok := strings.CutPrefix(sc.Text(), "Mode: "); ok {
+			return strings.TrimSpace(m), nil
+		}
+	}
+	return "", fmt.Errorf("srvr: no mode in %q", out)
+}
+
+// Leader returns the node that is leader now, or nil.
+func (e *ZKEnsemble) Leader() *ZKNode {
+	for _, n := range e.Nodes {
+		if !n.Running() {
+			continue
+		}
+		if m, err := n.Mode(); err == nil && (m == "leader" || m == "standalone") {
+			return n
+		}
+	}
+	return nil
+}
+
+// LogTail returns the last lines of the node's log.
+func (n *ZKNode) LogTail(lines int) string {
+	b, _ := os.ReadFile(filepath.Join(n.dir, "zookeeper.log"))
+	all := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(all) > lines {
+		all = all[len(all)-lines:]
+	}
+	return strings.Join(all, "\n")
+}
+
+// FourLetter sends a ZooKeeper four-letter command and returns the answer.
+func FourLetter(addr, cmd string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte(cmd)); err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	buf := make([]byte, 4096)
+	for {
+		k, err := c.Read(buf)
+		b.Write(buf[:k])
+		if err != nil {
+			break
+		}
+	}
+	return b.String(), nil
+}

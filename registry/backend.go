@@ -1,0 +1,55 @@
+package registry
+
+import (
+	"context"
+	"errors"
+)
+
+// Backend is what nerve, synapse and synctl need from a registry. The
+// zookeeper and etcd subpackages implement it.
+type Backend interface {
+	// Register keeps inst registered under path until ctx ends or the
+	// registration is deregistered, re-creating it at once whenever the
+	// session or lease that held it is lost. The first write happens before
+	// Register returns; an error means nothing is registered.
+	Register(ctx context.Context, path string, inst Instance) (Registration, error)
+
+	// Watch sends the full set of valid instances under path, then the full
+	// set again after every change, until ctx ends. Records that fail to
+	// decode are skipped and counted. A lost connection never yields a
+	// smaller set: only a removal the registry confirms does.
+	Watch(ctx context.Context, path string, opts DecodeOptions, out chan<- []Instance) error
+
+	// PutOverride writes o (replacing the record with the same key) and
+	// returns the revision that contains the write.
+	PutOverride(ctx context.Context, o Override) (int64, error)
+	// DeleteOverride removes the override with key; it returns the
+	// revision that contains the removal. A missing key is not an error.
+	DeleteOverride(ctx context.Context, key string) (int64, error)
+	// Overrides reads every override once.
+	Overrides(ctx context.Context) (OverrideSet, error)
+	// WatchOverrides sends the override set, then every new one, until ctx ends.
+	WatchOverrides(ctx context.Context, out chan<- OverrideSet) error
+
+	// PutAck publishes this process's ack; it lives as long as the session
+	// or lease and is re-published after one is lost.
+	PutAck(ctx context.Context, a Ack) error
+	// Acks lists the acks of the live synapses.
+	Acks(ctx context.Context) ([]Ack, error)
+
+	// Close ends the session: registrations and acks vanish.
+	Close() error
+}
+
+// Registration is one instance kept registered by a Backend.
+type Registration interface {
+	// Update rewrites the record (a new weight, say) in place.
+	Update(ctx context.Context, inst Instance) error
+	// Deregister removes the record and stops keeping it.
+	Deregister(ctx context.Context) error
+	// Key is where the record lives now (it changes when it is re-created).
+	Key() string
+}
+
+// ErrClosed is returned by a Backend or Registration used after Close.
+var ErrClosed = errors.New("registry: closed")

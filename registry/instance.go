@@ -1,0 +1,303 @@
+package registry
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// MaxRecordSize bounds an encoded record. Real nerve records are a few hundred
+// bytes; anything near this size is a mistake or an attack, and a watcher must
+// not hold thousands of them in memory.
+const MaxRecordSize = 16 << 10
+
+// Instance is one registered backend: the JSON record that Airbnb's nerve
+// writes into ZooKeeper or etcd. Field order and names are part of the wire
+// format; [Instance.Encode] writes exactly nerve's compact JSON.
+type Instance struct {
+	Host string `json:"host"`
+	Port int    `json:"port"`
+	// Name is nerve's instance_id; it names the HAProxy server and is what
+	// overrides match besides the host.
+	Name string `json:"name,omitempty"`
+	// Weight is nil when the record carries none (HAProxy's default applies).
+	Weight               *int              `json:"weight,omitempty"`
+	HAProxyServerOptions string            `json:"haproxy_server_options,omitempty"`
+	Labels               map[string]string `json:"labels,omitempty"`
+}
+
+// Address is host:port, with brackets around an IPv6 host.
+func (in Instance) Address() string {
+	if strings.Contains(in.Host, ":") {
+		return "[" + in.Host + "]:" + strconv.Itoa(in.Port)
+	}
+	return in.Host + ":" + strconv.Itoa(in.Port)
+}
+
+// ID identifies an instance within one service: its name when it has one,
+// else its address. Two records with the same ID are the same server.
+func (in Instance) ID() string {
+	if in.Name != "" {
+		return in.Name + "@" + in.Address()
+	}
+	return in.Address()
+}
+
+// Clone returns a deep copy.
+func (in Instance) Clone() Instance {
+	out := in
+	if in.Weight != nil {
+		w := *in.Weight
+		out.Weight = &w
+	}
+	if in.Labels != nil {
+		out.Labels = make(map[string]string, len(in.Labels))
+		for k, v := range in.Labels {
+			out.Labels[k] = v
+		}
+	}
+	return out
+}
+
+// Equal reports whether two instances carry the same data.
+func (in Instance) Equal(o Instance) bool {
+	if in.Host != o.Host || in.Port != o.Port || in.Name != o.Name ||
+		in.HAProxyServerOptions != o.HAProxyServerOptions || len(in.Labels) != len(o.Labels) {
+		return false
+	}
+	if (in.Weight == nil) != (o.Weight == nil) || (in.Weight != nil && *in.Weight != *o.Weight) {
+		return false
+	}
+	for k, v := range in.Labels {
+		if ov, ok := o.Labels[k]; !ok || ov != v {
+			return false
+		}
+	}
+	return true
+}
+
+// Encode validates the instance and returns nerve's compact JSON for it.
+// HTML characters are not escaped, as Ruby's to_json does not escape them.
+func (in Instance) Encode() ([]byte, error) {
+	if err := in.Validate(); err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(in); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}
+
+// SortInstances orders instances by ID (stably) so that sets compare and
+// render the same way every time.
+func SortInstances(s []Instance) {
+	slices.SortStableFunc(s, func(a, b Instance) int { return strings.Compare(a.ID(), b.ID()) })
+}
+
+// DecodeOptions select how records that are not nerve JSON are read.
+type DecodeOptions struct {
+	// Endpoint picks a named entry of a serverset's additionalEndpoints
+	// instead of its serviceEndpoint.
+	Endpoint string
+}
+
+// ErrNotAlive marks a serverset record whose status is not ALIVE: a valid
+// record of an instance that must not receive traffic. Callers drop it
+// without counting it as a bad record.
+var ErrNotAlive = errors.New("serverset member is not ALIVE")
+
+// rawRecord is the union of the nerve record and a Finagle/Aurora serverset.
+type rawRecord struct {
+	Host                 *string           `json:"host"`
+	Port                 json.RawMessage   `json:"port"`
+	Name                 *string           `json:"name"`
+	Weight               json.RawMessage   `json:"weight"`
+	HAProxyServerOptions *string           `json:"haproxy_server_options"`
+	Labels               map[string]string `json:"labels"`
+
+	ServiceEndpoint     *endpoint           `json:"serviceEndpoint"`
+	AdditionalEndpoints map[string]endpoint `json:"additionalEndpoints"`
+	Status              *string             `json:"status"`
+	Shard               *int                `json:"shard"`
+}
+
+type endpoint struct {
+	Host string          `json:"host"`
+	Port json.RawMessage `json:"port"`
+}
+
+// Decode reads one record: nerve JSON, or a serverset member. The result is
+// validated; every error says which field is wrong. Unknown keys are ignored,
+// so that records from newer writers still load.
+func Decode(data []byte, opts DecodeOptions) (Instance, error) {
+	if len(data) > MaxRecordSize {
+		return Instance{}, fmt.Errorf("record is %d bytes, over the %d byte limit", len(data), MaxRecordSize)
+	}
+	var raw rawRecord
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&raw); err != nil {
+		return Instance{}, fmt.Errorf("record is not a JSON object: %w", err)
+	}
+	if dec.More() {
+		return Instance{}, errors.New("record has data after its JSON object")
+	}
+	var in Instance
+	var err error
+	switch {
+	case raw.ServiceEndpoint != nil || raw.AdditionalEndpoints != nil:
+		in, err = fromServerset(raw, opts)
+	default:
+		in, err = fromNerve(raw)
+	}
+	if err != nil {
+		return Instance{}, err
+	}
+	if err := in.Validate(); err != nil {
+		return Instance{}, err
+	}
+	return in, nil
+}
+
+func fromNerve(raw rawRecord) (Instance, error) {
+	if raw.Host == nil {
+		return Instance{}, errors.New("record has no \"host\"")
+	}
+	if raw.Port == nil {
+		return Instance{}, errors.New("record has no \"port\"")
+	}
+	port, err := decodeInt(raw.Port)
+	if err != nil {
+		return Instance{}, fmt.Errorf("port: %w", err)
+	}
+	in := Instance{Host: *raw.Host, Port: port, Labels: raw.Labels}
+	if raw.Name != nil {
+		in.Name = *raw.Name
+	}
+	if len(raw.Weight) > 0 && string(raw.Weight) != "null" {
+		w, err := decodeInt(raw.Weight)
+		if err != nil {
+			return Instance{}, fmt.Errorf("weight: %w", err)
+		}
+		in.Weight = &w
+	}
+	if raw.HAProxyServerOptions != nil {
+		in.HAProxyServerOptions = *raw.HAProxyServerOptions
+	}
+	return in, nil
+}
+
+func fromServerset(raw rawRecord, opts DecodeOptions) (Instance, error) {
+	if raw.Status != nil && *raw.Status != "ALIVE" {
+		return Instance{}, fmt.Errorf("%w (status %q)", ErrNotAlive, *raw.Status)
+	}
+	ep := raw.ServiceEndpoint
+	if opts.Endpoint != "" {
+		e, ok := raw.AdditionalEndpoints[opts.Endpoint]
+		if !ok {
+			return Instance{}, fmt.Errorf("serverset record has no additionalEndpoints[%q]", opts.Endpoint)
+		}
+		ep = &e
+	}
+	if ep == nil {
+		return Instance{}, errors.New("serverset record has no \"serviceEndpoint\"")
+	}
+	port, err := decodeInt(ep.Port)
+	if err != nil {
+		return Instance{}, fmt.Errorf("serviceEndpoint.port: %w", err)
+	}
+	in := Instance{Host: ep.Host, Port: port}
+	if raw.Shard != nil {
+		in.Name = "shard" + strconv.Itoa(*raw.Shard)
+	}
+	return in, nil
+}
+
+// decodeInt accepts a JSON integer or a string of decimal digits: Ruby
+// writers have been seen to put either.
+func decodeInt(raw json.RawMessage) (int, error) {
+	s := string(raw)
+	if len(s) >= 2 && s[0] == '"' {
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return 0, err
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("%.40q is not an integer", s)
+	}
+	return int(n), nil
+}
+
+// childPrefix marks a ZooKeeper child name that carries its record, as
+// nerve's use_path_encoding writes it: base64_<len>_<urlsafe b64 JSON>_<seq>.
+const childPrefix = "base64_"
+
+// EncodeChildName returns the path-encoded child name prefix for a record
+// (ZooKeeper appends the sequence number).
+func EncodeChildName(record []byte) string {
+	enc := base64.URLEncoding.EncodeToString(record)
+	return childPrefix + strconv.Itoa(len(enc)) + "_" + enc + "_"
+}
+
+// DecodeChildName reads a path-encoded child name. ok is false when the
+// name is not path-encoded, in which case the record must be read from the
+// node's data.
+func DecodeChildName(name string, opts DecodeOptions) (in Instance, ok bool, err error) {
+	rest, found := strings.CutPrefix(name, childPrefix)
+	if !found {
+		return Instance{}, false, nil
+	}
+	lenStr, rest, found := strings.Cut(rest, "_")
+	n, convErr := strconv.Atoi(lenStr)
+	if !found || convErr != nil || n <= 0 || n > len(rest) || n > 2*MaxRecordSize {
+		return Instance{}, true, fmt.Errorf("child name %.60q: bad base64 length prefix", name)
+	}
+	encoded := rest[:n]
+	data, decErr := base64.URLEncoding.DecodeString(encoded)
+	if decErr != nil {
+		data, decErr = base64.RawURLEncoding.DecodeString(encoded)
+	}
+	if decErr != nil {
+		return Instance{}, true, fmt.Errorf("child name %.60q: %v", name, decErr)
+	}
+	in, err = Decode(data, opts)
+	if err != nil {
+		return Instance{}, true, fmt.Errorf("child name %.60q: %w", name, err)
+	}
+	return in, true, nil
+}
+
+// Dedupe sorts s by ID and keeps the first instance of each ID: the same server
+// registered twice (a retried create, two nerves) must be one HAProxy server.
+func Dedupe(s []Instance) []Instance {
+	SortInstances(s)
+	out := s[:0]
+	for i, in := range s {
+		if i > 0 && in.ID() == out[len(out)-1].ID() {
+			continue
+		}
+		out = append(out, in)
+	}
+	return out
+}
+
+// EqualSets reports whether two sorted, deduplicated sets are equal.
+func EqualSets(a, b []Instance) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !a[i].Equal(b[i]) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,172 @@
+package registry
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+)
+
+// OverrideState is what an override does to the servers it matches.
+type OverrideState string
+
+// The override states. Ready clears a drain or maint but can still carry a
+// weight.
+const (
+	StateReady OverrideState = "ready"
+	StateDrain OverrideState = "drain"
+	StateMaint OverrideState = "maint"
+)
+
+// MaxReasonLen bounds an override's reason.
+const MaxReasonLen = 512
+
+// Override is the fleet-wide record synctl writes and every synapse applies:
+// put a host (or one named instance) in drain or maint, or give it a weight,
+// in all services or the listed ones, until it expires.
+type Override struct {
+	// Target is the host or instance name the override matches.
+	Target    string        `json:"target"`
+	State     OverrideState `json:"state"`
+	Weight    *int          `json:"weight,omitempty"`
+	Services  []string      `json:"services,omitempty"`
+	Reason    string        `json:"reason,omitempty"`
+	By        string        `json:"by,omitempty"`
+	At        time.Time     `json:"at"`
+	ExpiresAt *time.Time    `json:"expires_at,omitempty"`
+}
+
+// Key is the override's name in the registry: the target, and the sorted
+// services after '@' when it is limited to some, so a drain of one service
+// and a drain of the whole host are separate records.
+func (o Override) Key() string {
+	if len(o.Services) == 0 {
+		return o.Target
+	}
+	s := slices.Clone(o.Services)
+	sort.Strings(s)
+	return o.Target + "@" + strings.Join(s, ",")
+}
+
+// Validate checks every field; the error names the field.
+func (o Override) Validate() error {
+	if err := ValidateName(o.Target); err != nil {
+		if herr := ValidateHost(o.Target); herr != nil {
+			return fmt.Errorf("target: %w", err)
+		}
+	}
+	switch o.State {
+	case StateReady, StateDrain, StateMaint:
+	default:
+		return fmt.Errorf("state: %q is not one of ready, drain, maint", o.State)
+	}
+	if o.Weight != nil && (*o.Weight < 0 || *o.Weight > MaxWeight) {
+		return fmt.Errorf("weight: %d is outside 0..%d", *o.Weight, MaxWeight)
+	}
+	for i, s := range o.Services {
+		if err := ValidateName(s); err != nil {
+			return fmt.Errorf("services[%d]: %w", i, err)
+		}
+	}
+	if err := ValidateText(o.Reason, MaxReasonLen); err != nil {
+		return fmt.Errorf("reason: %w", err)
+	}
+	if err := ValidateText(o.By, MaxNameLen); err != nil {
+		return fmt.Errorf("by: %w", err)
+	}
+	if o.At.IsZero() {
+		return errors.New("at: missing")
+	}
+	return nil
+}
+
+// Active reports whether the override applies at now (it has not expired).
+func (o Override) Active(now time.Time) bool {
+	return o.ExpiresAt == nil || now.Before(*o.ExpiresAt)
+}
+
+// Matches reports whether the override applies to inst in service.
+func (o Override) Matches(service string, inst Instance) bool {
+	if o.Target != inst.Host && (inst.Name == "" || o.Target != inst.Name) {
+		return false
+	}
+	return len(o.Services) == 0 || slices.Contains(o.Services, service)
+}
+
+// Encode validates the override and returns its JSON.
+func (o Override) Encode() ([]byte, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	return json.Marshal(o)
+}
+
+// DecodeOverride reads and validates one override record.
+func DecodeOverride(data []byte) (Override, error) {
+	var o Override
+	if err := decodeStrict(data, &o); err != nil {
+		return Override{}, fmt.Errorf("override: %w", err)
+	}
+	if err := o.Validate(); err != nil {
+		return Override{}, fmt.Errorf("override: %w", err)
+	}
+	return o, nil
+}
+
+// OverrideSet is every override in the registry at one revision.
+type OverrideSet struct {
+	// Revision orders sets: a later write always gives a larger revision.
+	// It is the etcd store revision, or the ZooKeeper zxid.
+	Revision  int64
+	Overrides []Override
+}
+
+// Ack says which override revision one synapse has applied.
+type Ack struct {
+	ID       string    `json:"id"`
+	Revision int64     `json:"revision"`
+	At       time.Time `json:"at"`
+}
+
+// Validate checks the ack's fields.
+func (a Ack) Validate() error {
+	if err := ValidateName(a.ID); err != nil {
+		return fmt.Errorf("id: %w", err)
+	}
+	if a.Revision < 0 {
+		return fmt.Errorf("revision: %d is negative", a.Revision)
+	}
+	return nil
+}
+
+// DecodeAck reads and validates one ack record.
+func DecodeAck(data []byte) (Ack, error) {
+	var a Ack
+	if err := decodeStrict(data, &a); err != nil {
+		return Ack{}, fmt.Errorf("ack: %w", err)
+	}
+	if err := a.Validate(); err != nil {
+		return Ack{}, fmt.Errorf("ack: %w", err)
+	}
+	return a, nil
+}
+
+// decodeStrict decodes our own records: unknown keys are errors.
+func decodeStrict(data []byte, v any) error {
+	if len(data) > MaxRecordSize {
+		return fmt.Errorf("record is %d bytes, over the %d byte limit", len(data), MaxRecordSize)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("data after the JSON object")
+	}
+	return nil
+}

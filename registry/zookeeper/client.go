@@ -1,0 +1,306 @@
+// Package zookeeper is the ZooKeeper backend of the registry: ephemeral
+// sequential registrations that survive session expiry, watches that read
+// only what changed, and the override and ack records of synctl and synapse.
+package zookeeper
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-zookeeper/zk"
+
+	"github.com/syncstack/syncstack/registry"
+)
+
+const backendName = "zookeeper"
+
+// Config configures a Client.
+type Config struct {
+	// Servers are the ensemble's host:port addresses.
+	Servers []string
+	// SessionTimeout is the ZooKeeper session timeout: how long a silent
+	// client's ephemeral nodes outlive it. Default 10s; the server clamps
+	// it to its own min/max (2 and 20 ticks by default).
+	SessionTimeout time.Duration
+	// Root holds the fleet-wide records: Root/overrides and Root/acks.
+	// Default /syncstack.
+	Root string
+	// OpTimeout bounds a synchronous call (the first write of a
+	// registration, an override write) that waits for a session. Default 10s.
+	OpTimeout time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Metrics defaults to registry.DefaultMetrics().
+	Metrics *registry.Metrics
+}
+
+func (cfg *Config) finalize() error {
+	if len(cfg.Servers) == 0 {
+		return errors.New("zookeeper: servers: at least one host:port is required")
+	}
+	for i, s := range cfg.Servers {
+		host, port, ok := strings.Cut(s, ":")
+		if !ok || host == "" || port == "" {
+			return fmt.Errorf("zookeeper: servers[%d]: %q is not host:port", i, s)
+		}
+	}
+	if cfg.SessionTimeout == 0 {
+		cfg.SessionTimeout = 10 * time.Second
+	}
+	if cfg.SessionTimeout < 0 {
+		return fmt.Errorf("zookeeper: session_timeout: %v is negative", cfg.SessionTimeout)
+	}
+	if cfg.Root == "" {
+		cfg.Root = "/syncstack"
+	}
+	if err := ValidatePath(cfg.Root); err != nil {
+		return fmt.Errorf("zookeeper: root: %w", err)
+	}
+	if cfg.OpTimeout == 0 {
+		cfg.OpTimeout = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = registry.DefaultMetrics()
+	}
+	return nil
+}
+
+// ValidatePath checks a ZooKeeper path: absolute, no empty, "." or ".."
+// element, no trailing slash, no control characters.
+func ValidatePath(p string) error {
+	if p == "/" {
+		return nil
+	}
+	if !strings.HasPrefix(p, "/") || strings.HasSuffix(p, "/") {
+		return fmt.Errorf("%q must start with / and not end with /", p)
+	}
+	for _, el := range strings.Split(p[1:], "/") {
+		if el == "" || el == "." || el == ".." {
+			return fmt.Errorf("%q has an empty, . or .. element", p)
+		}
+	}
+	if err := registry.ValidateText(p, 1024); err != nil {
+		return fmt.Errorf("%q: %w", p, err)
+	}
+	return nil
+}
+
+// Client is one ZooKeeper session shared by every registration, watch and
+// override call of a process. It implements registry.Backend.
+type Client struct {
+	cfg  Config
+	conn *zk.Conn
+	log  *slog.Logger
+	m    *registry.Metrics
+
+	ctx    context.Context // ends at Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // keepers and watches
+
+	mu         sync.Mutex
+	changed    chan struct{}                       // closed and replaced on every session state change
+	hasSess    bool                                // a session is established now
+	hadSession bool                                // one ever was
+	expired    bool                                // the last session expired and no new one exists yet
+	subs       map[string]map[*subscriber]struct{} // by watched path
+	acks       map[string]*ephemeral
+	closed     bool
+}
+
+var _ registry.Backend = (*Client)(nil)
+
+// New validates cfg and starts connecting; it does not wait for a session,
+// so a process can start while the ensemble is down.
+func New(cfg Config) (*Client, error) {
+	if err := cfg.finalize(); err != nil {
+		return nil, err
+	}
+	c := &Client{
+		cfg:     cfg,
+		log:     cfg.Logger.With("registry", backendName),
+		m:       cfg.Metrics,
+		changed: make(chan struct{}),
+		subs:    map[string]map[*subscriber]struct{}{},
+		acks:    map[string]*ephemeral{},
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	conn, _, err := zk.Connect(cfg.Servers, cfg.SessionTimeout,
+		zk.WithEventCallback(c.onEvent),
+		zk.WithLogger(zkLogger{c.log}),
+		zk.WithLogInfo(false))
+	if err != nil {
+		c.cancel()
+		return nil, fmt.Errorf("zookeeper: connect %v: %w", cfg.Servers, err)
+	}
+	c.mu.Lock()
+	c.conn = conn
+	c.mu.Unlock()
+	return c, nil
+}
+
+// Close deletes this client's registrations and acks and ends the session.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.mu.Unlock()
+	c.cancel()
+	c.wg.Wait()
+	c.conn.Close()
+	return nil
+}
+
+// onEvent runs on the ZooKeeper client's receive loop for every session and
+// watch event: it must never block, so it only records and signals.
+func (c *Client) onEvent(ev zk.Event) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	newSession, reconnected := false, false
+	if ev.Type == zk.EventSession {
+		switch ev.State {
+		case zk.StateHasSession:
+			// The session id cannot be read here: this can run before
+			// zk.Connect has returned the connection.
+			newSession = !c.hadSession || c.expired
+			reconnected = !newSession
+			c.hasSess, c.hadSession, c.expired = true, true, false
+			c.log.Debug("session established", "new", newSession)
+		case zk.StateExpired:
+			c.hasSess, c.expired = false, true
+			c.m.SessionLosses.WithLabelValues(backendName).Inc()
+			c.log.Warn("session expired; ephemeral records will be re-created on the next session")
+		case zk.StateDisconnected, zk.StateConnecting:
+			c.hasSess = false
+		}
+		close(c.changed)
+		c.changed = make(chan struct{})
+	}
+	for _, p := range []string{ev.Path, parentOf(ev.Path)} {
+		for s := range c.subs[p] {
+			s.notify(ev, newSession, reconnected)
+		}
+	}
+	if ev.Path == "" {
+		for _, set := range c.subs {
+			for s := range set {
+				s.notify(ev, newSession, reconnected)
+			}
+		}
+	}
+}
+
+// session returns whether a session is established now, its id, and a
+// channel closed at the next session state change.
+func (c *Client) session() (ok bool, id int64, changed <-chan struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.hasSess || c.conn == nil {
+		return false, 0, c.changed
+	}
+	return c.conn.State() == zk.StateHasSession, c.conn.SessionID(), c.changed
+}
+
+// waitSession blocks until a session is established or ctx ends.
+func (c *Client) waitSession(ctx context.Context) (int64, error) {
+	for {
+		ok, id, changed := c.session()
+		if ok {
+			return id, nil
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("zookeeper: no session with %v: %w", c.cfg.Servers, ctx.Err())
+		case <-c.ctx.Done():
+			return 0, registry.ErrClosed
+		case <-changed:
+		}
+	}
+}
+
+// call runs fn (a blocking ZooKeeper request) and returns when it finishes or
+// ctx ends; the go-zookeeper API takes no context.
+func call(ctx context.Context, fn func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- fn() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// opContext bounds a synchronous call by OpTimeout and by the client's life.
+func (c *Client) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.OpTimeout)
+	stop := context.AfterFunc(c.ctx, cancel)
+	return ctx, func() { stop(); cancel() }
+}
+
+// ensurePath creates p and its missing parents as persistent nodes.
+func (c *Client) ensurePath(p string) error {
+	if p == "/" || p == "" {
+		return nil
+	}
+	exists, _, err := c.conn.Exists(p)
+	c.countRead("exists", err)
+	if err != nil {
+		return err
+	}
+	if exists {
+		return nil
+	}
+	if err := c.ensurePath(parentOf(p)); err != nil {
+		return err
+	}
+	_, err = c.conn.Create(p, nil, 0, zk.WorldACL(zk.PermAll))
+	c.countWrite("create", err)
+	if err != nil && !errors.Is(err, zk.ErrNodeExists) {
+		return err
+	}
+	return nil
+}
+
+func (c *Client) countRead(op string, err error) {
+	c.m.Reads.WithLabelValues(backendName, op).Inc()
+	if err != nil && !errors.Is(err, zk.ErrNoNode) {
+		c.m.Errors.WithLabelValues(backendName, op).Inc()
+	}
+}
+
+func (c *Client) countWrite(op string, err error) {
+	c.m.Writes.WithLabelValues(backendName, op).Inc()
+	if err != nil && !errors.Is(err, zk.ErrNodeExists) && !errors.Is(err, zk.ErrNoNode) {
+		c.m.Errors.WithLabelValues(backendName, op).Inc()
+	}
+}
+
+func parentOf(p string) string {
+	if p == "" || p == "/" {
+		return ""
+	}
+	return path.Dir(p)
+}
+
+// zkLogger sends go-zookeeper's log lines to slog at debug level: the
+// client logs every reconnect attempt, which is noise at info level.
+type zkLogger struct{ l *slog.Logger }
+
+func (z zkLogger) Printf(format string, args ...any) {
+	z.l.Debug(fmt.Sprintf(format, args...))
+}
+
+func encodeJSON(v any) ([]byte, error) { return json.Marshal(v) }

@@ -1,0 +1,351 @@
+package zookeeper
+
+import (
+	"context"
+	"errors"
+	"path"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/go-zookeeper/zk"
+
+	"github.com/syncstack/syncstack/registry"
+)
+
+// subscriber collects what changed under one watched directory between two
+// passes of its watch loop. notify runs on the client's event callback.
+type subscriber struct {
+	dir  string
+	wake chan struct{}
+
+	mu      sync.Mutex
+	pending work
+}
+
+// work is what a watch pass must do: re-list the children, re-read every
+// child (after a new session, whose watches are gone), re-read some children.
+type work struct {
+	list, resync bool
+	data         map[string]bool
+}
+
+func (w *work) merge(o work) {
+	w.list = w.list || o.list
+	w.resync = w.resync || o.resync
+	for n := range o.data {
+		if w.data == nil {
+			w.data = map[string]bool{}
+		}
+		w.data[n] = true
+	}
+}
+
+func (w work) empty() bool { return !w.list && !w.resync && len(w.data) == 0 }
+
+func (s *subscriber) notify(ev zk.Event, newSession, reconnected bool) {
+	s.mu.Lock()
+	switch {
+	case ev.Type == zk.EventSession:
+		switch {
+		case newSession:
+			s.pending.resync = true
+		case reconnected:
+			// Watches survive a reconnect within the session (the client
+			// re-sets them), but re-list once so nothing that happened
+			// while disconnected can be missed.
+			s.pending.list = true
+		default:
+			s.mu.Unlock()
+			return
+		}
+	case ev.Type == zk.EventNotWatching:
+		s.pending.resync = true
+	case ev.Path == s.dir:
+		s.pending.list = true
+	case ev.Type == zk.EventNodeDataChanged:
+		s.pending.merge(work{data: map[string]bool{path.Base(ev.Path): true}})
+	default:
+		s.pending.list = true
+	}
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *subscriber) take() work {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := s.pending
+	s.pending = work{}
+	return w
+}
+
+func (c *Client) subscribe(dir string) (*subscriber, func()) {
+	s := &subscriber{dir: dir, wake: make(chan struct{}, 1), pending: work{resync: true}}
+	s.wake <- struct{}{}
+	c.mu.Lock()
+	if c.subs[dir] == nil {
+		c.subs[dir] = map[*subscriber]struct{}{}
+	}
+	c.subs[dir][s] = struct{}{}
+	c.mu.Unlock()
+	return s, func() {
+		c.mu.Lock()
+		delete(c.subs[dir], s)
+		if len(c.subs[dir]) == 0 {
+			delete(c.subs, dir)
+		}
+		c.mu.Unlock()
+	}
+}
+
+// entry is one child as last read.
+type entry[T any] struct {
+	val   T
+	ok    bool  // decoded and valid
+	mzxid int64 // of the data read; 0 when decoded from the name
+}
+
+// codec turns a child into a value: from its name alone when the name
+// carries the record (then no read is needed), else from its data.
+type codec[T any] struct {
+	fromName func(name string) (val T, handled bool, err error)
+	fromData func(name string, data []byte) (T, error)
+	// quiet reports errors that drop a record without counting it as bad.
+	quiet func(error) bool
+}
+
+var errNoSession = errors.New("zookeeper: no session")
+
+// fetchWorkers bounds the concurrent reads of one watch pass: enough to hide
+// the round trip when thousands of children arrive at once.
+const fetchWorkers = 16
+
+// watchChildren keeps entries in step with the children of dir and calls
+// emit after every pass that succeeded, with the entries and the revision
+// (the largest zxid seen: the directory's pzxid or a child's mzxid). It reads
+// only what changed, never removes an entry unless ZooKeeper said it is gone,
+// and returns when ctx ends (or emit returns false).
+func watchChildren[T any](ctx context.Context, c *Client, dir string, cd codec[T], emit func(map[string]entry[T], int64) bool) error {
+	s, unsubscribe := c.subscribe(dir)
+	defer unsubscribe()
+	log := c.log.With("path", dir)
+	entries := map[string]entry[T]{}
+	var pzxid int64
+	var todo work
+	var retry <-chan time.Time
+	backoff := 100 * time.Millisecond
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.ctx.Done():
+			return registry.ErrClosed
+		case <-s.wake:
+		case <-retry:
+		}
+		retry = nil
+		todo.merge(s.take())
+		if todo.empty() {
+			continue
+		}
+		err := watchPass(c, dir, cd, entries, &pzxid, &todo, log)
+		if err != nil {
+			if !errors.Is(err, errNoSession) {
+				log.Debug("watch pass failed; keeping the last set", "err", err)
+			}
+			retry = time.After(backoff)
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		rev := pzxid
+		for _, e := range entries {
+			rev = max(rev, e.mzxid)
+		}
+		if !emit(entries, rev) {
+			return ctx.Err()
+		}
+	}
+}
+
+// watchPass does the work in todo, leaving in it whatever failed.
+func watchPass[T any](c *Client, dir string, cd codec[T], entries map[string]entry[T], pzxid *int64, todo *work, log interface {
+	Warn(string, ...any)
+}) error {
+	if ok, _, _ := c.session(); !ok {
+		return errNoSession
+	}
+	if todo.list || todo.resync {
+		names, stat, _, err := c.conn.ChildrenW(dir)
+		c.countRead("children", err)
+		switch {
+		case errors.Is(err, zk.ErrNoNode):
+			exists, _, _, err := c.conn.ExistsW(dir)
+			c.countRead("exists", err)
+			if err != nil {
+				return err
+			}
+			if exists { // created in between: list again
+				return errors.New("directory appeared while listing")
+			}
+			names, *pzxid = nil, 0
+		case err != nil:
+			return err
+		default:
+			*pzxid = stat.Pzxid
+		}
+		present := make(map[string]bool, len(names))
+		for _, n := range names {
+			present[n] = true
+			if _, known := entries[n]; !known || todo.resync {
+				todo.merge(work{data: map[string]bool{n: true}})
+			}
+		}
+		for n := range entries {
+			if !present[n] {
+				delete(entries, n)
+			}
+		}
+		for n := range todo.data {
+			if !present[n] {
+				delete(todo.data, n)
+			}
+		}
+		todo.list, todo.resync = false, false
+	}
+	if len(todo.data) == 0 {
+		return nil
+	}
+
+	type result struct {
+		name    string
+		e       entry[T]
+		gone    bool
+		err     error // connection-level: retry
+		badData error // record-level: skip and count
+	}
+	names := make(chan string)
+	results := make(chan result)
+	var wg sync.WaitGroup
+	for range min(fetchWorkers, len(todo.data)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := range names {
+				results <- fetchChild(c, dir, n, cd)
+			}
+		}()
+	}
+	go func() {
+		for n := range todo.data {
+			names <- n
+		}
+		close(names)
+		wg.Wait()
+		close(results)
+	}()
+	var firstErr error
+	done := make([]string, 0, len(todo.data))
+	for r := range results {
+		switch {
+		case r.err != nil:
+			if firstErr == nil {
+				firstErr = r.err
+			}
+			continue
+		case r.gone:
+			delete(entries, r.name)
+		default:
+			if r.badData != nil {
+				if cd.quiet == nil || !cd.quiet(r.badData) {
+					c.m.RecordsSkipped.WithLabelValues(backendName, dir).Inc()
+					log.Warn("skipping bad registry record", "node", dir+"/"+r.name, "err", r.badData)
+				}
+			}
+			entries[r.name] = r.e
+		}
+		done = append(done, r.name)
+	}
+	for _, n := range done {
+		delete(todo.data, n)
+	}
+	return firstErr
+}
+
+func fetchChild[T any](c *Client, dir, name string, cd codec[T]) (r struct {
+	name    string
+	e       entry[T]
+	gone    bool
+	err     error
+	badData error
+}) {
+	r.name = name
+	if cd.fromName != nil {
+		if v, handled, err := cd.fromName(name); handled {
+			r.e, r.badData = entry[T]{val: v, ok: err == nil}, err
+			return r
+		}
+	}
+	data, stat, _, err := c.conn.GetW(dir + "/" + name)
+	c.countRead("get", err)
+	switch {
+	case errors.Is(err, zk.ErrNoNode):
+		r.gone = true
+	case err != nil:
+		r.err = err
+	default:
+		v, derr := cd.fromData(name, data)
+		r.e, r.badData = entry[T]{val: v, ok: derr == nil, mzxid: stat.Mzxid}, derr
+	}
+	return r
+}
+
+// Watch implements registry.Backend: the valid instances under dir.
+func (c *Client) Watch(ctx context.Context, dir string, opts registry.DecodeOptions, out chan<- []registry.Instance) error {
+	if err := ValidatePath(dir); err != nil {
+		return err
+	}
+	cd := codec[registry.Instance]{
+		fromName: func(name string) (registry.Instance, bool, error) {
+			return registry.DecodeChildName(name, opts)
+		},
+		fromData: func(_ string, data []byte) (registry.Instance, error) {
+			return registry.Decode(data, opts)
+		},
+		quiet: func(err error) bool { return errors.Is(err, registry.ErrNotAlive) },
+	}
+	updates := c.m.WatchUpdates.WithLabelValues(backendName, dir)
+	var last []registry.Instance
+	first := true
+	return watchChildren(ctx, c, dir, cd, func(entries map[string]entry[registry.Instance], _ int64) bool {
+		names := make([]string, 0, len(entries))
+		for n, e := range entries {
+			if e.ok {
+				names = append(names, n)
+			}
+		}
+		// Child-name order first, so that of two records of one server
+		// the same one wins every time.
+		slices.Sort(names)
+		set := make([]registry.Instance, len(names))
+		for i, n := range names {
+			set[i] = entries[n].val
+		}
+		set = registry.Dedupe(set)
+		if !first && registry.EqualSets(set, last) {
+			return true
+		}
+		select {
+		case out <- set:
+			first, last = false, set
+			updates.Inc()
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	})
+}
