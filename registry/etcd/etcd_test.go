@@ -1,0 +1,245 @@
+package etcd
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/syncstack/syncstack/internal/testserver"
+	"github.com/syncstack/syncstack/registry"
+	"github.com/syncstack/syncstack/registry/registrytest"
+)
+
+var (
+	inst       = registrytest.Inst
+	startWatch = registrytest.StartWatch
+	hasLen     = registrytest.HasLen
+	has        = registrytest.Has
+)
+
+// helperEnv makes the test binary a registering client that runs until
+// killed: the test kills it with SIGKILL, so nothing is cleaned up.
+const helperEnv = "SYNCSTACK_ETCD_REGISTER_HELPER"
+
+func TestMain(m *testing.M) {
+	if endpoint := os.Getenv(helperEnv); endpoint != "" {
+		c, err := New(Config{Endpoints: []string{endpoint}, LeaseTTL: 2 * time.Second, Metrics: registry.NewMetrics(nil)})
+		if err == nil {
+			_, err = c.Register(context.Background(), "/svc", registry.Instance{Host: "10.0.0.9", Port: 80, Name: "killed"})
+		}
+		if err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		fmt.Println("registered")
+		select {}
+	}
+	os.Exit(m.Run())
+}
+
+func newClient(t *testing.T, endpoint string, tweak ...func(*Config)) *Client {
+	t.Helper()
+	cfg := Config{Endpoints: []string{endpoint}, LeaseTTL: 2 * time.Second, Metrics: registry.NewMetrics(nil), Root: "/syncstack-test"}
+	for _, f := range tweak {
+		f(&cfg)
+	}
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestConformance(t *testing.T) {
+	srv := testserver.StartEtcd(t)
+	admin := newClient(t, srv.Endpoint)
+	registrytest.Run(t, registrytest.Harness{
+		New: func(t *testing.T) registry.Backend { return newClient(t, srv.Endpoint) },
+		Plant: func(t *testing.T, dir, name string, data []byte) {
+			if _, err := admin.cli.Put(context.Background(), dir+"/"+name, string(data)); err != nil {
+				t.Fatal(err)
+			}
+		},
+		Raw: func(t *testing.T, key string) []byte {
+			resp, err := admin.cli.Get(context.Background(), key)
+			if err != nil || len(resp.Kvs) != 1 {
+				t.Fatalf("get %s: %v %v", key, resp, err)
+			}
+			return resp.Kvs[0].Value
+		},
+		Skipped: func(b registry.Backend, dir string) float64 {
+			return testutil.ToFloat64(b.(*Client).m.RecordsSkipped.WithLabelValues(backendName, dir))
+		},
+	})
+}
+
+func TestConfigErrorsNameTheKey(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{}, "endpoints"},
+		{Config{Endpoints: []string{"nohostport"}}, "endpoints[0]"},
+		{Config{Endpoints: []string{"127.0.0.1:2379"}, LeaseTTL: time.Millisecond}, "lease_ttl"},
+		{Config{Endpoints: []string{"127.0.0.1:2379"}, Root: "rel/path"}, "root"},
+	} {
+		if _, err := New(tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("New(%+v) = %v, want an error naming %s", tc.cfg, err, tc.want)
+		}
+	}
+}
+
+// A registering process killed with SIGKILL never deletes its key: the lease
+// does, within its TTL.
+func TestKilledClientKeyGoneWithinTTL(t *testing.T) {
+	srv := testserver.StartEtcd(t)
+	w := startWatch(t, newClient(t, srv.Endpoint), "/svc")
+	w.WaitFor(t, 5*time.Second, "empty", hasLen(0))
+
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"="+srv.Endpoint)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	if strings.TrimSpace(line) != "registered" {
+		t.Fatalf("helper said %q", line)
+	}
+	w.WaitFor(t, 5*time.Second, "the helper's instance", has("killed"))
+	cmd.Process.Kill()
+	killed := time.Now()
+	w.WaitFor(t, 10*time.Second, "the killed client's key gone", hasLen(0))
+	if d := time.Since(killed); d > 2*time.Second+time.Second {
+		t.Errorf("key gone %v after the kill, want within the 2s TTL (+1s)", d)
+	}
+}
+
+// A lease lost while the client was cut off is re-granted and the key put
+// back as soon as the client reaches etcd again.
+func TestLeaseLossReregisters(t *testing.T) {
+	srv := testserver.StartEtcd(t)
+	proxy := testserver.StartProxy(t, strings.TrimPrefix(srv.Endpoint, "http://"))
+	reg := newClient(t, "http://"+proxy.Addr, func(cfg *Config) { cfg.DialTimeout = time.Second })
+	watch := newClient(t, srv.Endpoint)
+	w := startWatch(t, watch, "/svc")
+	if _, err := watch.Register(context.Background(), "/svc", inst("10.0.0.2", 80, "other")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Register(context.Background(), "/svc", inst("10.0.0.1", 80, "mine")); err != nil {
+		t.Fatal(err)
+	}
+	w.WaitFor(t, 5*time.Second, "both", hasLen(2))
+
+	proxy.Cut()
+	w.WaitFor(t, 10*time.Second, "the expired key gone", func(s []registry.Instance) bool { return len(s) == 1 && s[0].Name == "other" })
+	proxy.Restore()
+	restored := time.Now()
+	w.WaitFor(t, 15*time.Second, "mine back", has("mine"))
+	t.Logf("re-registered %v after the partition healed", time.Since(restored))
+	registrytest.Eventually(t, time.Second, "reregistrations = 1", func() bool {
+		return testutil.ToFloat64(reg.m.Reregistrations.WithLabelValues(backendName)) == 1
+	})
+	registrytest.Eventually(t, time.Second, "lease losses = 1", func() bool {
+		return testutil.ToFloat64(reg.m.SessionLosses.WithLabelValues(backendName)) == 1
+	})
+	w.KeptAfterSeen(t, "other")
+
+	// A key deleted by hand is put back too.
+	mine := 0
+	resp, _ := watch.cli.Get(context.Background(), "/svc/mine", clientv3.WithPrefix())
+	for _, kv := range resp.Kvs {
+		watch.cli.Delete(context.Background(), string(kv.Key))
+		mine++
+	}
+	if mine != 1 {
+		t.Fatalf("%d keys for mine, want 1", mine)
+	}
+	w.WaitFor(t, 5*time.Second, "mine deleted", hasLen(1))
+	w.WaitFor(t, 5*time.Second, "mine put back", has("mine"))
+}
+
+// A watcher cut off while the history it needs is compacted lists again and
+// ends with the right set; it never sends a smaller set while cut off.
+func TestCompactionUnderWatcher(t *testing.T) {
+	srv := testserver.StartEtcd(t)
+	proxy := testserver.StartProxy(t, strings.TrimPrefix(srv.Endpoint, "http://"))
+	watch := newClient(t, "http://"+proxy.Addr, func(cfg *Config) { cfg.DialTimeout = time.Second })
+	admin := newClient(t, srv.Endpoint)
+	ctx := context.Background()
+	regs := map[string]registry.Registration{}
+	for i := range 3 {
+		name := fmt.Sprintf("n%d", i)
+		r, err := admin.Register(ctx, "/svc", inst("10.0.0.1", 8000+i, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		regs[name] = r
+	}
+	w := startWatch(t, watch, "/svc")
+	w.WaitFor(t, 5*time.Second, "3", hasLen(3))
+
+	proxy.Cut()
+	if err := regs["n0"].Deregister(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Register(ctx, "/svc", inst("10.0.0.1", 8100, "late")); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 { // unrelated churn, then compact it all away
+		admin.cli.Put(ctx, "/other/k", fmt.Sprint(i))
+	}
+	resp, err := admin.cli.Get(ctx, "/other/k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.cli.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatal(err)
+	}
+	w.Quiet(t, time.Second, "while cut off")
+	proxy.Restore()
+	got := w.WaitFor(t, 15*time.Second, "the set after compaction", func(s []registry.Instance) bool {
+		return len(s) == 3 && has("late")(s) && !has("n0")(s)
+	})
+	t.Logf("recovered set %v", got)
+	for _, s := range w.Sets {
+		if len(s) < 3 {
+			t.Errorf("a set shrank below 3: %v", w.Sets)
+		}
+	}
+}
+
+// etcd down: Watch keeps its set and sends nothing; back up, it reconciles.
+func TestServerRestartKeepsSet(t *testing.T) {
+	srv := testserver.StartEtcd(t)
+	admin := newClient(t, srv.Endpoint)
+	ctx := context.Background()
+	for i := range 2 {
+		if _, err := admin.Register(ctx, "/svc", inst("10.0.0.1", 8000+i, fmt.Sprintf("n%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	watch := newClient(t, srv.Endpoint)
+	w := startWatch(t, watch, "/svc")
+	w.WaitFor(t, 5*time.Second, "2", hasLen(2))
+	srv.Stop()
+	w.Quiet(t, 1500*time.Millisecond, "while etcd was down")
+	srv.Start()
+	if _, err := admin.Register(ctx, "/svc", inst("10.0.0.1", 8100, "after")); err != nil {
+		t.Fatal(err)
+	}
+	w.WaitFor(t, 15*time.Second, "3 after the restart", hasLen(3))
+}

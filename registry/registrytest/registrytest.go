@@ -1,0 +1,357 @@
+// Package registrytest holds the behaviour every registry.Backend must show.
+// Each backend's tests run it against a real server.
+package registrytest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/syncstack/syncstack/registry"
+)
+
+// Harness connects the suite to one backend and its running server.
+type Harness struct {
+	// New returns a fresh client (its own session) of the server; the
+	// harness closes it in t.Cleanup.
+	New func(t *testing.T) registry.Backend
+	// Plant writes raw data as a persistent record named name under dir,
+	// bypassing every check, as a buggy or hostile writer would.
+	Plant func(t *testing.T, dir, name string, data []byte)
+	// Raw reads the stored bytes of a registration.
+	Raw func(t *testing.T, key string) []byte
+	// Skipped reads the skipped-record counter of b for dir.
+	Skipped func(b registry.Backend, dir string) float64
+}
+
+// Run runs the whole suite.
+func Run(t *testing.T, h Harness) {
+	t.Run("RegisterWatchDeregister", func(t *testing.T) { registerWatchDeregister(t, h) })
+	t.Run("CloseRemovesRegistrations", func(t *testing.T) { closeRemoves(t, h) })
+	t.Run("ContextCancelDeregisters", func(t *testing.T) { contextCancel(t, h) })
+	t.Run("RejectsBadInput", func(t *testing.T) { rejectsBadInput(t, h) })
+	t.Run("BadRecordsSkippedAndCounted", func(t *testing.T) { badRecords(t, h) })
+	t.Run("OverridesAndAcks", func(t *testing.T) { overridesAndAcks(t, h) })
+}
+
+// Inst is a short constructor for tests.
+func Inst(host string, port int, name string) registry.Instance {
+	return registry.Instance{Host: host, Port: port, Name: name}
+}
+
+// Watcher runs Watch in the background and records every set it sends.
+type Watcher struct {
+	C    chan []registry.Instance
+	Sets [][]registry.Instance
+}
+
+// StartWatch watches dir until the test ends.
+func StartWatch(t *testing.T, b registry.Backend, dir string) *Watcher {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &Watcher{C: make(chan []registry.Instance, 100)}
+	done := make(chan error, 1)
+	go func() { done <- b.Watch(ctx, dir, registry.DecodeOptions{}, w.C) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) && !errors.Is(err, registry.ErrClosed) {
+			t.Errorf("Watch returned %v", err)
+		}
+	})
+	return w
+}
+
+// WaitFor reads sets until one satisfies ok, and returns it.
+func (w *Watcher) WaitFor(t *testing.T, timeout time.Duration, what string, ok func([]registry.Instance) bool) []registry.Instance {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case s := <-w.C:
+			w.Sets = append(w.Sets, s)
+			if ok(s) {
+				return s
+			}
+		case <-deadline:
+			t.Fatalf("watch: no set with %s within %v; sets seen: %v", what, timeout, w.Sets)
+		}
+	}
+}
+
+// Quiet fails the test if the watcher sends anything within d.
+func (w *Watcher) Quiet(t *testing.T, d time.Duration, why string) {
+	t.Helper()
+	select {
+	case s := <-w.C:
+		w.Sets = append(w.Sets, s)
+		t.Fatalf("watch sent %v %s", s, why)
+	case <-time.After(d):
+	}
+}
+
+// HasLen matches a set of n instances.
+func HasLen(n int) func([]registry.Instance) bool {
+	return func(s []registry.Instance) bool { return len(s) == n }
+}
+
+// Has matches a set that holds the named instance.
+func Has(name string) func([]registry.Instance) bool {
+	return func(s []registry.Instance) bool {
+		for _, in := range s {
+			if in.Name == name {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// dir is a path of the test's own, so that subtests sharing a server do
+// not see each other's records.
+func dir(t *testing.T, rest string) string {
+	name := strings.NewReplacer("/", "-", " ", "-").Replace(t.Name())
+	return "/t/" + name + rest
+}
+
+func newPair(t *testing.T, h Harness) (registry.Backend, registry.Backend) {
+	return h.New(t), h.New(t)
+}
+
+func registerWatchDeregister(t *testing.T, h Harness) {
+	reg, watch := newPair(t, h)
+	w := StartWatch(t, watch, dir(t, "/services/web/services"))
+	w.WaitFor(t, 10*time.Second, "the empty first set", HasLen(0))
+
+	ctx := context.Background()
+	start := time.Now()
+	r, err := reg.Register(ctx, dir(t, "/services/web/services"), Inst("127.0.0.11", 8080, "i-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := w.WaitFor(t, 5*time.Second, "i-1", Has("i-1"))
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Errorf("register → watch took %v, want < 100ms", d)
+	}
+	if got[0].Address() != "127.0.0.11:8080" {
+		t.Errorf("got %+v", got)
+	}
+	if !strings.HasPrefix(r.Key(), dir(t, "/services/web/services/i-1_")) {
+		t.Errorf("key %q is not under the path with the name first", r.Key())
+	}
+	if raw, want := string(h.Raw(t, r.Key())), `{"host":"127.0.0.11","port":8080,"name":"i-1"}`; raw != want {
+		t.Errorf("record = %s, want nerve's %s", raw, want)
+	}
+
+	weight := 7
+	updated := Inst("127.0.0.11", 8080, "i-1")
+	updated.Weight = &weight
+	if err := r.Update(ctx, updated); err != nil {
+		t.Fatal(err)
+	}
+	w.WaitFor(t, 5*time.Second, "weight 7", func(s []registry.Instance) bool {
+		return len(s) == 1 && s[0].Weight != nil && *s[0].Weight == 7
+	})
+
+	start = time.Now()
+	if err := r.Deregister(ctx); err != nil {
+		t.Fatal(err)
+	}
+	w.WaitFor(t, 5*time.Second, "no instance", HasLen(0))
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Errorf("deregister → watch took %v, want < 100ms", d)
+	}
+}
+
+func closeRemoves(t *testing.T, h Harness) {
+	reg, watch := newPair(t, h)
+	w := StartWatch(t, watch, dir(t, ""))
+	for i := range 3 {
+		if _, err := reg.Register(context.Background(), dir(t, ""), Inst("10.0.0.1", 8000+i, fmt.Sprintf("n%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.WaitFor(t, 5*time.Second, "3 instances", HasLen(3))
+	reg.Close()
+	w.WaitFor(t, 5*time.Second, "none after Close", HasLen(0))
+	if _, err := reg.Register(context.Background(), dir(t, ""), Inst("10.0.0.1", 1, "x")); err == nil {
+		t.Error("Register after Close succeeded")
+	}
+}
+
+func contextCancel(t *testing.T, h Harness) {
+	c := h.New(t)
+	w := StartWatch(t, c, dir(t, ""))
+	ctx, cancel := context.WithCancel(context.Background())
+	if _, err := c.Register(ctx, dir(t, ""), Inst("10.0.0.1", 80, "a")); err != nil {
+		t.Fatal(err)
+	}
+	w.WaitFor(t, 5*time.Second, "a", Has("a"))
+	cancel()
+	w.WaitFor(t, 5*time.Second, "none", HasLen(0))
+}
+
+func rejectsBadInput(t *testing.T, h Harness) {
+	c := h.New(t)
+	for _, tc := range []struct {
+		path string
+		in   registry.Instance
+		want string
+	}{
+		{dir(t, ""), Inst("10.0.0.1", 70000, "a"), "port"},
+		{dir(t, ""), registry.Instance{Host: "10.0.0.1", Port: 80, HAProxyServerOptions: "backup\nserver evil 1.2.3.4:80"}, "haproxy_server_options"},
+		{dir(t, ""), Inst("10.0.0.1", 80, "a b"), "name"},
+		{"svc", Inst("10.0.0.1", 80, "a"), "path"},
+		{"/svc/../x", Inst("10.0.0.1", 80, "a"), "path"},
+	} {
+		_, err := c.Register(context.Background(), tc.path, tc.in)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Register(%q, %+v) = %v, want an error naming %s", tc.path, tc.in, err, tc.want)
+		}
+	}
+	ctx := context.Background()
+	if _, err := c.DeleteOverride(ctx, "../x"); err == nil {
+		t.Error("DeleteOverride accepted a key with a slash")
+	}
+	bad := registry.Override{Target: "10.0.0.1", State: registry.StateDrain, Reason: "line\nbreak", At: time.Now()}
+	if _, err := c.PutOverride(ctx, bad); err == nil || !strings.Contains(err.Error(), "reason") {
+		t.Errorf("PutOverride with a newline in the reason = %v, want an error naming reason", err)
+	}
+	if err := c.PutAck(ctx, registry.Ack{ID: "no/slash", Revision: 1}); err == nil {
+		t.Error("PutAck accepted an id with a slash")
+	}
+}
+
+func badRecords(t *testing.T, h Harness) {
+	c := h.New(t)
+	good, _ := Inst("10.0.0.1", 80, "good").Encode()
+	h.Plant(t, dir(t, ""), "good_0000000001", good)
+	h.Plant(t, dir(t, ""), "evil_0000000002", []byte(`{"host":"10.0.0.2","port":80,"haproxy_server_options":"check\nserver evil 6.6.6.6:80"}`))
+	h.Plant(t, dir(t, ""), "big_0000000003", []byte(`{"host":"10.0.0.3","port":80,"labels":{"x":"`+strings.Repeat("a", 100<<10)+`"}}`))
+	h.Plant(t, dir(t, ""), "junk_0000000004", []byte("not json"))
+	h.Plant(t, dir(t, ""), "port_0000000005", []byte(`{"host":"10.0.0.5","port":70000}`))
+	h.Plant(t, dir(t, ""), "hash_0000000006", []byte(`{"host":"10.0.0.6#x","port":80}`))
+	w := StartWatch(t, c, dir(t, ""))
+	got := w.WaitFor(t, 5*time.Second, "the good record", HasLen(1))
+	if got[0].Name != "good" {
+		t.Errorf("got %v, want only good", got)
+	}
+	if n := h.Skipped(c, dir(t, "")); n != 5 {
+		t.Errorf("skipped = %v, want 5", n)
+	}
+	// A bad record fixed in place is picked up; a new bad one leaves the rest.
+	h.Plant(t, dir(t, ""), "port_0000000005", []byte(`{"host":"10.0.0.5","port":7000,"name":"fixed"}`))
+	w.WaitFor(t, 5*time.Second, "the fixed record", HasLen(2))
+	h.Plant(t, dir(t, ""), "good_0000000001", []byte(`{"host":"10.0.0.1","port":80,"name":"good","weight":999}`))
+	got = w.WaitFor(t, 5*time.Second, "the record that went bad dropped", HasLen(1))
+	if got[0].Name != "fixed" {
+		t.Errorf("got %v, want only fixed", got)
+	}
+}
+
+func overridesAndAcks(t *testing.T, h Harness) {
+	ctl, syn := newPair(t, h)
+	ctx := context.Background()
+	sets := make(chan registry.OverrideSet, 10)
+	wctx, cancel := context.WithCancel(ctx)
+	t.Cleanup(cancel)
+	go syn.WatchOverrides(wctx, sets)
+	if first := <-sets; len(first.Overrides) != 0 {
+		t.Fatalf("first set = %+v, want empty", first)
+	}
+	next := func(rev int64) registry.OverrideSet {
+		t.Helper()
+		timeout := time.After(5 * time.Second)
+		for {
+			select {
+			case s := <-sets:
+				if s.Revision >= rev {
+					return s
+				}
+			case <-timeout:
+				t.Fatalf("no override set at revision ≥ %d", rev)
+			}
+		}
+	}
+
+	exp := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+	o := registry.Override{Target: "127.0.0.12", State: registry.StateDrain, Services: []string{"web"},
+		Reason: "deploy #42? no: deploy 42", By: "ops@host", At: time.Now().UTC(), ExpiresAt: &exp}
+	if _, err := ctl.PutOverride(ctx, o); err == nil {
+		t.Fatal("PutOverride accepted '#' in the reason")
+	}
+	o.Reason = "deploy 42"
+	rev, err := ctl.PutOverride(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := next(rev)
+	if len(got.Overrides) != 1 || got.Overrides[0].Key() != "127.0.0.12@web" || !got.Overrides[0].ExpiresAt.Equal(exp) {
+		t.Fatalf("watched %+v", got)
+	}
+	if err := syn.PutAck(ctx, registry.Ack{ID: "synapse-1", Revision: got.Revision}); err != nil {
+		t.Fatal(err)
+	}
+	acks, err := ctl.Acks(ctx)
+	if err != nil || len(acks) != 1 || acks[0].Revision < rev {
+		t.Fatalf("acks = %+v, %v; want synapse-1 at ≥ %d", acks, err, rev)
+	}
+	read, err := ctl.Overrides(ctx)
+	if err != nil || read.Revision < rev || len(read.Overrides) != 1 {
+		t.Fatalf("Overrides() = %+v, %v; want the override at ≥ %d", read, err, rev)
+	}
+
+	delRev, err := ctl.DeleteOverride(ctx, o.Key())
+	if err != nil || delRev <= rev {
+		t.Fatalf("DeleteOverride = %d, %v; want a revision after %d", delRev, err, rev)
+	}
+	if got = next(delRev); len(got.Overrides) != 0 {
+		t.Fatalf("after delete: %+v", got)
+	}
+	if _, err := ctl.DeleteOverride(ctx, o.Key()); err != nil {
+		t.Errorf("deleting a missing override: %v", err)
+	}
+	if err := syn.PutAck(ctx, registry.Ack{ID: "synapse-1", Revision: got.Revision}); err != nil {
+		t.Fatal(err)
+	}
+	if acks, _ := ctl.Acks(ctx); len(acks) != 1 || acks[0].Revision != got.Revision {
+		t.Fatalf("acks after update = %+v", acks)
+	}
+	// Acks live with their session: a synapse that is gone is not waited for.
+	syn.Close()
+	if acks, _ := ctl.Acks(ctx); len(acks) != 0 {
+		t.Fatalf("acks after the synapse closed = %+v", acks)
+	}
+}
+
+// KeptAfterSeen fails the test if a set sent after the first one holding
+// name lacks it.
+func (w *Watcher) KeptAfterSeen(t *testing.T, name string) {
+	t.Helper()
+	seen := false
+	for _, s := range w.Sets {
+		in := Has(name)(s)
+		if seen && !in {
+			t.Errorf("%s vanished from the watched set at some point: %v", name, w.Sets)
+			return
+		}
+		seen = seen || in
+	}
+	if !seen {
+		t.Errorf("%s never seen: %v", name, w.Sets)
+	}
+}
+
+// Eventually waits up to timeout for cond, for effects that follow the
+// event a test watched (a counter bumped after the write it saw).
+func Eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Errorf("not within %v: %s", timeout, what)
+			return
+		}
+	}
+}
