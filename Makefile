@@ -1,0 +1,48 @@
+# syncstack: make build | make test | make bench | make demo
+SHELL := /bin/bash
+GO    ?= go
+BIN   := bin
+
+# Debian packages the tests run for real: HAProxy, ZooKeeper (brings a JRE),
+# etcd, and socat for poking HAProxy's sockets by hand.
+DEB_PACKAGES := haproxy zookeeper etcd-server socat
+
+.PHONY: all build test unit vet deps bench fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+# deps installs the Debian packages that are missing (as root, via apt-get).
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		if [ "$$(id -u)" != 0 ]; then echo "make deps: need root to apt-get install$$missing" >&2; exit 1; fi; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@# Debian starts the packaged daemons; the tests start their own on loopback.
+	@for s in zookeeper etcd haproxy; do systemctl stop $$s >/dev/null 2>&1 || service $$s stop >/dev/null 2>&1 || true; done
+	$(GO) mod download
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+
+# test: every test, against real ZooKeeper, etcd and HAProxy on loopback.
+test: deps vet
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+unit:
+	$(GO) test -race -count=1 -short ./...
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 60s ./registry/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeChildName$$' -fuzztime 30s ./registry/
+
+clean:
+	rm -rf $(BIN)

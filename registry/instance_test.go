@@ -1,0 +1,218 @@
+package registry
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func intp(n int) *int { return &n }
+
+func TestEncodeIsNerveJSON(t *testing.T) {
+	for _, tc := range []struct {
+		in   Instance
+		want string
+	}{
+		{Instance{Host: "10.0.0.5", Port: 8080}, `{"host":"10.0.0.5","port":8080}`},
+		{Instance{Host: "10.0.0.5", Port: 8080, Name: "i-abc", Weight: intp(10), HAProxyServerOptions: "backup", Labels: map[string]string{"az": "us-1a"}},
+			`{"host":"10.0.0.5","port":8080,"name":"i-abc","weight":10,"haproxy_server_options":"backup","labels":{"az":"us-1a"}}`},
+		{Instance{Host: "10.0.0.5", Port: 1, Weight: intp(0)}, `{"host":"10.0.0.5","port":1,"weight":0}`},
+		{Instance{Host: "web-1.example.com", Port: 443, Labels: map[string]string{"note": "a&b<c>"}},
+			`{"host":"web-1.example.com","port":443,"labels":{"note":"a&b<c>"}}`},
+	} {
+		got, err := tc.in.Encode()
+		if err != nil {
+			t.Errorf("Encode(%+v): %v", tc.in, err)
+			continue
+		}
+		if string(got) != tc.want {
+			t.Errorf("Encode(%+v) =\n %s\nwant\n %s", tc.in, got, tc.want)
+		}
+		back, err := Decode(got, DecodeOptions{})
+		if err != nil || !back.Equal(tc.in) {
+			t.Errorf("Decode(Encode(%+v)) = %+v, %v", tc.in, back, err)
+		}
+	}
+}
+
+func TestDecode(t *testing.T) {
+	for _, tc := range []struct {
+		name, data string
+		opts       DecodeOptions
+		want       Instance
+	}{
+		{"nerve", `{"host":"10.0.0.5","port":8080,"name":"i-abc","weight":10,"haproxy_server_options":"backup","labels":{"az":"us-1a"}}`, DecodeOptions{},
+			Instance{Host: "10.0.0.5", Port: 8080, Name: "i-abc", Weight: intp(10), HAProxyServerOptions: "backup", Labels: map[string]string{"az": "us-1a"}}},
+		{"unknown keys ignored", `{"host":"h1","port":80,"future":{"x":1}}`, DecodeOptions{}, Instance{Host: "h1", Port: 80}},
+		{"port as string", `{"host":"h1","port":"80"}`, DecodeOptions{}, Instance{Host: "h1", Port: 80}},
+		{"null weight", `{"host":"h1","port":80,"weight":null}`, DecodeOptions{}, Instance{Host: "h1", Port: 80}},
+		{"ipv6", `{"host":"2001:db8::1","port":80}`, DecodeOptions{}, Instance{Host: "2001:db8::1", Port: 80}},
+		{"serverset", `{"serviceEndpoint":{"host":"10.1.1.1","port":31000},"additionalEndpoints":{"admin":{"host":"10.1.1.1","port":31001}},"status":"ALIVE","shard":3}`, DecodeOptions{},
+			Instance{Host: "10.1.1.1", Port: 31000, Name: "shard3"}},
+		{"serverset endpoint", `{"serviceEndpoint":{"host":"10.1.1.1","port":31000},"additionalEndpoints":{"admin":{"host":"10.1.1.1","port":31001}},"status":"ALIVE"}`, DecodeOptions{Endpoint: "admin"},
+			Instance{Host: "10.1.1.1", Port: 31001}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Decode([]byte(tc.data), tc.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !got.Equal(tc.want) {
+				t.Errorf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	big := `{"host":"h","port":1,"labels":{"x":"` + strings.Repeat("a", MaxRecordSize) + `"}}`
+	for _, tc := range []struct{ name, data, want string }{
+		{"not json", `not json`, "not a JSON object"},
+		{"array", `[1,2]`, "not a JSON object"},
+		{"trailing data", `{"host":"h","port":1} {"host":"evil","port":2}`, "after its JSON object"},
+		{"no host", `{"port":80}`, `"host"`},
+		{"no port", `{"host":"h1"}`, `"port"`},
+		{"port range", `{"host":"h1","port":70000}`, "port"},
+		{"port zero", `{"host":"h1","port":0}`, "port"},
+		{"port float", `{"host":"h1","port":80.5}`, "port"},
+		{"port huge", `{"host":"h1","port":99999999999999999999}`, "port"},
+		{"weight range", `{"host":"h1","port":80,"weight":257}`, "weight"},
+		{"weight negative", `{"host":"h1","port":80,"weight":-1}`, "weight"},
+		{"host newline", `{"host":"h1\nserver evil 1.2.3.4:80","port":80}`, "host"},
+		{"host hash", `{"host":"h1#","port":80}`, "host"},
+		{"host space", `{"host":"h 1","port":80}`, "host"},
+		{"host zone", `{"host":"fe80::1%eth0","port":80}`, "zone"},
+		{"host empty", `{"host":"","port":80}`, "host"},
+		{"name newline", `{"host":"h1","port":80,"name":"a\nb"}`, "name"},
+		{"name space", `{"host":"h1","port":80,"name":"a b"}`, "name"},
+		{"options injection", `{"host":"h1","port":80,"haproxy_server_options":"check\nserver evil 6.6.6.6:80"}`, "haproxy_server_options"},
+		{"options unknown keyword", `{"host":"h1","port":80,"haproxy_server_options":"check redir http://evil"}`, "redir"},
+		{"options comment", `{"host":"h1","port":80,"haproxy_server_options":"check # x"}`, "#"},
+		{"options missing arg", `{"host":"h1","port":80,"haproxy_server_options":"inter"}`, "inter"},
+		{"options bad duration", `{"host":"h1","port":80,"haproxy_server_options":"inter 2y"}`, "inter"},
+		{"options bad enum", `{"host":"h1","port":80,"haproxy_server_options":"observe layer9"}`, "observe"},
+		{"options bad token", `{"host":"h1","port":80,"haproxy_server_options":"sni \"x;y\""}`, "sni"},
+		{"label key", `{"host":"h1","port":80,"labels":{"a b":"x"}}`, "labels"},
+		{"label value newline", `{"host":"h1","port":80,"labels":{"a":"x\ny"}}`, "labels.a"},
+		{"label value NUL", `{"host":"h1","port":80,"labels":{"a":"x\u0000y"}}`, "labels.a"},
+		{"label not string", `{"host":"h1","port":80,"labels":{"a":1}}`, "JSON"},
+		{"too big", big, "byte limit"},
+		{"serverset dead", `{"serviceEndpoint":{"host":"10.1.1.1","port":31000},"status":"DEAD"}`, "ALIVE"},
+		{"serverset missing endpoint", `{"serviceEndpoint":{"host":"10.1.1.1","port":31000},"status":"ALIVE"}`, "additionalEndpoints"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := DecodeOptions{}
+			if tc.name == "serverset missing endpoint" {
+				opts.Endpoint = "http"
+			}
+			_, err := Decode([]byte(tc.data), opts)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Decode(%.60q) = %v, want an error mentioning %q", tc.data, err, tc.want)
+			}
+		})
+	}
+	if _, err := Decode([]byte(`{"serviceEndpoint":{"host":"h","port":1},"status":"STOPPING"}`), DecodeOptions{}); !errors.Is(err, ErrNotAlive) {
+		t.Errorf("a STOPPING member: %v, want ErrNotAlive", err)
+	}
+}
+
+func TestServerOptionsAllowed(t *testing.T) {
+	for _, opts := range []string{
+		"", "backup", "check inter 2s rise 3 fall 2", "weight 10 maxconn 100 slowstart 30s",
+		"on-marked-down shutdown-sessions on-marked-up shutdown-backup-sessions",
+		"check-ssl ssl verify none sni req.hdr(host) alpn h2,http/1.1",
+		"send-proxy-v2 observe layer7 error-limit 10 on-error mark-down",
+		"  check\tinter 500ms  ",
+	} {
+		if err := ValidateServerOptions(opts); err != nil {
+			t.Errorf("ValidateServerOptions(%q) = %v", opts, err)
+		}
+	}
+}
+
+func TestChildName(t *testing.T) {
+	rec, err := Instance{Host: "10.0.0.5", Port: 8080, Name: "i-abc"}.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := EncodeChildName(rec) + "0000000042"
+	got, ok, err := DecodeChildName(name, DecodeOptions{})
+	if !ok || err != nil || got.Name != "i-abc" || got.Port != 8080 {
+		t.Fatalf("DecodeChildName(%q) = %+v, %v, %v", name, got, ok, err)
+	}
+	if _, ok, _ := DecodeChildName("i-abc_0000000042", DecodeOptions{}); ok {
+		t.Error("a plain child name was taken as path-encoded")
+	}
+	for _, bad := range []string{"base64_x_abc_1", "base64_999_abc_1", "base64_4_!!!!_1", "base64_8_" + "bm90IGpz" + "_1"} {
+		if _, ok, err := DecodeChildName(bad, DecodeOptions{}); !ok || err == nil {
+			t.Errorf("DecodeChildName(%q) = ok %v, err %v; want a path-encoding error", bad, ok, err)
+		}
+	}
+}
+
+func TestDedupeAndEqualSets(t *testing.T) {
+	a := []Instance{{Host: "h2", Port: 1, Name: "b"}, {Host: "h1", Port: 1, Name: "a", Weight: intp(5)}, {Host: "h1", Port: 1, Name: "a"}}
+	got := Dedupe(a)
+	if len(got) != 2 || got[0].Name != "a" || got[0].Weight == nil {
+		t.Fatalf("Dedupe = %+v; want a (the first, weighted) and b", got)
+	}
+	if !EqualSets(got, []Instance{{Host: "h1", Port: 1, Name: "a", Weight: intp(5)}, {Host: "h2", Port: 1, Name: "b"}}) {
+		t.Error("EqualSets: equal sets differ")
+	}
+	if EqualSets(got, got[:1]) {
+		t.Error("EqualSets: different lengths equal")
+	}
+}
+
+func TestOverride(t *testing.T) {
+	now := time.Date(2026, 11, 22, 3, 0, 0, 0, time.UTC)
+	later := now.Add(time.Hour)
+	o := Override{Target: "10.0.0.5", State: StateDrain, Services: []string{"web", "api"}, Reason: "deploy", By: "ops@h", At: now, ExpiresAt: &later}
+	if o.Key() != "10.0.0.5@api,web" {
+		t.Errorf("Key = %q", o.Key())
+	}
+	if o.Services[0] != "web" {
+		t.Error("Key sorted the caller's slice")
+	}
+	data, err := o.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := DecodeOverride(data)
+	if err != nil || back.Key() != o.Key() || !back.ExpiresAt.Equal(later) {
+		t.Fatalf("round trip: %+v, %v", back, err)
+	}
+	for _, tc := range []struct {
+		svc  string
+		in   Instance
+		want bool
+	}{
+		{"web", Instance{Host: "10.0.0.5", Port: 80}, true},
+		{"web", Instance{Host: "10.0.0.6", Port: 80, Name: "10.0.0.5"}, true},
+		{"db", Instance{Host: "10.0.0.5", Port: 80}, false},
+		{"web", Instance{Host: "10.0.0.6", Port: 80}, false},
+	} {
+		if got := o.Matches(tc.svc, tc.in); got != tc.want {
+			t.Errorf("Matches(%s, %+v) = %v", tc.svc, tc.in, got)
+		}
+	}
+	if !o.Active(now) || o.Active(later) {
+		t.Error("Active: wrong around the expiry")
+	}
+	for _, tc := range []struct {
+		data, want string
+	}{
+		{`{"target":"h","state":"off","at":"2026-11-22T03:00:00Z"}`, "state"},
+		{`{"target":"h","state":"drain"}`, "at"},
+		{`{"target":"h x","state":"drain","at":"2026-11-22T03:00:00Z"}`, "target"},
+		{`{"target":"h","state":"drain","at":"2026-11-22T03:00:00Z","weight":300}`, "weight"},
+		{`{"target":"h","state":"drain","at":"2026-11-22T03:00:00Z","services":["a\nb"]}`, "services[0]"},
+		{`{"target":"h","state":"drain","at":"2026-11-22T03:00:00Z","extra":1}`, "extra"},
+		{`{"target":"h","state":"drain","at":"yesterday"}`, "override"},
+	} {
+		if _, err := DecodeOverride([]byte(tc.data)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("DecodeOverride(%s) = %v, want an error naming %s", tc.data, err, tc.want)
+		}
+	}
+}
