@@ -4,8 +4,8 @@ GO    ?= go
 BIN   := bin
 
 # Debian packages the tests run for real: HAProxy, ZooKeeper (brings a JRE),
-# etcd, and socat for poking HAProxy's sockets by hand.
-DEB_PACKAGES := haproxy zookeeper etcd-server socat
+# etcd, redis (nerve's redis check), and socat for poking HAProxy's sockets by hand.
+DEB_PACKAGES := haproxy zookeeper etcd-server socat redis-server
 
 .PHONY: all build test unit vet deps bench fuzz clean
 

@@ -1,0 +1,153 @@
+// Command nerve health-checks the service instances of this host and keeps
+// the healthy ones registered in ZooKeeper or etcd.
+//
+//	nerve -config /etc/syncstack/nerve.yaml
+//	nerve -config nerve.conf.json -check-config
+//
+// SIGHUP reloads the config (an invalid one is logged and the old one kept).
+// SIGTERM or SIGINT deregisters every service, waits drain_delay, exits 0.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/syncstack/syncstack/nerve"
+	"github.com/syncstack/syncstack/registry"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("nerve", flag.ContinueOnError)
+	configPath := fs.String("config", "/etc/syncstack/nerve.yaml", "config file (YAML, or Airbnb nerve JSON)")
+	checkConfig := fs.Bool("check-config", false, "validate the config and exit: 0 valid, 1 not")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", "text or json")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "nerve: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	log, err := newLogger(*logLevel, *logFormat)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "nerve:", err)
+		return 2
+	}
+	cfg, err := nerve.Load(*configPath)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "nerve: invalid config:", err)
+		return 1
+	}
+	for _, w := range cfg.Warnings {
+		log.Warn("config: " + w)
+	}
+	if *checkConfig {
+		fmt.Printf("%s: OK, %d services\n", *configPath, len(cfg.Services))
+		return 0
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	agent := nerve.New(cfg, nerve.Options{
+		Logger: log, Metrics: nerve.NewMetrics(reg), RegistryMetrics: registry.NewMetrics(reg),
+	})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if cfg.Admin.Listen != "off" {
+		ln, err := net.Listen("tcp", cfg.Admin.Listen)
+		if err != nil {
+			log.Error("admin listener", "listen", cfg.Admin.Listen, "err", err)
+			return 1
+		}
+		srv := &http.Server{Handler: agent.AdminHandler(reg), ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(ln)
+		defer srv.Close()
+		log.Info("admin API listening", "addr", ln.Addr().String())
+	}
+
+	done := make(chan error, 1)
+	go func() { done <- agent.Run(ctx) }()
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				log.Error("nerve stopped", "err", err)
+				return 1
+			}
+			return 0
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				cfg = reload(log, agent, *configPath, cfg)
+				continue
+			}
+			log.Info("signal received: deregistering every service", "signal", sig.String())
+			if err := agent.Shutdown(context.Background()); err != nil {
+				log.Error("deregistration", "err", err)
+			}
+			if d := cfg.DrainDelay.D(); d > 0 {
+				log.Info("waiting for the drain delay", "delay", d)
+				time.Sleep(d)
+			}
+			cancel()
+			<-done
+			return 0
+		}
+	}
+}
+
+// reload applies the config at path and returns the config in force.
+func reload(log *slog.Logger, agent *nerve.Agent, path string, old *nerve.Config) *nerve.Config {
+	cfg, err := nerve.Load(path)
+	if err != nil {
+		log.Error("SIGHUP: the new config is invalid; keeping the old one", "err", err)
+		return old
+	}
+	for _, w := range cfg.Warnings {
+		log.Warn("config: " + w)
+	}
+	if cfg.Admin.Listen != old.Admin.Listen {
+		log.Warn("SIGHUP: admin.listen changed; it takes effect at the next restart")
+	}
+	if err := agent.Reload(cfg); err != nil {
+		log.Error("SIGHUP: reload", "err", err)
+	} else {
+		log.Info("SIGHUP: config reloaded", "services", len(cfg.Services))
+	}
+	return cfg
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("-log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, errors.New("-log-format: want text or json")
+}

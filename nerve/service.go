@@ -1,0 +1,331 @@
+package nerve
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/syncstack/syncstack/nerve/checks"
+	"github.com/syncstack/syncstack/registry"
+)
+
+// CheckResult is the last result of one check.
+type CheckResult struct {
+	Check    string        `json:"check"`
+	OK       bool          `json:"ok"`
+	Error    string        `json:"error,omitempty"`
+	Duration time.Duration `json:"duration_ns"`
+	At       time.Time     `json:"at"`
+}
+
+// Maintenance holds a service out of the registry whatever its health.
+type Maintenance struct {
+	Reason string    `json:"reason"`
+	Since  time.Time `json:"since"`
+}
+
+// ServiceStatus is what GET /status reports for one service.
+type ServiceStatus struct {
+	Name        string        `json:"name"`
+	State       string        `json:"state"` // up, down, maintenance
+	Healthy     bool          `json:"healthy"`
+	Registered  bool          `json:"registered"`
+	Key         string        `json:"key,omitempty"`
+	Weight      *int          `json:"weight,omitempty"`
+	Maintenance *Maintenance  `json:"maintenance,omitempty"`
+	Checks      []CheckResult `json:"checks"`
+	GoodStreak  int           `json:"good_streak"`
+	BadStreak   int           `json:"bad_streak"`
+	LastError   string        `json:"registry_error,omitempty"`
+}
+
+// service runs one service's checks every interval, counts rise and fall
+// over whole rounds, and keeps the registration in step: registered while
+// healthy and not in maintenance.
+type service struct {
+	name    string
+	cfg     *ServiceConfig
+	checks  []checks.Check
+	backend registry.Backend
+	log     *slog.Logger
+	m       *Metrics
+	kick    chan struct{}
+	done    chan struct{}
+	cancel  context.CancelFunc
+
+	mu         sync.Mutex
+	healthy    bool
+	good, bad  int
+	results    []CheckResult
+	maint      *Maintenance
+	weight     *int // set through the admin API; nil: the config's
+	reg        registry.Registration
+	registered registry.Instance // the record last written
+	lastErr    string
+	retryAt    time.Time
+	backoff    time.Duration
+}
+
+func newService(name string, cfg *ServiceConfig, backend registry.Backend, log *slog.Logger, m *Metrics) (*service, error) {
+	s := &service{name: name, cfg: cfg, backend: backend, m: m,
+		log: log.With("service", name), kick: make(chan struct{}, 1), done: make(chan struct{})}
+	for _, cc := range cfg.Checks {
+		c, err := checks.New(cc)
+		if err != nil {
+			return nil, err
+		}
+		s.checks = append(s.checks, c)
+	}
+	s.results = make([]CheckResult, len(s.checks))
+	for i, c := range s.checks {
+		s.results[i].Check = c.Name()
+	}
+	m.Up.WithLabelValues(name).Set(0)
+	m.Registered.WithLabelValues(name).Set(0)
+	m.Maintenance.WithLabelValues(name).Set(0)
+	return s, nil
+}
+
+func (s *service) start(ctx context.Context) {
+	ctx, s.cancel = context.WithCancel(ctx)
+	go s.run(ctx)
+}
+
+func (s *service) poke() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (s *service) run(ctx context.Context) {
+	defer close(s.done)
+	tick := time.NewTicker(s.cfg.CheckInterval.D())
+	defer tick.Stop()
+	for {
+		s.round(ctx)
+		s.reconcile(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-s.kick:
+			s.reconcile(ctx)
+			// wait for the next tick for the next round
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}
+}
+
+// round runs every check at once and folds the result into the streaks.
+func (s *service) round(ctx context.Context) {
+	results := make([]CheckResult, len(s.checks))
+	var wg sync.WaitGroup
+	for i, c := range s.checks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cctx, cancel := context.WithTimeout(ctx, s.cfg.Checks[i].Timeout.D())
+			defer cancel()
+			start := time.Now()
+			err := c.Check(cctx)
+			r := CheckResult{Check: c.Name(), OK: err == nil, Duration: time.Since(start), At: start}
+			if err != nil {
+				r.Error = err.Error()
+			}
+			results[i] = r
+		}()
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return // shutting down: a cancelled check says nothing about health
+	}
+	ok := true
+	for _, r := range results {
+		ok = ok && r.OK
+		res := "ok"
+		if !r.OK {
+			res = "fail"
+		}
+		s.m.CheckResults.WithLabelValues(s.name, r.Check, res).Inc()
+		s.m.CheckDuration.WithLabelValues(s.name, r.Check).Observe(r.Duration.Seconds())
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.results = results
+	if ok {
+		s.good, s.bad = s.good+1, 0
+		if !s.healthy && s.good >= s.cfg.Rise {
+			s.healthy = true
+			s.m.Transitions.WithLabelValues(s.name, "up").Inc()
+			s.log.Info("service is up", "rise", s.cfg.Rise)
+		}
+	} else {
+		s.good, s.bad = 0, s.bad+1
+		if s.healthy && s.bad >= s.cfg.Fall {
+			s.healthy = false
+			s.m.Transitions.WithLabelValues(s.name, "down").Inc()
+			s.log.Warn("service is down", "fall", s.cfg.Fall, "checks", failing(results))
+		}
+	}
+	s.m.Up.WithLabelValues(s.name).Set(b2f(s.healthy))
+}
+
+func failing(rs []CheckResult) []string {
+	var out []string
+	for _, r := range rs {
+		if !r.OK {
+			out = append(out, r.Check+": "+r.Error)
+		}
+	}
+	return out
+}
+
+// record is the instance to register now: the config's, with the weight
+// set through the admin API.
+func (s *service) record() registry.Instance {
+	in := s.cfg.Instance()
+	if s.weight != nil {
+		w := *s.weight
+		in.Weight = &w
+	}
+	return in
+}
+
+// reconcile makes the registration match the desired state. A registry
+// error is "unknown": nothing changes, and the write is retried with
+// backoff; it never counts against health.
+func (s *service) reconcile(ctx context.Context) {
+	s.mu.Lock()
+	want := s.healthy && s.maint == nil
+	reg, rec := s.reg, s.record()
+	if time.Now().Before(s.retryAt) {
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+
+	var err error
+	var op string
+	switch {
+	case want && reg == nil:
+		op = "register"
+		var r registry.Registration
+		r, err = s.backend.Register(ctx, s.cfg.RegistryPath(), rec)
+		if err == nil {
+			s.mu.Lock()
+			s.reg, s.registered = r, rec
+			s.mu.Unlock()
+			s.log.Info("registered", "key", r.Key())
+		}
+	case !want && reg != nil:
+		op = "deregister"
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		err = reg.Deregister(dctx)
+		cancel()
+		// The keeper has stopped whatever the outcome; a node it could not
+		// delete goes with the session.
+		s.mu.Lock()
+		s.reg = nil
+		s.mu.Unlock()
+		s.log.Info("deregistered", "key", reg.Key(), "err", err)
+	case want && reg != nil && !rec.Equal(s.registeredRecord()):
+		op = "update"
+		err = reg.Update(ctx, rec)
+		if err == nil {
+			s.mu.Lock()
+			s.registered = rec
+			s.mu.Unlock()
+			s.log.Info("registration updated", "key", reg.Key())
+		}
+	default:
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.m.Registered.WithLabelValues(s.name).Set(b2f(s.reg != nil))
+	if err != nil && ctx.Err() == nil {
+		s.m.RegistryErrors.WithLabelValues(s.name, op).Inc()
+		s.lastErr = op + ": " + err.Error()
+		s.backoff = min(max(2*s.backoff, 500*time.Millisecond), 30*time.Second)
+		s.retryAt = time.Now().Add(s.backoff)
+		s.log.Warn("registry write failed; will retry", "op", op, "err", err, "in", s.backoff)
+		return
+	}
+	s.lastErr, s.backoff, s.retryAt = "", 0, time.Time{}
+}
+
+func (s *service) registeredRecord() registry.Instance {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.registered
+}
+
+// stop ends the check loop and deregisters.
+func (s *service) stop(ctx context.Context) error {
+	s.cancel()
+	<-s.done
+	s.mu.Lock()
+	reg := s.reg
+	s.reg = nil
+	s.mu.Unlock()
+	s.m.forget(s.name)
+	if reg == nil {
+		return nil
+	}
+	err := reg.Deregister(ctx)
+	s.log.Info("deregistered", "key", reg.Key(), "err", err)
+	return err
+}
+
+func (s *service) status() ServiceStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := ServiceStatus{
+		Name: s.name, Healthy: s.healthy, Registered: s.reg != nil,
+		Checks: append([]CheckResult(nil), s.results...), GoodStreak: s.good, BadStreak: s.bad,
+		LastError: s.lastErr, Weight: s.record().Weight,
+	}
+	if s.reg != nil {
+		st.Key = s.reg.Key()
+	}
+	switch {
+	case s.maint != nil:
+		m := *s.maint
+		st.State, st.Maintenance = "maintenance", &m
+	case s.healthy:
+		st.State = "up"
+	default:
+		st.State = "down"
+	}
+	return st
+}
+
+func (s *service) setMaintenance(m *Maintenance) {
+	s.mu.Lock()
+	s.maint = m
+	s.retryAt = time.Time{}
+	s.mu.Unlock()
+	s.m.Maintenance.WithLabelValues(s.name).Set(b2f(m != nil))
+	s.poke()
+}
+
+func (s *service) setWeight(w *int) {
+	s.mu.Lock()
+	s.weight = w
+	s.retryAt = time.Time{}
+	s.mu.Unlock()
+	s.poke()
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
