@@ -36,6 +36,9 @@ type Config struct {
 	// outlives a nerve that died without deregistering (default 10s).
 	ZKSessionTimeout confutil.Duration `yaml:"zk_session_timeout"`
 	EtcdLeaseTTL     confutil.Duration `yaml:"etcd_lease_ttl"`
+	// RegistryTimeout bounds one registry write; a write that fails is
+	// retried with backoff (default 5s).
+	RegistryTimeout confutil.Duration `yaml:"registry_timeout"`
 
 	// Accepted for Airbnb compatibility, not implemented (a warning says so).
 	MaxRepeatedReportFailures confutil.Ignored `yaml:"max_repeated_report_failures"`
@@ -137,6 +140,9 @@ func (cfg *Config) Finalize() error {
 	}
 	if cfg.MaxRepeatedReportFailures.Set() {
 		cfg.Warnings = append(cfg.Warnings, "max_repeated_report_failures: not implemented; nerve never exits on registry errors, it retries with backoff")
+	}
+	if cfg.RegistryTimeout == 0 {
+		cfg.RegistryTimeout = confutil.Duration(5 * time.Second)
 	}
 	if cfg.Admin.Listen == "" {
 		cfg.Admin.Listen = DefaultAdminListen

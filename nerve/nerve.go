@@ -66,9 +66,9 @@ func DefaultBackends(cfg *Config, log *slog.Logger, m *registry.Metrics) Backend
 	return func(svc *ServiceConfig) (registry.Backend, error) {
 		switch svc.ReporterType {
 		case "zookeeper":
-			return zookeeper.New(zookeeper.Config{Servers: svc.ZKHosts, SessionTimeout: cfg.ZKSessionTimeout.D(), Logger: log, Metrics: m})
+			return zookeeper.New(zookeeper.Config{Servers: svc.ZKHosts, SessionTimeout: cfg.ZKSessionTimeout.D(), OpTimeout: cfg.RegistryTimeout.D(), Logger: log, Metrics: m})
 		case "etcd":
-			return etcd.New(etcd.Config{Endpoints: svc.EtcdEndpoints, LeaseTTL: cfg.EtcdLeaseTTL.D(), Logger: log, Metrics: m})
+			return etcd.New(etcd.Config{Endpoints: svc.EtcdEndpoints, LeaseTTL: cfg.EtcdLeaseTTL.D(), OpTimeout: cfg.RegistryTimeout.D(), Logger: log, Metrics: m})
 		}
 		return nil, fmt.Errorf("reporter_type %q", svc.ReporterType)
 	}

@@ -63,7 +63,6 @@ type service struct {
 	reg        registry.Registration
 	registered registry.Instance // the record last written
 	lastErr    string
-	retryAt    time.Time
 	backoff    time.Duration
 }
 
@@ -89,7 +88,16 @@ func newService(name string, cfg *ServiceConfig, backend registry.Backend, log *
 
 func (s *service) start(ctx context.Context) {
 	ctx, s.cancel = context.WithCancel(ctx)
-	go s.run(ctx)
+	checked := make(chan struct{})
+	go func() {
+		defer close(checked)
+		s.checkLoop(ctx)
+	}()
+	go func() {
+		defer close(s.done)
+		s.reportLoop(ctx)
+		<-checked
+	}()
 }
 
 func (s *service) poke() {
@@ -99,31 +107,44 @@ func (s *service) poke() {
 	}
 }
 
-func (s *service) run(ctx context.Context) {
-	defer close(s.done)
+// checkLoop runs a check round every interval. It never waits on the
+// registry: registry writes happen in reportLoop.
+func (s *service) checkLoop(ctx context.Context) {
 	tick := time.NewTicker(s.cfg.CheckInterval.D())
 	defer tick.Stop()
 	for {
-		s.round(ctx)
-		s.reconcile(ctx)
+		if s.round(ctx) {
+			s.poke()
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-		case <-s.kick:
-			s.reconcile(ctx)
-			// wait for the next tick for the next round
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
 		}
 	}
 }
 
-// round runs every check at once and folds the result into the streaks.
-func (s *service) round(ctx context.Context) {
+// reportLoop keeps the registration in step with the desired state, and
+// retries failed writes with backoff.
+func (s *service) reportLoop(ctx context.Context) {
+	for {
+		retry := s.reconcile(ctx)
+		var timer <-chan time.Time
+		if retry > 0 {
+			timer = time.After(retry)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.kick:
+		case <-timer:
+		}
+	}
+}
+
+// round runs every check at once and folds the result into the streaks;
+// it reports whether the health changed.
+func (s *service) round(ctx context.Context) bool {
 	results := make([]CheckResult, len(s.checks))
 	var wg sync.WaitGroup
 	for i, c := range s.checks {
@@ -143,7 +164,7 @@ func (s *service) round(ctx context.Context) {
 	}
 	wg.Wait()
 	if ctx.Err() != nil {
-		return // shutting down: a cancelled check says nothing about health
+		return false // shutting down: a cancelled check says nothing about health
 	}
 	ok := true
 	for _, r := range results {
@@ -158,6 +179,7 @@ func (s *service) round(ctx context.Context) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.results = results
+	was := s.healthy
 	if ok {
 		s.good, s.bad = s.good+1, 0
 		if !s.healthy && s.good >= s.cfg.Rise {
@@ -174,6 +196,7 @@ func (s *service) round(ctx context.Context) {
 		}
 	}
 	s.m.Up.WithLabelValues(s.name).Set(b2f(s.healthy))
+	return was != s.healthy
 }
 
 func failing(rs []CheckResult) []string {
@@ -197,17 +220,14 @@ func (s *service) record() registry.Instance {
 	return in
 }
 
-// reconcile makes the registration match the desired state. A registry
-// error is "unknown": nothing changes, and the write is retried with
-// backoff; it never counts against health.
-func (s *service) reconcile(ctx context.Context) {
+// reconcile makes the registration match the desired state, and returns
+// when to try again (0: nothing pending). A registry error is "unknown":
+// nothing changes, the write is retried with backoff, and it never counts
+// against health.
+func (s *service) reconcile(ctx context.Context) time.Duration {
 	s.mu.Lock()
 	want := s.healthy && s.maint == nil
 	reg, rec := s.reg, s.record()
-	if time.Now().Before(s.retryAt) {
-		s.mu.Unlock()
-		return
-	}
 	s.mu.Unlock()
 
 	var err error
@@ -244,7 +264,7 @@ func (s *service) reconcile(ctx context.Context) {
 			s.log.Info("registration updated", "key", reg.Key())
 		}
 	default:
-		return
+		return 0
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -252,12 +272,13 @@ func (s *service) reconcile(ctx context.Context) {
 	if err != nil && ctx.Err() == nil {
 		s.m.RegistryErrors.WithLabelValues(s.name, op).Inc()
 		s.lastErr = op + ": " + err.Error()
-		s.backoff = min(max(2*s.backoff, 500*time.Millisecond), 30*time.Second)
-		s.retryAt = time.Now().Add(s.backoff)
+		s.backoff = min(max(2*s.backoff, 250*time.Millisecond), 30*time.Second)
 		s.log.Warn("registry write failed; will retry", "op", op, "err", err, "in", s.backoff)
-		return
+		return s.backoff
 	}
-	s.lastErr, s.backoff, s.retryAt = "", 0, time.Time{}
+	s.lastErr, s.backoff = "", 0
+	// The state may have moved while the write ran.
+	return time.Millisecond
 }
 
 func (s *service) registeredRecord() registry.Instance {
@@ -309,7 +330,6 @@ func (s *service) status() ServiceStatus {
 func (s *service) setMaintenance(m *Maintenance) {
 	s.mu.Lock()
 	s.maint = m
-	s.retryAt = time.Time{}
 	s.mu.Unlock()
 	s.m.Maintenance.WithLabelValues(s.name).Set(b2f(m != nil))
 	s.poke()
@@ -318,7 +338,6 @@ func (s *service) setMaintenance(m *Maintenance) {
 func (s *service) setWeight(w *int) {
 	s.mu.Lock()
 	s.weight = w
-	s.retryAt = time.Time{}
 	s.mu.Unlock()
 	s.poke()
 }

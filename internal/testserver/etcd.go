@@ -34,7 +34,7 @@ func StartEtcd(t testing.TB) *Etcd {
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	cfg.TickMs, cfg.ElectionMs = 10, 100
-	cfg.LogLevel = "error"
+	cfg.LogLevel = "fatal" // shutdown logs spurious "server closed" errors
 	e := &Etcd{Endpoint: client.String(), t: t, cfg: cfg}
 	e.Start()
 	t.Cleanup(e.Stop)

@@ -304,3 +304,12 @@ func (z zkLogger) Printf(format string, args ...any) {
 }
 
 func encodeJSON(v any) ([]byte, error) { return json.Marshal(v) }
+
+// SessionID is the id of the session in force, or 0 while there is none.
+func (c *Client) SessionID() int64 {
+	ok, id, _ := c.session()
+	if !ok {
+		return 0
+	}
+	return id
+}

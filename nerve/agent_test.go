@@ -1,0 +1,370 @@
+package nerve
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"text/template"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/syncstack/syncstack/internal/confutil"
+	"github.com/syncstack/syncstack/internal/testserver"
+	"github.com/syncstack/syncstack/registry"
+	"github.com/syncstack/syncstack/registry/etcd"
+	"github.com/syncstack/syncstack/registry/registrytest"
+	"github.com/syncstack/syncstack/registry/zookeeper"
+)
+
+// backend is a local HTTP service whose health the test flips.
+type backend struct {
+	healthy atomic.Bool
+	srv     *httptest.Server
+	port    int
+}
+
+func startBackend(t *testing.T) *backend {
+	b := &backend{}
+	b.healthy.Store(true)
+	b.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !b.healthy.Load() {
+			http.Error(w, "sick", 503)
+			return
+		}
+		fmt.Fprint(w, "OK")
+	}))
+	t.Cleanup(b.srv.Close)
+	b.port = b.srv.Listener.Addr().(*net.TCPAddr).Port
+	return b
+}
+
+// loadConfig renders a YAML template with data and loads it like a file.
+func loadConfig(t *testing.T, tmpl string, data any) *Config {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := template.Must(template.New("").Parse(tmpl)).Execute(&buf, data); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(writeFile(t, t.TempDir(), "nerve.yaml", buf.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+type harness struct {
+	agent   *Agent
+	metrics *Metrics
+	rm      *registry.Metrics
+	backs   []registry.Backend
+	cancel  context.CancelFunc
+	done    chan error
+}
+
+func startAgent(t *testing.T, cfg *Config) *harness {
+	t.Helper()
+	h := &harness{metrics: NewMetrics(nil), rm: registry.NewMetrics(nil), done: make(chan error, 1)}
+	var inner BackendFactory
+	h.agent = New(cfg, Options{Metrics: h.metrics, RegistryMetrics: h.rm, NewBackend: func(svc *ServiceConfig) (registry.Backend, error) {
+		b, err := inner(svc)
+		if err == nil {
+			h.backs = append(h.backs, b)
+		}
+		return b, err
+	}})
+	inner = DefaultBackends(cfg, h.agent.log, h.rm)
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	go func() { h.done <- h.agent.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-h.done
+	})
+	return h
+}
+
+func (h *harness) status(t *testing.T, name string) ServiceStatus {
+	t.Helper()
+	for _, s := range h.agent.Status() {
+		if s.Name == name {
+			return s
+		}
+	}
+	t.Fatalf("no service %s", name)
+	return ServiceStatus{}
+}
+
+func (h *harness) fails(service string) float64 {
+	var total float64
+	for _, r := range h.agent.Status() {
+		if r.Name == service {
+			for _, c := range r.Checks {
+				total += testutil.ToFloat64(h.metrics.CheckResults.WithLabelValues(service, c.Check, "fail"))
+			}
+		}
+	}
+	return total
+}
+
+const zkTemplate = `instance_id: host-1
+services:
+  web:
+    host: 127.0.0.1
+    port: {{.Port}}
+    check_interval: 100ms
+    rise: 2
+    fall: 3
+    checks:
+      - {type: http, uri: /health, timeout: 80ms}
+    zk_hosts: [{{.ZK}}]
+    zk_path: /services/web/services
+`
+
+func watchZK(t *testing.T, servers []string, path string) *registrytest.Watcher {
+	c, err := zookeeper.New(zookeeper.Config{Servers: servers, Metrics: registry.NewMetrics(nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return registrytest.StartWatch(t, c, path)
+}
+
+func TestRiseAndFall(t *testing.T) {
+	zks := testserver.StartZooKeeper(t)
+	b := startBackend(t)
+	cfg := loadConfig(t, zkTemplate, map[string]any{"Port": b.port, "ZK": zks.Nodes[0].Addr})
+	w := watchZK(t, zks.Servers(), "/services/web/services")
+	w.WaitFor(t, 5*time.Second, "empty", registrytest.HasLen(0))
+
+	h := startAgent(t, cfg)
+	got := w.WaitFor(t, 5*time.Second, "registered", registrytest.Has("host-1"))
+	if got[0].Port != b.port || got[0].Host != "127.0.0.1" {
+		t.Errorf("registered %+v", got[0])
+	}
+	if s := h.status(t, "web"); s.GoodStreak < 2 || !s.Registered || s.State != "up" {
+		t.Errorf("status after rise: %+v", s)
+	}
+
+	b.healthy.Store(false)
+	w.WaitFor(t, 5*time.Second, "deregistered", registrytest.HasLen(0))
+	if n := h.fails("web"); n < 3 || n > 4 {
+		t.Errorf("deregistered after %v failed rounds, want fall = 3", n)
+	}
+	if s := h.status(t, "web"); s.State != "down" || s.Registered || s.Checks[0].OK || !strings.Contains(s.Checks[0].Error, "503") {
+		t.Errorf("status after fall: %+v", s)
+	}
+
+	b.healthy.Store(true)
+	start := time.Now()
+	w.WaitFor(t, 5*time.Second, "registered again", registrytest.Has("host-1"))
+	if d := time.Since(start); d < 100*time.Millisecond {
+		t.Errorf("re-registered after %v: faster than rise = 2 rounds of 100ms allows", d)
+	}
+}
+
+// A registry that is down is "unknown": the service stays healthy, the write
+// is retried and counted, and it lands when the registry is back.
+func TestRegistryDownIsUnknown(t *testing.T) {
+	zks := testserver.StartZooKeeper(t)
+	b := startBackend(t)
+	cfg := loadConfig(t, zkTemplate+"registry_timeout: 300ms\n", map[string]any{"Port": b.port, "ZK": zks.Nodes[0].Addr})
+	for _, svc := range cfg.Services {
+		svc.CheckInterval = confutil.Duration(50 * time.Millisecond)
+	}
+	zks.Nodes[0].Kill()
+	h := startAgent(t, cfg)
+	registrytest.Eventually(t, 5*time.Second, "healthy, unregistered and retrying while the registry is down", func() bool {
+		st := h.agent.Status()
+		return len(st) == 1 && st[0].Healthy && !st[0].Registered && st[0].LastError != "" &&
+			testutil.ToFloat64(h.metrics.RegistryErrors.WithLabelValues("web", "register")) >= 2
+	})
+	zks.Nodes[0].Start()
+	if err := zks.Nodes[0].WaitServing(20 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	w := watchZK(t, zks.Servers(), "/services/web/services")
+	w.WaitFor(t, 30*time.Second, "registered once the registry is back", registrytest.Has("host-1"))
+	if n := testutil.ToFloat64(h.metrics.Transitions.WithLabelValues("web", "down")); n != 0 {
+		t.Errorf("the registry outage made the service go down %v times", n)
+	}
+
+}
+
+// After a ZooKeeper session expiry the registration is back within a second
+// of the new session.
+func TestSessionExpiryReregistersWithinOneSecond(t *testing.T) {
+	zks := testserver.StartZooKeeper(t)
+	proxy := testserver.StartProxy(t, zks.Nodes[0].Addr)
+	b := startBackend(t)
+	cfg := loadConfig(t, zkTemplate+"zk_session_timeout: 1s\n", map[string]any{"Port": b.port, "ZK": proxy.Addr})
+	h := startAgent(t, cfg)
+	w := watchZK(t, zks.Servers(), "/services/web/services")
+	w.WaitFor(t, 5*time.Second, "registered", registrytest.Has("host-1"))
+	zkc := h.backs[0].(*zookeeper.Client)
+	old := zkc.SessionID()
+
+	proxy.Cut()
+	w.WaitFor(t, 10*time.Second, "expired", registrytest.HasLen(0))
+	proxy.Restore()
+	var newSession time.Time
+	registrytest.Eventually(t, 15*time.Second, "a new session", func() bool {
+		id := zkc.SessionID()
+		if id != 0 && id != old {
+			newSession = time.Now()
+			return true
+		}
+		return false
+	})
+	w.WaitFor(t, 5*time.Second, "re-registered", registrytest.Has("host-1"))
+	if d := time.Since(newSession); d > time.Second {
+		t.Errorf("re-registered %v after the new session, want ≤ 1s", d)
+	}
+	if n := testutil.ToFloat64(h.rm.Reregistrations.WithLabelValues("zookeeper")); n < 1 {
+		t.Errorf("re-registrations metric = %v", n)
+	}
+}
+
+func TestMaintenanceAndWeightThroughAdminAPI(t *testing.T) {
+	srv := testserver.StartEtcd(t)
+	b := startBackend(t)
+	cfg := loadConfig(t, `instance_id: host-1
+services:
+  api:
+    host: 127.0.0.1
+    port: {{.Port}}
+    weight: 5
+    check_interval: 50ms
+    rise: 1
+    fall: 1
+    checks: [{type: tcp}]
+    etcd_endpoints: [{{.Etcd}}]
+    etcd_path: /services/api
+`, map[string]any{"Port": b.port, "Etcd": srv.Endpoint})
+	h := startAgent(t, cfg)
+	reg := prometheus.NewRegistry()
+	api := httptest.NewServer(h.agent.AdminHandler(reg))
+	t.Cleanup(api.Close)
+
+	ec, err := etcd.New(etcd.Config{Endpoints: []string{srv.Endpoint}, Metrics: registry.NewMetrics(nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ec.Close() })
+	w := registrytest.StartWatch(t, ec, "/services/api")
+	w.WaitFor(t, 5*time.Second, "registered with weight 5", func(s []registry.Instance) bool {
+		return len(s) == 1 && s[0].Weight != nil && *s[0].Weight == 5
+	})
+
+	call := func(method, path, body string, want int) map[string]any {
+		t.Helper()
+		req, _ := http.NewRequest(method, api.URL+path, strings.NewReader(body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		json.NewDecoder(resp.Body).Decode(&out)
+		if resp.StatusCode != want {
+			t.Fatalf("%s %s = %d %v, want %d", method, path, resp.StatusCode, out, want)
+		}
+		return out
+	}
+	call("POST", "/services/api/maintenance", `{"reason":"kernel upgrade"}`, 200)
+	w.WaitFor(t, 5*time.Second, "deregistered by maintenance", registrytest.HasLen(0))
+	time.Sleep(200 * time.Millisecond) // several healthy rounds: still held out
+	w.Quiet(t, 100*time.Millisecond, "during maintenance")
+	st := call("GET", "/status", "", 200)
+	svc := st["services"].([]any)[0].(map[string]any)
+	if svc["state"] != "maintenance" || svc["maintenance"].(map[string]any)["reason"] != "kernel upgrade" || svc["registered"] != false {
+		t.Errorf("status in maintenance: %v", svc)
+	}
+	call("DELETE", "/services/api/maintenance", "", 200)
+	w.WaitFor(t, 5*time.Second, "back after maintenance", registrytest.HasLen(1))
+
+	call("PUT", "/services/api/weight", `{"weight": 42}`, 200)
+	w.WaitFor(t, 5*time.Second, "weight 42", func(s []registry.Instance) bool {
+		return len(s) == 1 && s[0].Weight != nil && *s[0].Weight == 42
+	})
+	call("PUT", "/services/api/weight", `{"weight": 999}`, 400)
+	call("PUT", "/services/api/weight", `{"wait": 1}`, 400)
+	call("PUT", "/services/nope/weight", `{"weight": 1}`, 404)
+	call("POST", "/services/api/maintenance", `{"reason":"a\nb"}`, 400)
+
+	resp, err := http.Get(api.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("/metrics = %d", resp.StatusCode)
+	}
+}
+
+func TestReloadAddsRemovesAndChanges(t *testing.T) {
+	zks := testserver.StartZooKeeper(t)
+	b1, b2 := startBackend(t), startBackend(t)
+	const tmpl = `instance_id: host-1
+services:
+{{range .Services}}  {{.Name}}:
+    host: 127.0.0.1
+    port: {{.Port}}
+    weight: {{.Weight}}
+    check_interval: 50ms
+    rise: 1
+    fall: 1
+    checks: [{type: tcp}]
+    zk_hosts: [{{$.ZK}}]
+    zk_path: /services/{{.Name}}
+{{end}}`
+	type svc struct {
+		Name         string
+		Port, Weight int
+	}
+	zk := zks.Nodes[0].Addr
+	h := startAgent(t, loadConfig(t, tmpl, map[string]any{"ZK": zk, "Services": []svc{{"a", b1.port, 1}, {"b", b2.port, 1}}}))
+	wa := watchZK(t, zks.Servers(), "/services/a")
+	wb := watchZK(t, zks.Servers(), "/services/b")
+	wc := watchZK(t, zks.Servers(), "/services/c")
+	wa.WaitFor(t, 5*time.Second, "a", registrytest.HasLen(1))
+	wb.WaitFor(t, 5*time.Second, "b", registrytest.HasLen(1))
+	wc.WaitFor(t, 5*time.Second, "no c", registrytest.HasLen(0))
+	if err := h.agent.SetMaintenance("a", "keep me"); err != nil {
+		t.Fatal(err)
+	}
+	wa.WaitFor(t, 5*time.Second, "a in maintenance", registrytest.HasLen(0))
+
+	// a changes weight (and stays in maintenance), b goes, c comes.
+	next := loadConfig(t, tmpl, map[string]any{"ZK": zk, "Services": []svc{{"a", b1.port, 9}, {"c", b2.port, 1}}})
+	if err := h.agent.Reload(next); err != nil {
+		t.Fatal(err)
+	}
+	wb.WaitFor(t, 5*time.Second, "b removed", registrytest.HasLen(0))
+	wc.WaitFor(t, 5*time.Second, "c added", registrytest.HasLen(1))
+	if s := h.status(t, "a"); s.State != "maintenance" {
+		t.Errorf("maintenance lost over reload: %+v", s)
+	}
+	h.agent.ClearMaintenance("a")
+	wa.WaitFor(t, 5*time.Second, "a with the new weight", func(s []registry.Instance) bool {
+		return len(s) == 1 && *s[0].Weight == 9
+	})
+	if len(h.agent.Status()) != 2 {
+		t.Errorf("status lists %d services, want 2", len(h.agent.Status()))
+	}
+
+	// Shutdown deregisters everything.
+	if err := h.agent.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	wa.WaitFor(t, 5*time.Second, "a gone at shutdown", registrytest.HasLen(0))
+	wc.WaitFor(t, 5*time.Second, "c gone at shutdown", registrytest.HasLen(0))
+}
