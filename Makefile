@@ -37,6 +37,11 @@ vet:
 test: deps vet
 	$(GO) test -race -count=1 -timeout 20m ./...
 
+# bench: the benchmarks against real servers, once each. BENCH_QUICK=1 for
+# the short mode.
+bench: deps
+	SYNCSTACK_BENCH_QUICK=$(BENCH_QUICK) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/
+
 unit:
 	$(GO) test -race -count=1 -short ./...
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/pprof"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -23,6 +24,7 @@ const maxAdminBody = 64 << 10
 //	PUT    /services/{name}/weight          {"weight": N} (null: the config's)
 //	GET    /metrics                         Prometheus metrics from gatherer
 //	GET    /healthz                         200 while nerve runs
+//	GET    /debug/pprof/                    Go profiles
 func (a *Agent) AdminHandler(gatherer prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
@@ -55,6 +57,9 @@ func (a *Agent) AdminHandler(gatherer prometheus.Gatherer) http.Handler {
 		a.answer(w, a.SetWeight(r.PathValue("name"), body.Weight), r.PathValue("name"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")
 	})

@@ -50,8 +50,8 @@ type service struct {
 	backend registry.Backend
 	log     *slog.Logger
 	m       *Metrics
-	kick    chan struct{}
 	done    chan struct{}
+	ctx     context.Context // the check loop's
 	cancel  context.CancelFunc
 
 	mu         sync.Mutex
@@ -64,11 +64,13 @@ type service struct {
 	registered registry.Instance // the record last written
 	lastErr    string
 	backoff    time.Duration
+	reporting  bool           // a reportLoop runs
+	reporters  sync.WaitGroup // the reportLoops started
 }
 
 func newService(name string, cfg *ServiceConfig, backend registry.Backend, log *slog.Logger, m *Metrics) (*service, error) {
 	s := &service{name: name, cfg: cfg, backend: backend, m: m,
-		log: log.With("service", name), kick: make(chan struct{}, 1), done: make(chan struct{})}
+		log: log.With("service", name), done: make(chan struct{})}
 	for _, cc := range cfg.Checks {
 		c, err := checks.New(cc)
 		if err != nil {
@@ -88,23 +90,38 @@ func newService(name string, cfg *ServiceConfig, backend registry.Backend, log *
 
 func (s *service) start(ctx context.Context) {
 	ctx, s.cancel = context.WithCancel(ctx)
-	checked := make(chan struct{})
-	go func() {
-		defer close(checked)
-		s.checkLoop(ctx)
-	}()
+	s.ctx = ctx
 	go func() {
 		defer close(s.done)
-		s.reportLoop(ctx)
-		<-checked
+		s.checkLoop(ctx)
+		s.reporters.Wait()
 	}()
 }
 
+// poke makes sure a reporter runs when the registration is out of step.
+// In the steady state none runs: a service costs one goroutine.
 func (s *service) poke() {
-	select {
-	case s.kick <- struct{}{}:
-	default:
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.reporting || s.ctx.Err() != nil || !s.outOfStep() {
+		return
 	}
+	s.reporting = true
+	s.reporters.Add(1)
+	go func() {
+		defer s.reporters.Done()
+		s.reportLoop(s.ctx)
+	}()
+}
+
+// outOfStep reports whether the registration differs from what it should
+// be; s.mu is held.
+func (s *service) outOfStep() bool {
+	want := s.healthy && s.maint == nil
+	if want != (s.reg != nil) {
+		return true
+	}
+	return s.reg != nil && !s.record().Equal(s.registered)
 }
 
 // checkLoop runs a check round every interval. It never waits on the
@@ -113,9 +130,8 @@ func (s *service) checkLoop(ctx context.Context) {
 	tick := time.NewTicker(s.cfg.CheckInterval.D())
 	defer tick.Stop()
 	for {
-		if s.round(ctx) {
-			s.poke()
-		}
+		s.round(ctx)
+		s.poke()
 		select {
 		case <-ctx.Done():
 			return
@@ -124,47 +140,56 @@ func (s *service) checkLoop(ctx context.Context) {
 	}
 }
 
-// reportLoop keeps the registration in step with the desired state, and
-// retries failed writes with backoff.
+// reportLoop writes until the registration is in step, retrying failed
+// writes with backoff, then ends.
 func (s *service) reportLoop(ctx context.Context) {
 	for {
 		retry := s.reconcile(ctx)
-		var timer <-chan time.Time
-		if retry > 0 {
-			timer = time.After(retry)
-		}
-		select {
-		case <-ctx.Done():
+		s.mu.Lock()
+		if ctx.Err() != nil || (retry == 0 && !s.outOfStep()) {
+			s.reporting = false
+			s.mu.Unlock()
 			return
-		case <-s.kick:
-		case <-timer:
+		}
+		s.mu.Unlock()
+		if retry > 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(retry):
+			}
 		}
 	}
 }
 
-// round runs every check at once and folds the result into the streaks;
-// it reports whether the health changed.
-func (s *service) round(ctx context.Context) bool {
+// round runs every check at once and folds the result into the streaks.
+func (s *service) round(ctx context.Context) {
 	results := make([]CheckResult, len(s.checks))
-	var wg sync.WaitGroup
-	for i, c := range s.checks {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cctx, cancel := context.WithTimeout(ctx, s.cfg.Checks[i].Timeout.D())
-			defer cancel()
-			start := time.Now()
-			err := c.Check(cctx)
-			r := CheckResult{Check: c.Name(), OK: err == nil, Duration: time.Since(start), At: start}
-			if err != nil {
-				r.Error = err.Error()
-			}
-			results[i] = r
-		}()
+	probe := func(i int) {
+		cctx, cancel := context.WithTimeout(ctx, s.cfg.Checks[i].Timeout.D())
+		defer cancel()
+		start := time.Now()
+		err := s.checks[i].Check(cctx)
+		r := CheckResult{Check: s.checks[i].Name(), OK: err == nil, Duration: time.Since(start), At: start}
+		if err != nil {
+			r.Error = err.Error()
+		}
+		results[i] = r
 	}
-	wg.Wait()
+	if len(s.checks) == 1 {
+		probe(0) // the common case: no goroutine per round
+	} else {
+		var wg sync.WaitGroup
+		for i := range s.checks {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				probe(i)
+			}()
+		}
+		wg.Wait()
+	}
 	if ctx.Err() != nil {
-		return false // shutting down: a cancelled check says nothing about health
+		return // shutting down: a cancelled check says nothing about health
 	}
 	ok := true
 	for _, r := range results {
@@ -179,7 +204,6 @@ func (s *service) round(ctx context.Context) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.results = results
-	was := s.healthy
 	if ok {
 		s.good, s.bad = s.good+1, 0
 		if !s.healthy && s.good >= s.cfg.Rise {
@@ -196,7 +220,6 @@ func (s *service) round(ctx context.Context) bool {
 		}
 	}
 	s.m.Up.WithLabelValues(s.name).Set(b2f(s.healthy))
-	return was != s.healthy
 }
 
 func failing(rs []CheckResult) []string {
@@ -277,8 +300,7 @@ func (s *service) reconcile(ctx context.Context) time.Duration {
 		return s.backoff
 	}
 	s.lastErr, s.backoff = "", 0
-	// The state may have moved while the write ran.
-	return time.Millisecond
+	return 0
 }
 
 func (s *service) registeredRecord() registry.Instance {

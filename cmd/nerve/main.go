@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -29,6 +30,12 @@ import (
 )
 
 func main() {
+	// nerve's live heap is small and steady; collecting at +50% instead
+	// of +100% trims its footprint on every host for a fraction of a
+	// percent of CPU. GOGC in the environment still wins.
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(50)
+	}
 	os.Exit(run(os.Args[1:]))
 }
 

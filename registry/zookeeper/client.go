@@ -137,7 +137,12 @@ func New(cfg Config) (*Client, error) {
 	conn, _, err := zk.Connect(cfg.Servers, cfg.SessionTimeout,
 		zk.WithEventCallback(c.onEvent),
 		zk.WithLogger(zkLogger{c.log}),
-		zk.WithLogInfo(false))
+		zk.WithLogInfo(false),
+		// The client's default buffers are 1.5 MB each way. Requests here
+		// are small (records ≤ 16 KiB, watch re-arming in 128 KiB chunks);
+		// replies are bounded by ZooKeeper's own 1 MB jute.maxbuffer.
+		zk.WithMaxConnBufferSize(256<<10),
+		zk.WithMaxBufferSize(1<<20))
 	if err != nil {
 		c.cancel()
 		return nil, fmt.Errorf("zookeeper: connect %v: %w", cfg.Servers, err)

@@ -1,0 +1,122 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/syncstack/syncstack/internal/testserver"
+)
+
+// BenchmarkNerve100Services runs the nerve binary with 100 services, each
+// with a TCP check every second against a local listener, registered in a
+// real ZooKeeper, for 60s (10s quick), and reports its RSS and CPU.
+// Targets (DESIGN.md): ≤ 24 MB RSS, ≤ 2 % of one core.
+func BenchmarkNerve100Services(b *testing.B) {
+	const services = 100
+	duration := 60 * time.Second
+	if quick() {
+		duration = 10 * time.Second
+	}
+	nerve := buildBinary(b, "nerve")
+	zks := testserver.StartZooKeeper(b)
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	admin := fmt.Sprintf("127.0.0.1:%d", testserver.FreePort(b))
+	var cfg strings.Builder
+	fmt.Fprintf(&cfg, "instance_id: bench-host\nadmin: {listen: %s}\nservices:\n", admin)
+	for i := range services {
+		fmt.Fprintf(&cfg, "  svc%03d:\n    host: 127.0.0.1\n    port: %d\n    check_interval: 1s\n    checks: [{type: tcp, timeout: 500ms}]\n    zk_hosts: [%s]\n    zk_path: /bench/svc%03d\n",
+			i, port, zks.Nodes[0].Addr, i)
+	}
+	cfgPath := filepath.Join(b.TempDir(), "nerve.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg.String()), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.Command(nerve, "-config", cfgPath, "-log-level", "warn")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+
+	// Wait until every service is registered: the steady state is what counts.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if n := registered(admin); n == services {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("only %d of %d services registered after 30s", registered(admin), services)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	b.ResetTimer()
+	first, err := sampleProc(cmd.Process.Pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var rss []int64
+	last := first
+	for end := time.Now().Add(duration); time.Now().Before(end); {
+		time.Sleep(time.Second)
+		if last, err = sampleProc(cmd.Process.Pid); err != nil {
+			b.Fatal(err)
+		}
+		rss = append(rss, last.rssKB)
+	}
+	b.StopTimer()
+	cpu := cpuPercent(first, last)
+	maxRSS := slices.Max(rss)
+	b.ReportMetric(float64(maxRSS)/1024, "rss-max-MB")
+	b.ReportMetric(float64(last.rssKB)/1024, "rss-end-MB")
+	b.ReportMetric(cpu, "cpu-%core")
+	b.Logf("nerve, %d services, 1s TCP checks, %v: RSS max %.1f MB (end %.1f MB: %.1f MB anonymous, %.1f MB of the binary), CPU %.2f %% of one core (targets: 24 MB, 2 %%)",
+		services, duration, float64(maxRSS)/1024, float64(last.rssKB)/1024, float64(last.anonKB)/1024, float64(last.fileKB)/1024, cpu)
+}
+
+func registered(admin string) int {
+	resp, err := http.Get("http://" + admin + "/status")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Services []struct {
+			Registered bool `json:"registered"`
+		} `json:"services"`
+	}
+	if json.NewDecoder(resp.Body).Decode(&st) != nil {
+		return 0
+	}
+	n := 0
+	for _, s := range st.Services {
+		if s.Registered {
+			n++
+		}
+	}
+	return n
+}

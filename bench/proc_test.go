@@ -1,0 +1,65 @@
+package bench
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// buildBinary builds ./cmd/<name> without the race detector, as shipped.
+func buildBinary(b *testing.B, name string) string {
+	b.Helper()
+	out := filepath.Join(b.TempDir(), name)
+	if msg, err := exec.Command("go", "build", "-o", out, "../cmd/"+name).CombinedOutput(); err != nil {
+		b.Fatalf("build %s: %v\n%s", name, err, msg)
+	}
+	return out
+}
+
+// procSample is one reading of a process's resource use.
+type procSample struct {
+	at       time.Time
+	cpuTicks int64 // utime + stime, in clock ticks
+	rssKB    int64
+	anonKB   int64 // RssAnon: the heap, stacks and runtime
+	fileKB   int64 // RssFile: pages of the binary itself
+}
+
+func sampleProc(pid int) (procSample, error) {
+	s := procSample{at: time.Now()}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return s, err
+	}
+	// Fields after the command name, which is in parentheses and may hold spaces.
+	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	s.cpuTicks = utime + stime
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return s, err
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		for key, dst := range map[string]*int64{"VmRSS:": &s.rssKB, "RssAnon:": &s.anonKB, "RssFile:": &s.fileKB} {
+			if v, ok := strings.CutPrefix(line, key); ok {
+				*dst, _ = strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+			}
+		}
+	}
+	return s, nil
+}
+
+// clockTicks is USER_HZ, 100 on every Linux this runs on.
+const clockTicks = 100
+
+func cpuPercent(a, b procSample) float64 {
+	return float64(b.cpuTicks-a.cpuTicks) / clockTicks / b.at.Sub(a.at).Seconds() * 100
+}
+
+func quick() bool { return os.Getenv("SYNCSTACK_BENCH_QUICK") != "" }
