@@ -114,3 +114,27 @@ func (i *Ignored) UnmarshalYAML(*yaml.Node) error { i.set = true; return nil }
 
 // Set reports whether the key was present.
 func (i Ignored) Set() bool { return i.set }
+
+// StringOrList is a value Airbnb's configs write either as one string or as
+// a list of strings; it joins the list with spaces.
+type StringOrList []string
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (s *StringOrList) UnmarshalYAML(n *yaml.Node) error {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		*s = StringOrList{n.Value}
+		return nil
+	case yaml.SequenceNode:
+		var l []string
+		if err := n.Decode(&l); err != nil {
+			return err
+		}
+		*s = l
+		return nil
+	}
+	return fmt.Errorf("line %d: want a string or a list of strings", n.Line)
+}
+
+// String joins the parts with spaces.
+func (s StringOrList) String() string { return strings.Join(s, " ") }

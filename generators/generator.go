@@ -1,0 +1,69 @@
+// Package generators turns synapse's desired state into the world: HAProxy
+// (generators/haproxy) or files (generators/fileoutput). A generator knows
+// nothing of where the state came from.
+package generators
+
+import (
+	"context"
+	"slices"
+	"strings"
+
+	"github.com/syncstack/syncstack/registry"
+)
+
+// Generator makes the world match the desired state. Apply is idempotent:
+// calling it twice with the same state changes nothing the second time.
+type Generator interface {
+	Name() string
+	Apply(ctx context.Context, desired State) error
+}
+
+// State is the whole desired state: every configured service with the
+// backends it should have now.
+type State struct {
+	Services map[string]Service `json:"services"`
+}
+
+// Service is one service's backends, sorted by server name.
+type Service struct {
+	Backends []Backend `json:"backends"`
+}
+
+// Backend is one server as HAProxy should have it: the registered instance
+// with the overrides applied.
+type Backend struct {
+	registry.Instance
+	// State is ready, drain or maint.
+	State registry.OverrideState `json:"state"`
+}
+
+// ServerName is the backend's stable HAProxy server name: name_host:port,
+// or host:port for a record without a name.
+func (b Backend) ServerName() string {
+	addr := strings.NewReplacer("[", "", "]", "").Replace(b.Address())
+	if b.Name == "" {
+		return addr
+	}
+	return b.Name + "_" + addr
+}
+
+// Equal reports whether two states are the same.
+func (s State) Equal(o State) bool {
+	if len(s.Services) != len(o.Services) {
+		return false
+	}
+	for name, svc := range s.Services {
+		osvc, ok := o.Services[name]
+		if !ok || !slices.EqualFunc(svc.Backends, osvc.Backends, func(a, b Backend) bool {
+			return a.State == b.State && a.Instance.Equal(b.Instance)
+		}) {
+			return false
+		}
+	}
+	return true
+}
+
+// SortBackends orders backends by server name.
+func SortBackends(b []Backend) {
+	slices.SortFunc(b, func(x, y Backend) int { return strings.Compare(x.ServerName(), y.ServerName()) })
+}

@@ -1,0 +1,265 @@
+// Package haproxy is synapse's HAProxy generator. Membership, weight and
+// drain changes go through the runtime API (no reload); the rendered
+// haproxy.cfg always carries every current server, is validated with
+// `haproxy -c` and written atomically; only structural changes reload,
+// through the master CLI of a master-worker HAProxy, rate-limited and
+// confirmed by the worker PID.
+package haproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/syncstack/syncstack/generators"
+)
+
+// Generator keeps one HAProxy in step with the desired state.
+type Generator struct {
+	cfg      *Config
+	services map[string]*ServiceConfig
+	log      *slog.Logger
+	m        *Metrics
+	rt       runtimeAPI
+
+	mu           sync.Mutex
+	attached     bool
+	runningSkel  string    // skeleton of the config the running HAProxy loaded
+	lastReload   time.Time // zero: none yet
+	removing     map[string]time.Time
+	lastWritten  string
+	bootSkel     string // skeleton of the file on disk before the first write
+	bootRead     bool
+	applied      map[string]string // backend/server → options it has
+}
+
+// ErrReloadDeferred says a reload is due but rate-limited: Apply again at
+// (or after) At; runtime changes were applied already.
+type ErrReloadDeferred struct{ At time.Time }
+
+func (e *ErrReloadDeferred) Error() string {
+	return fmt.Sprintf("haproxy reload deferred until %s (reload_min_interval)", e.At.Format(time.RFC3339Nano))
+}
+
+// New makes a generator for cfg and the services' haproxy sections (both
+// finalized).
+func New(cfg *Config, services map[string]*ServiceConfig, log *slog.Logger, m *Metrics) *Generator {
+	if log == nil {
+		log = slog.Default()
+	}
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	svcs := map[string]*ServiceConfig{}
+	for name, s := range services {
+		if !s.Disabled {
+			svcs[name] = s
+		}
+	}
+	return &Generator{
+		cfg: cfg, services: svcs, log: log.With("generator", "haproxy"), m: m,
+		rt:       runtimeAPI{socket: cfg.SocketFilePath, timeout: 10 * time.Second},
+		removing: map[string]time.Time{},
+	}
+}
+
+// Name implements generators.Generator.
+func (g *Generator) Name() string { return "haproxy" }
+
+func (g *Generator) serviceNames() []string {
+	names := make([]string, 0, len(g.services))
+	for n := range g.services {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Apply implements generators.Generator.
+func (g *Generator) Apply(ctx context.Context, st generators.State) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	full := g.render(st, true)
+	skel := skeletonOf(full)
+
+	var errs []error
+	if !g.bootRead {
+		content, _ := os.ReadFile(g.cfg.ConfigFilePath)
+		g.bootSkel, g.bootRead = skeletonOf(string(content)), true
+		g.applied = serverOptsOf(string(content))
+	}
+	if on(g.cfg.DoWrites, true) {
+		if err := g.write(ctx, full); err != nil {
+			errs = append(errs, err)
+			// An invalid config is never loaded: no reload below.
+			skel = g.runningSkel
+		}
+	}
+	if !g.attached {
+		if err := g.attach(ctx); err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+	}
+
+	reloadWhy := ""
+	if skel != g.runningSkel {
+		reloadWhy = "structure"
+	}
+	if reloadWhy == "" && on(g.cfg.DoSocket, true) {
+		why, err := g.runtimeSync(ctx, st)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		reloadWhy = why
+	}
+	if reloadWhy != "" && on(g.cfg.DoReloads, true) {
+		if wait := time.Until(g.lastReload.Add(g.cfg.ReloadMinInterval.D())); !g.lastReload.IsZero() && wait > 0 {
+			g.m.ReloadsDeferred.Inc()
+			return errors.Join(append(errs, &ErrReloadDeferred{At: time.Now().Add(wait)})...)
+		}
+		if err := g.reload(ctx, reloadWhy); err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+		g.runningSkel = skel
+		// The new worker loaded the server state file; fix whatever it
+		// could not carry (a drain set since, say).
+		if on(g.cfg.DoSocket, true) {
+			if _, err := g.runtimeSync(ctx, st); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// write validates the rendered config with `haproxy -c` and replaces the
+// file atomically, only when the content changed. An invalid config keeps
+// the previous file.
+func (g *Generator) write(ctx context.Context, content string) error {
+	path := g.cfg.ConfigFilePath
+	if content == g.lastWritten {
+		return nil
+	}
+	if old, err := os.ReadFile(path); err == nil && string(old) == content {
+		g.lastWritten = content
+		return nil
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("haproxy config: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.WriteString(content); err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("haproxy config: write %s: %w", tmp.Name(), err)
+	}
+	if err := g.validate(ctx, tmp.Name()); err != nil {
+		g.m.ValidationFailures.Inc()
+		g.log.Error("rendered config rejected by haproxy -c; keeping the previous one", "err", err)
+		return err
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("haproxy config: %w", err)
+	}
+	g.lastWritten = content
+	g.m.ConfigWrites.Inc()
+	return nil
+}
+
+func (g *Generator) validate(ctx context.Context, file string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, g.cfg.Binary, "-c", "-q", "-f", file).CombinedOutput()
+	if err != nil {
+		msg := strings.TrimSpace(string(out))
+		if len(msg) > 2000 {
+			msg = msg[:2000] + "…"
+		}
+		return fmt.Errorf("haproxy -c: %v: %s", err, msg)
+	}
+	return nil
+}
+
+// attach finds the running HAProxy, or starts one when managing it, and
+// learns the skeleton of the config it runs.
+func (g *Generator) attach(ctx context.Context) error {
+	running := g.running(ctx)
+	if !running && g.cfg.Manage {
+		if err := g.start(ctx); err != nil {
+			return err
+		}
+		g.lastWritten = ""
+		content, _ := os.ReadFile(g.cfg.ConfigFilePath)
+		g.runningSkel = skeletonOf(string(content))
+		g.attached = true
+		return nil
+	}
+	if !running && on(g.cfg.DoSocket, true) {
+		return fmt.Errorf("haproxy: not running (no answer on %s); set haproxy.manage to start it", g.cfg.SocketFilePath)
+	}
+	// We cannot know what config the running HAProxy loaded: assume the
+	// file on disk as it was before this synapse wrote it. A difference
+	// is reconciled by the reload it triggers.
+	g.runningSkel = g.bootSkel
+	g.attached = true
+	return nil
+}
+
+// running reports whether HAProxy answers: the master CLI with a current
+// worker, and the worker's stats socket.
+func (g *Generator) running(ctx context.Context) bool {
+	if g.cfg.MasterSocketPath != "" {
+		if _, err := g.workerPID(ctx); err != nil {
+			return false
+		}
+	}
+	if g.rt.socket == "" {
+		return g.cfg.MasterSocketPath != ""
+	}
+	_, err := g.rt.run(ctx, "show info")
+	return err == nil
+}
+
+// start runs HAProxy in master-worker mode as a daemon, so it outlives
+// synapse, and waits until its worker serves the stats socket.
+func (g *Generator) start(ctx context.Context) error {
+	args := []string{"-W", "-S", g.cfg.MasterSocketPath, "-f", g.cfg.ConfigFilePath, "-D"}
+	if g.cfg.PIDFile != "" {
+		args = append(args, "-p", g.cfg.PIDFile)
+	}
+	out, err := exec.CommandContext(ctx, g.cfg.Binary, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("haproxy: start %s %v: %v: %s", g.cfg.Binary, args, err, strings.TrimSpace(string(out)))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !g.running(ctx) {
+		if time.Now().After(deadline) {
+			return errors.New("haproxy: started but not answering on its sockets after 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	g.log.Info("haproxy started", "config", g.cfg.ConfigFilePath, "master_socket", g.cfg.MasterSocketPath)
+	return nil
+}
+
+func isIP(host string) bool {
+	_, err := netip.ParseAddr(host)
+	return err == nil
+}

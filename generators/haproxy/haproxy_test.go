@@ -1,0 +1,287 @@
+package haproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/syncstack/syncstack/generators"
+	"github.com/syncstack/syncstack/internal/confutil"
+	"github.com/syncstack/syncstack/internal/testserver"
+	"github.com/syncstack/syncstack/registry"
+)
+
+type rig struct {
+	g    *Generator
+	cfg  *Config
+	dir  string
+	port int
+}
+
+// newRig makes a generator that manages its own HAProxy in a temp dir.
+func newRig(t *testing.T, services map[string]*ServiceConfig) *rig {
+	t.Helper()
+	testserver.CheckHAProxy(t)
+	dir := t.TempDir()
+	cfg := &Config{
+		Global:            []string{"maxconn 1000"},
+		Defaults:          []string{"mode http", "timeout connect 1s", "timeout client 10s", "timeout server 10s", "retries 2", "option redispatch"},
+		ConfigFilePath:    filepath.Join(dir, "haproxy.cfg"),
+		SocketFilePath:    filepath.Join(dir, "stats.sock"),
+		MasterSocketPath:  filepath.Join(dir, "master.sock"),
+		PIDFile:           filepath.Join(dir, "haproxy.pid"),
+		Manage:            true,
+		ReloadMinInterval: confutil.Duration(200 * time.Millisecond),
+		RemovalGrace:      confutil.Duration(time.Second),
+	}
+	var p confutil.Problems
+	cfg.Finalize(&p)
+	for name, s := range services {
+		s.Finalize(name, cfg, &p)
+	}
+	if err := p.Err(""); err != nil {
+		t.Fatal(err)
+	}
+	testserver.KillHAProxyAtCleanup(t, cfg.PIDFile)
+	return &rig{g: New(cfg, services, nil, NewMetrics(nil)), cfg: cfg, dir: dir}
+}
+
+func backend(b *testserver.Backend, name string) generators.Backend {
+	return generators.Backend{Instance: registry.Instance{Host: b.Host, Port: b.Port, Name: name}, State: registry.StateReady}
+}
+
+func state(svc string, bs ...generators.Backend) generators.State {
+	generators.SortBackends(bs)
+	return generators.State{Services: map[string]generators.Service{svc: {Backends: bs}}}
+}
+
+func (r *rig) apply(t *testing.T, st generators.State) {
+	t.Helper()
+	if err := r.g.Apply(context.Background(), st); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+}
+
+func (r *rig) pid(t *testing.T) int {
+	t.Helper()
+	pid, err := r.g.WorkerPID(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+func (r *rig) reloads() float64 {
+	var n float64
+	for _, why := range []string{"structure", "static_balance", "dns_name", "backend_missing", "other"} {
+		n += testutil.ToFloat64(r.g.m.Reloads.WithLabelValues(why))
+	}
+	return n
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %d %s", url, resp.StatusCode, b)
+	}
+	return string(b)
+}
+
+// spread sends n requests and counts the answers by backend.
+func spread(t *testing.T, url string, n int) map[string]int {
+	out := map[string]int{}
+	for range n {
+		out[get(t, url)]++
+	}
+	return out
+}
+
+func TestRuntimeChangesWithoutReload(t *testing.T) {
+	port := testserver.FreePort(t)
+	r := newRig(t, map[string]*ServiceConfig{"web": {Port: port, BindAddress: "127.0.0.1", Listen: []string{"mode http", "balance roundrobin"}}})
+	a := testserver.StartBackend(t, "a", "127.0.0.11")
+	b := testserver.StartBackend(t, "b", "127.0.0.12")
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+
+	r.apply(t, state("web", backend(a, "a")))
+	if got := get(t, url); got != "a" {
+		t.Fatalf("got %q", got)
+	}
+	pid := r.pid(t)
+	reloads := r.reloads()
+
+	// A new backend: added live.
+	r.apply(t, state("web", backend(a, "a"), backend(b, "b")))
+	if got := spread(t, url, 20); got["a"] == 0 || got["b"] == 0 {
+		t.Errorf("after adding b: %v", got)
+	}
+	// The file carries every server, so a reload would reproduce the state.
+	cfg, _ := os.ReadFile(r.cfg.ConfigFilePath)
+	if !strings.Contains(string(cfg), "server b_127.0.0.12:") {
+		t.Errorf("haproxy.cfg lacks server b:\n%s", cfg)
+	}
+
+	// Weight: live.
+	w := 3
+	bw := backend(b, "b")
+	bw.Weight = &w
+	r.apply(t, state("web", backend(a, "a"), bw))
+	out, err := r.g.rt.run(context.Background(), "show servers state web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := parseServersState(out[0])
+	if st["web"][bw.ServerName()].Weight != 3 {
+		t.Errorf("weight not applied: %+v", st["web"])
+	}
+
+	// Drain: no new requests.
+	bw.State = registry.StateDrain
+	r.apply(t, state("web", backend(a, "a"), bw))
+	if got := spread(t, url, 20); got["b"] != 0 {
+		t.Errorf("drained b still served %d requests", got["b"])
+	}
+	// Removal: gone.
+	r.apply(t, state("web", backend(b, "b")))
+	if got := spread(t, url, 20); got["a"] != 0 || got["b"] != 20 {
+		t.Errorf("after removing a: %v", got)
+	}
+	if p := r.pid(t); p != pid {
+		t.Errorf("worker PID changed from %d to %d: a reload happened", pid, p)
+	}
+	if n := r.reloads() - reloads; n != 0 {
+		t.Errorf("%v reloads for membership, weight and drain changes, want 0", n)
+	}
+	// Idempotent: the same state again sends no command.
+	ops := testutil.CollectAndCount(r.g.m.RuntimeOps)
+	before := testutil.ToFloat64(r.g.m.RuntimeOps.WithLabelValues("set server", "ok"))
+	r.apply(t, state("web", backend(b, "b")))
+	if after := testutil.ToFloat64(r.g.m.RuntimeOps.WithLabelValues("set server", "ok")); after != before || testutil.CollectAndCount(r.g.m.RuntimeOps) != ops {
+		t.Error("applying the same state again sent commands")
+	}
+}
+
+func TestNewServiceReloadsOnceWithoutFailedRequests(t *testing.T) {
+	webPort, apiPort := testserver.FreePort(t), testserver.FreePort(t)
+	services := map[string]*ServiceConfig{"web": {Port: webPort, BindAddress: "127.0.0.1"}}
+	r := newRig(t, services)
+	a := testserver.StartBackend(t, "a", "127.0.0.11")
+	r.apply(t, state("web", backend(a, "a")))
+	pid := r.pid(t)
+
+	load := testserver.StartLoad(fmt.Sprintf("http://127.0.0.1:%d/", webPort), 4, 5*time.Millisecond)
+	time.Sleep(200 * time.Millisecond)
+
+	// The same generator with one more service (as after a config change).
+	api := &ServiceConfig{Port: apiPort, BindAddress: "127.0.0.1"}
+	var p confutil.Problems
+	api.Finalize("api", r.cfg, &p)
+	r.g.services["api"] = api
+	st := state("web", backend(a, "a"))
+	st.Services["api"] = generators.Service{Backends: []generators.Backend{backend(a, "a")}}
+	before := r.reloads()
+	r.apply(t, st)
+	time.Sleep(300 * time.Millisecond)
+	load.Stop()
+
+	if n := r.reloads() - before; n != 1 {
+		t.Errorf("%v reloads for a new service, want exactly 1", n)
+	}
+	if p := r.pid(t); p == pid {
+		t.Error("worker PID unchanged: the new service was not loaded")
+	}
+	if got := get(t, fmt.Sprintf("http://127.0.0.1:%d/", apiPort)); got != "a" {
+		t.Errorf("new service answered %q", got)
+	}
+	if f := load.Failed.Load(); f != 0 || load.OK.Load() < 50 {
+		t.Errorf("during the reload: %d ok, %d failed: %v", load.OK.Load(), f, load.Failures())
+	}
+	// Applying again changes nothing.
+	r.apply(t, st)
+	if n := r.reloads() - before; n != 1 {
+		t.Errorf("%v reloads after applying the same state again", n)
+	}
+}
+
+func TestInvalidConfigKeepsTheOldFile(t *testing.T) {
+	port := testserver.FreePort(t)
+	svc := &ServiceConfig{Port: port, BindAddress: "127.0.0.1"}
+	r := newRig(t, map[string]*ServiceConfig{"web": svc})
+	a := testserver.StartBackend(t, "a", "127.0.0.11")
+	r.apply(t, state("web", backend(a, "a")))
+	good, _ := os.ReadFile(r.cfg.ConfigFilePath)
+
+	svc.Listen = []string{"no-such-directive here"}
+	err := r.g.Apply(context.Background(), state("web", backend(a, "a")))
+	if err == nil || !strings.Contains(err.Error(), "haproxy -c") {
+		t.Fatalf("Apply with an invalid config = %v, want a validation error", err)
+	}
+	if now, _ := os.ReadFile(r.cfg.ConfigFilePath); string(now) != string(good) {
+		t.Error("the invalid config replaced the file")
+	}
+	if n := testutil.ToFloat64(r.g.m.ValidationFailures); n != 1 {
+		t.Errorf("validation failures = %v", n)
+	}
+	if got := get(t, fmt.Sprintf("http://127.0.0.1:%d/", port)); got != "a" {
+		t.Errorf("HAProxy stopped serving: %q", got)
+	}
+}
+
+func TestStaticBalanceReloadsRateLimited(t *testing.T) {
+	port := testserver.FreePort(t)
+	r := newRig(t, map[string]*ServiceConfig{"web": {Port: port, BindAddress: "127.0.0.1", Listen: []string{"balance static-rr"}}})
+	r.cfg.ReloadMinInterval = confutil.Duration(time.Second)
+	a := testserver.StartBackend(t, "a", "127.0.0.11")
+	b := testserver.StartBackend(t, "b", "127.0.0.12")
+	r.apply(t, state("web", backend(a, "a")))
+	before := r.reloads()
+	r.apply(t, state("web", backend(a, "a"), backend(b, "b")))
+	if n := r.reloads() - before; n != 1 {
+		t.Fatalf("static-rr membership change: %v reloads, want 1", n)
+	}
+	// A second change within reload_min_interval is deferred, then applied.
+	err := r.g.Apply(context.Background(), state("web", backend(b, "b")))
+	var deferred *ErrReloadDeferred
+	if !errors.As(err, &deferred) {
+		t.Fatalf("second reload within the interval: %v, want ErrReloadDeferred", err)
+	}
+	time.Sleep(time.Until(deferred.At))
+	r.apply(t, state("web", backend(b, "b")))
+	if got := spread(t, fmt.Sprintf("http://127.0.0.1:%d/", port), 10); got["a"] != 0 {
+		t.Errorf("a still served after the deferred reload: %v", got)
+	}
+}
+
+func TestDynamicBalance(t *testing.T) {
+	for _, tc := range []struct {
+		lines []string
+		want  bool
+	}{
+		{nil, true},
+		{[]string{"balance leastconn"}, true},
+		{[]string{"balance static-rr"}, false},
+		{[]string{"balance source"}, false},
+		{[]string{"balance source", "hash-type consistent"}, true},
+		{[]string{"balance uri", "hash-type map-based"}, false},
+	} {
+		if got := dynamicBalance(tc.lines); got != tc.want {
+			t.Errorf("dynamicBalance(%q) = %v", tc.lines, got)
+		}
+	}
+}

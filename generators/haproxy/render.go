@@ -1,0 +1,174 @@
+package haproxy
+
+import (
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/syncstack/syncstack/generators"
+)
+
+const header = "# Written by syncstack synapse. Edits are overwritten: change synapse's config instead.\n"
+
+// render writes the whole haproxy.cfg for st: global, defaults, extra
+// sections, then a frontend and backend (or a listen) per service with every
+// current server, so a reload reproduces the runtime state. With servers
+// false it writes the skeleton: the same without server lines, which is what
+// decides whether a change needs a reload.
+func (g *Generator) render(st generators.State, servers bool) string {
+	var b strings.Builder
+	b.WriteString(header)
+	b.WriteString("global\n")
+	for _, l := range g.cfg.Global {
+		line(&b, l)
+	}
+	if g.cfg.SocketFilePath != "" && !mentions(g.cfg.Global, "stats socket", g.cfg.SocketFilePath) {
+		line(&b, "stats socket "+g.cfg.SocketFilePath+" mode 600 level admin expose-fd listeners")
+	}
+	if g.cfg.ServerStateFile != "" {
+		line(&b, "server-state-file "+g.cfg.ServerStateFile)
+	}
+	b.WriteString("\ndefaults\n")
+	for _, l := range g.cfg.Defaults {
+		line(&b, l)
+	}
+	if g.cfg.ServerStateFile != "" {
+		line(&b, "load-server-state-from-file global")
+	}
+	names := make([]string, 0, len(g.cfg.ExtraSections))
+	for n := range g.cfg.ExtraSections {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		b.WriteString("\n" + n + "\n")
+		for _, l := range g.cfg.ExtraSections[n] {
+			line(&b, l)
+		}
+	}
+	for _, name := range g.serviceNames() {
+		svc := g.services[name]
+		var backends []generators.Backend
+		if servers {
+			backends = st.Services[name].Backends
+		}
+		g.renderService(&b, name, svc, backends)
+	}
+	return b.String()
+}
+
+func (g *Generator) renderService(b *strings.Builder, name string, svc *ServiceConfig, backends []generators.Backend) {
+	bind := ""
+	if svc.Port > 0 {
+		bind = "bind " + bindAddr(svc.BindAddress, svc.Port)
+		if svc.BindOptions != "" {
+			bind += " " + svc.BindOptions
+		}
+	}
+	serverOpts := svc.ServerOptions.String()
+	if len(svc.Frontend) == 0 && len(svc.Backend) == 0 && svc.Port > 0 && svc.BackendName == name {
+		b.WriteString("\nlisten " + name + "\n")
+		line(b, bind)
+		for _, l := range svc.Listen {
+			line(b, l)
+		}
+		// The options every server gets, so a change of them changes the
+		// skeleton (and takes a reload).
+		line(b, "# server options: "+serverOpts)
+		g.renderServers(b, backends, serverOpts)
+		return
+	}
+	if svc.Port > 0 {
+		b.WriteString("\nfrontend " + name + "\n")
+		line(b, bind)
+		for _, l := range svc.Listen {
+			line(b, l)
+		}
+		for _, l := range svc.Frontend {
+			line(b, l)
+		}
+		line(b, "default_backend "+svc.BackendName)
+	}
+	b.WriteString("\nbackend " + svc.BackendName + "\n")
+	for _, l := range svc.Listen {
+		line(b, l)
+	}
+	for _, l := range svc.Backend {
+		line(b, l)
+	}
+	line(b, "# server options: "+serverOpts)
+	g.renderServers(b, backends, serverOpts)
+}
+
+func (g *Generator) renderServers(b *strings.Builder, backends []generators.Backend, serverOpts string) {
+	for _, be := range backends {
+		l := "server " + be.ServerName() + " " + serverAddr(be) + serverParams(be, serverOpts)
+		if be.State == "maint" {
+			l += " disabled"
+		}
+		line(b, l)
+	}
+}
+
+// serverParams is what follows the address on a server line and in `add
+// server`: the weight, the service's options, the record's options.
+func serverParams(be generators.Backend, serverOpts string) string {
+	var s strings.Builder
+	if be.Weight != nil {
+		s.WriteString(" weight " + strconv.Itoa(*be.Weight))
+	}
+	if serverOpts != "" {
+		s.WriteString(" " + serverOpts)
+	}
+	if be.HAProxyServerOptions != "" {
+		s.WriteString(" " + strings.Join(strings.Fields(be.HAProxyServerOptions), " "))
+	}
+	return s.String()
+}
+
+func serverAddr(be generators.Backend) string {
+	if a, err := netip.ParseAddr(be.Host); err == nil && a.Is6() {
+		return "ipv6@" + be.Host + ":" + strconv.Itoa(be.Port)
+	}
+	return be.Host + ":" + strconv.Itoa(be.Port)
+}
+
+func bindAddr(addr string, port int) string {
+	if a, err := netip.ParseAddr(strings.Trim(addr, "[]")); err == nil && a.Is6() {
+		return "ipv6@" + a.String() + ":" + strconv.Itoa(port)
+	}
+	return addr + ":" + strconv.Itoa(port)
+}
+
+func line(b *strings.Builder, l string) {
+	if l == "" {
+		return
+	}
+	b.WriteString("    ")
+	b.WriteString(l)
+	b.WriteByte('\n')
+}
+
+// mentions reports whether any line starts with prefix and contains s.
+func mentions(lines []string, prefix, s string) bool {
+	for _, l := range lines {
+		f := strings.Join(strings.Fields(l), " ")
+		if strings.HasPrefix(f, prefix) && strings.Contains(f, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// skeletonOf strips the server lines of a rendered (or on-disk) config.
+func skeletonOf(cfg string) string {
+	var b strings.Builder
+	for _, l := range strings.SplitAfter(cfg, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(l), "server ") {
+			continue
+		}
+		b.WriteString(l)
+	}
+	return b.String()
+}

@@ -1,0 +1,160 @@
+package haproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// runtimeAPI talks to HAProxy's stats socket. All commands of one call go
+// over one connection in prompt mode, pipelined: HAProxy answers each in
+// turn, followed by a prompt, so every reply is checked on its own while the
+// batch costs about one round trip (client-native's runtime client opens one
+// connection per command, ~100x slower for bulk changes).
+type runtimeAPI struct {
+	socket  string
+	timeout time.Duration
+}
+
+const promptSep = "\n> "
+
+// run sends cmds and returns one reply per command.
+func (r runtimeAPI) run(ctx context.Context, cmds ...string) ([]string, error) {
+	for _, c := range cmds {
+		if strings.ContainsAny(c, "\n\r;") {
+			return nil, fmt.Errorf("runtime command %q has a line break or ';'", c)
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", r.socket)
+	if err != nil {
+		return nil, fmt.Errorf("stats socket %s: %w", r.socket, err)
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+
+	// Write in the background: a large batch fills HAProxy's output
+	// buffer unless we read at the same time.
+	werr := make(chan error, 1)
+	go func() {
+		var b strings.Builder
+		b.WriteString("prompt\n")
+		for _, c := range cmds {
+			b.WriteString(c)
+			b.WriteByte('\n')
+		}
+		b.WriteString("quit\n")
+		_, err := io.WriteString(conn, b.String())
+		werr <- err
+	}()
+	out, err := io.ReadAll(conn)
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		return nil, fmt.Errorf("stats socket %s: %w", r.socket, err)
+	}
+	if err := <-werr; err != nil {
+		return nil, fmt.Errorf("stats socket %s: %w", r.socket, err)
+	}
+	parts := strings.Split(string(out), promptSep)
+	// parts[0] answers "prompt"; the last holds whatever followed the final
+	// prompt ("quit" prints nothing).
+	if len(parts) < len(cmds)+1 {
+		return nil, fmt.Errorf("stats socket %s: %d replies for %d commands", r.socket, len(parts)-1, len(cmds))
+	}
+	replies := make([]string, len(cmds))
+	for i := range cmds {
+		replies[i] = strings.TrimRight(parts[i+1], "\n")
+	}
+	return replies, nil
+}
+
+// serverState is one server as `show servers state` reports it.
+type serverState struct {
+	Backend, Name string
+	ID            int
+	Addr          string // IP, or "-" when unresolved
+	Port          int
+	OpState       int // 0 stopped, 1 starting, 2 running, 3 stopping
+	AdminState    int // SRV_ADMF_* bits
+	Weight        int // user weight
+}
+
+// HAProxy's server admin state bits.
+const (
+	admFMaint = 0x01
+	admIMaint = 0x02
+	admCMaint = 0x04
+	admFDrain = 0x08
+	admIDrain = 0x10
+	admRMaint = 0x20
+	admHMaint = 0x40
+)
+
+// state maps the admin bits to ready, drain or maint.
+func (s serverState) state() string {
+	switch {
+	case s.AdminState&(admFMaint|admIMaint|admCMaint|admRMaint|admHMaint) != 0:
+		return "maint"
+	case s.AdminState&(admFDrain|admIDrain) != 0:
+		return "drain"
+	}
+	return "ready"
+}
+
+// parseServersState reads `show servers state` (format version 1) into
+// backend → server name → state.
+func parseServersState(out string) (map[string]map[string]serverState, error) {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) == 0 || strings.TrimSpace(lines[0]) != "1" {
+		return nil, fmt.Errorf("show servers state: unknown format %.80q", out)
+	}
+	res := map[string]map[string]serverState{}
+	for _, line := range lines[1:] {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) < 19 {
+			return nil, fmt.Errorf("show servers state: short line %q", line)
+		}
+		var s serverState
+		var errs [5]error
+		s.Backend, s.Name, s.Addr = f[1], f[3], f[4]
+		s.ID, errs[0] = strconv.Atoi(f[2])
+		s.OpState, errs[1] = strconv.Atoi(f[5])
+		s.AdminState, errs[2] = strconv.Atoi(f[6])
+		s.Weight, errs[3] = strconv.Atoi(f[7])
+		s.Port, errs[4] = strconv.Atoi(f[18])
+		if err := errors.Join(errs[:]...); err != nil {
+			return nil, fmt.Errorf("show servers state: line %q: %w", line, err)
+		}
+		if res[s.Backend] == nil {
+			res[s.Backend] = map[string]serverState{}
+		}
+		res[s.Backend][s.Name] = s
+	}
+	return res, nil
+}
+
+// replyOK says whether a reply means the command worked.
+func replyOK(cmd, reply string) bool {
+	switch {
+	case strings.HasPrefix(cmd, "add server "):
+		return strings.Contains(reply, "New server registered")
+	case strings.HasPrefix(cmd, "del server "):
+		return strings.Contains(reply, "Server deleted")
+	case strings.HasPrefix(cmd, "set server ") && strings.Contains(cmd, " addr "):
+		return reply == "" || strings.Contains(reply, "changed") || strings.Contains(reply, "no need to change")
+	}
+	return reply == ""
+}
