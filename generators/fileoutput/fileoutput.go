@@ -1,0 +1,113 @@
+// Package fileoutput is synapse's file generator: one JSON file per service
+// (<output_directory>/<service>.json) holding its current backends, written
+// atomically and only when it changed. Files of services that are no longer
+// configured are removed.
+package fileoutput
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/syncstack/syncstack/generators"
+)
+
+// Config is synapse's `file_output` section.
+type Config struct {
+	OutputDirectory string `yaml:"output_directory"`
+}
+
+// Generator writes the files.
+type Generator struct {
+	dir string
+}
+
+// New validates cfg and creates the output directory.
+func New(cfg Config) (*Generator, error) {
+	if cfg.OutputDirectory == "" {
+		return nil, errors.New("file_output.output_directory: missing")
+	}
+	if err := os.MkdirAll(cfg.OutputDirectory, 0o755); err != nil {
+		return nil, fmt.Errorf("file_output.output_directory: %w", err)
+	}
+	return &Generator{dir: cfg.OutputDirectory}, nil
+}
+
+// Name implements generators.Generator.
+func (g *Generator) Name() string { return "file_output" }
+
+// record is one backend in a service file: nerve's record plus its state.
+type record struct {
+	Host                 string            `json:"host"`
+	Port                 int               `json:"port"`
+	Name                 string            `json:"name,omitempty"`
+	Weight               *int              `json:"weight,omitempty"`
+	HAProxyServerOptions string            `json:"haproxy_server_options,omitempty"`
+	Labels               map[string]string `json:"labels,omitempty"`
+	State                string            `json:"state"`
+}
+
+// Apply implements generators.Generator.
+func (g *Generator) Apply(_ context.Context, st generators.State) error {
+	var errs []error
+	for name, svc := range st.Services {
+		recs := make([]record, 0, len(svc.Backends))
+		for _, b := range svc.Backends {
+			recs = append(recs, record{b.Host, b.Port, b.Name, b.Weight, b.HAProxyServerOptions, b.Labels, string(b.State)})
+		}
+		data, err := json.MarshalIndent(recs, "", "  ")
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		data = append(data, '\n')
+		if err := writeIfChanged(filepath.Join(g.dir, name+".json"), data); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	entries, err := os.ReadDir(g.dir)
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok || e.IsDir() {
+			continue
+		}
+		if _, configured := st.Services[name]; !configured {
+			if err := os.Remove(filepath.Join(g.dir, e.Name())); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func writeIfChanged(path string, data []byte) error {
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
+		return nil
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}

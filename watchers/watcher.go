@@ -1,0 +1,151 @@
+// Package watchers follow where a service's backends are: one subpackage
+// per mechanism (zookeeper, etcd, file, dns, static), all behind Watcher.
+// A watcher knows nothing of HAProxy.
+package watchers
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/syncstack/syncstack/internal/confutil"
+	"github.com/syncstack/syncstack/registry"
+)
+
+// Watcher sends the full set of a service's backends, then the full set
+// again after every change, until ctx ends. It never closes out. A failed
+// read sends nothing: the last set stands.
+type Watcher interface {
+	Run(ctx context.Context, out chan<- []registry.Instance) error
+}
+
+// Methods lists the discovery methods.
+var Methods = []string{"zookeeper", "etcd", "file", "dns", "static"}
+
+// Config is a service's `discovery` section (Airbnb's keys where they
+// overlap).
+type Config struct {
+	Method string `yaml:"method"`
+	// Hosts: ZooKeeper servers, or etcd endpoints.
+	Hosts []string `yaml:"hosts"`
+	// Host and Port: Airbnb's single etcd endpoint.
+	Host string `yaml:"host"`
+	Port int    `yaml:"port"`
+	// Path: the ZooKeeper path or etcd prefix nerve registers under, or
+	// the file to read (file).
+	Path   string       `yaml:"path"`
+	Decode DecodeConfig `yaml:"decode"`
+	// Interval: how often a file is checked (default 1s) or DNS is
+	// resolved again (default 30s).
+	Interval confutil.Duration `yaml:"interval"`
+	// Servers: the static servers, or the names DNS resolves.
+	Servers []registry.Instance `yaml:"servers"`
+	// SRV names resolved to targets (dns).
+	SRV []string `yaml:"srv"`
+	// Nameserver (host:port) instead of the system resolver (dns).
+	Nameserver string `yaml:"nameserver"`
+	// LabelFilters keep only instances whose labels match.
+	LabelFilters []LabelFilter `yaml:"label_filters"`
+
+	DiscoveryJitter confutil.Ignored `yaml:"discovery_jitter"`
+}
+
+// DecodeConfig selects the record format.
+type DecodeConfig struct {
+	// Method is nerve (default) or serverset.
+	Method       string `yaml:"method"`
+	EndpointName string `yaml:"endpoint_name"`
+}
+
+// LabelFilter keeps instances whose label matches.
+type LabelFilter struct {
+	Label     string `yaml:"label"`
+	Value     string `yaml:"value"`
+	Condition string `yaml:"condition"` // equals (default), not-equals
+}
+
+// Options are the registry decode options the config selects.
+func (c *Config) Options() registry.DecodeOptions {
+	return registry.DecodeOptions{Endpoint: c.Decode.EndpointName}
+}
+
+// Finalize validates the section; problems are reported under key.
+func (c *Config) Finalize(key string, p *confutil.Problems) {
+	switch c.Method {
+	case "zookeeper":
+		if len(c.Hosts) == 0 {
+			p.Addf(key+".hosts", "missing: the ZooKeeper servers")
+		}
+		if !strings.HasPrefix(c.Path, "/") {
+			p.Addf(key+".path", "%q must be an absolute path", c.Path)
+		}
+	case "etcd":
+		if c.Host != "" {
+			port := c.Port
+			if port == 0 {
+				port = 2379
+			}
+			c.Hosts = append(c.Hosts, fmt.Sprintf("http://%s:%d", c.Host, port))
+		}
+		if len(c.Hosts) == 0 {
+			p.Addf(key+".hosts", "missing: the etcd endpoints (or host and port)")
+		}
+		if !strings.HasPrefix(c.Path, "/") {
+			p.Addf(key+".path", "%q must be an absolute path", c.Path)
+		}
+	case "file":
+		if c.Path == "" {
+			p.Addf(key+".path", "missing: the file of instances")
+		}
+	case "dns":
+		if len(c.Servers) == 0 && len(c.SRV) == 0 {
+			p.Addf(key+".servers", "missing: names to resolve (servers, or srv)")
+		}
+	case "static":
+	case "":
+		p.Addf(key+".method", "missing (one of %s)", strings.Join(Methods, ", "))
+	default:
+		p.Addf(key+".method", "%q is not supported (supported: %s)", c.Method, strings.Join(Methods, ", "))
+	}
+	switch c.Decode.Method {
+	case "", "nerve", "serverset":
+	default:
+		p.Addf(key+".decode.method", "%q is not nerve or serverset", c.Decode.Method)
+	}
+	for i, f := range c.LabelFilters {
+		if f.Label == "" {
+			p.Addf(fmt.Sprintf("%s.label_filters[%d].label", key, i), "missing")
+		}
+		switch f.Condition {
+		case "", "equals", "not-equals":
+		default:
+			p.Addf(fmt.Sprintf("%s.label_filters[%d].condition", key, i), "%q is not equals or not-equals", f.Condition)
+		}
+	}
+	for i, s := range c.Servers {
+		if c.Method == "dns" && s.Port == 0 {
+			p.Addf(fmt.Sprintf("%s.servers[%d].port", key, i), "missing")
+			continue
+		}
+		if c.Method != "dns" {
+			if err := s.Validate(); err != nil {
+				p.Addf(fmt.Sprintf("%s.servers[%d]", key, i), "%v", err)
+			}
+		}
+	}
+}
+
+// Keep reports whether inst passes every label filter.
+func (c *Config) Keep(inst registry.Instance) bool {
+	for _, f := range c.LabelFilters {
+		v, ok := inst.Labels[f.Label]
+		match := ok && v == f.Value
+		if f.Condition == "not-equals" {
+			match = !match
+		}
+		if !match {
+			return false
+		}
+	}
+	return true
+}
