@@ -27,6 +27,10 @@ type State struct {
 // Service is one service's backends, sorted by server name.
 type Service struct {
 	Backends []Backend `json:"backends"`
+	// Unknown says nothing is known yet (its watcher has not answered
+	// since start and there is no cache): generators leave what they
+	// have for it untouched rather than empty it.
+	Unknown bool `json:"unknown,omitempty"`
 }
 
 // Backend is one server as HAProxy should have it: the registered instance
@@ -54,7 +58,7 @@ func (s State) Equal(o State) bool {
 	}
 	for name, svc := range s.Services {
 		osvc, ok := o.Services[name]
-		if !ok || !slices.EqualFunc(svc.Backends, osvc.Backends, func(a, b Backend) bool {
+		if !ok || svc.Unknown != osvc.Unknown || !slices.EqualFunc(svc.Backends, osvc.Backends, func(a, b Backend) bool {
 			return a.State == b.State && a.Instance.Equal(b.Instance)
 		}) {
 			return false

@@ -20,15 +20,15 @@ const MaxRecordSize = 16 << 10
 // writes into ZooKeeper or etcd. Field order and names are part of the wire
 // format; [Instance.Encode] writes exactly nerve's compact JSON.
 type Instance struct {
-	Host string `json:"host"`
-	Port int    `json:"port"`
+	Host string `json:"host" yaml:"host"`
+	Port int    `json:"port" yaml:"port"`
 	// Name is nerve's instance_id; it names the HAProxy server and is what
 	// overrides match besides the host.
-	Name string `json:"name,omitempty"`
+	Name string `json:"name,omitempty" yaml:"name"`
 	// Weight is nil when the record carries none (HAProxy's default applies).
-	Weight               *int              `json:"weight,omitempty"`
-	HAProxyServerOptions string            `json:"haproxy_server_options,omitempty"`
-	Labels               map[string]string `json:"labels,omitempty"`
+	Weight               *int              `json:"weight,omitempty" yaml:"weight"`
+	HAProxyServerOptions string            `json:"haproxy_server_options,omitempty" yaml:"haproxy_server_options"`
+	Labels               map[string]string `json:"labels,omitempty" yaml:"labels"`
 }
 
 // Address is host:port, with brackets around an IPv6 host.

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"strings"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/syncstack/syncstack/internal/confutil"
 	"github.com/syncstack/syncstack/registry"
 )
@@ -38,8 +40,9 @@ type Config struct {
 	// Interval: how often a file is checked (default 1s) or DNS is
 	// resolved again (default 30s).
 	Interval confutil.Duration `yaml:"interval"`
-	// Servers: the static servers, or the names DNS resolves.
-	Servers []registry.Instance `yaml:"servers"`
+	// Servers: the static servers, or the names DNS resolves (a name
+	// alone takes its port from the service's server_port_override).
+	Servers []Server `yaml:"servers"`
 	// SRV names resolved to targets (dns).
 	SRV []string `yaml:"srv"`
 	// Nameserver (host:port) instead of the system resolver (dns).
@@ -48,6 +51,37 @@ type Config struct {
 	LabelFilters []LabelFilter `yaml:"label_filters"`
 
 	DiscoveryJitter confutil.Ignored `yaml:"discovery_jitter"`
+}
+
+// Server is an instance record, or just a host name (Airbnb's dns watcher
+// takes a list of names).
+type Server struct{ registry.Instance }
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (s *Server) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		s.Host = n.Value
+		return nil
+	}
+	type plain registry.Instance
+	var p plain
+	if err := n.Decode(&p); err != nil {
+		return err
+	}
+	s.Instance = registry.Instance(p)
+	return nil
+}
+
+// Instances returns the servers' records; portOverride fills a missing port.
+func (c *Config) Instances(portOverride int) []registry.Instance {
+	out := make([]registry.Instance, len(c.Servers))
+	for i, s := range c.Servers {
+		out[i] = s.Clone()
+		if out[i].Port == 0 {
+			out[i].Port = portOverride
+		}
+	}
+	return out
 }
 
 // DecodeConfig selects the record format.
@@ -70,7 +104,8 @@ func (c *Config) Options() registry.DecodeOptions {
 }
 
 // Finalize validates the section; problems are reported under key.
-func (c *Config) Finalize(key string, p *confutil.Problems) {
+// portOverride is the service's server_port_override (0: none).
+func (c *Config) Finalize(key string, portOverride int, p *confutil.Problems) {
 	switch c.Method {
 	case "zookeeper":
 		if len(c.Hosts) == 0 {
@@ -101,6 +136,9 @@ func (c *Config) Finalize(key string, p *confutil.Problems) {
 		if len(c.Servers) == 0 && len(c.SRV) == 0 {
 			p.Addf(key+".servers", "missing: names to resolve (servers, or srv)")
 		}
+		if c.Nameserver != "" && !strings.Contains(c.Nameserver, ":") {
+			c.Nameserver += ":53"
+		}
 	case "static":
 	case "":
 		p.Addf(key+".method", "missing (one of %s)", strings.Join(Methods, ", "))
@@ -122,15 +160,14 @@ func (c *Config) Finalize(key string, p *confutil.Problems) {
 			p.Addf(fmt.Sprintf("%s.label_filters[%d].condition", key, i), "%q is not equals or not-equals", f.Condition)
 		}
 	}
-	for i, s := range c.Servers {
-		if c.Method == "dns" && s.Port == 0 {
-			p.Addf(fmt.Sprintf("%s.servers[%d].port", key, i), "missing")
+	for i, s := range c.Instances(portOverride) {
+		k := fmt.Sprintf("%s.servers[%d]", key, i)
+		if s.Port == 0 {
+			p.Addf(k+".port", "missing (or set haproxy.server_port_override)")
 			continue
 		}
-		if c.Method != "dns" {
-			if err := s.Validate(); err != nil {
-				p.Addf(fmt.Sprintf("%s.servers[%d]", key, i), "%v", err)
-			}
+		if err := s.Validate(); err != nil {
+			p.Addf(k, "%v", err)
 		}
 	}
 }

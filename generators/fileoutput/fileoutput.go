@@ -56,6 +56,9 @@ type record struct {
 func (g *Generator) Apply(_ context.Context, st generators.State) error {
 	var errs []error
 	for name, svc := range st.Services {
+		if svc.Unknown {
+			continue // nothing known yet: keep the file as it is
+		}
 		recs := make([]record, 0, len(svc.Backends))
 		for _, b := range svc.Backends {
 			recs = append(recs, record{b.Host, b.Port, b.Name, b.Weight, b.HAProxyServerOptions, b.Labels, string(b.State)})

@@ -62,9 +62,9 @@ type Config struct {
 // ServiceConfig is a service's `haproxy` section.
 type ServiceConfig struct {
 	// Port of the service's frontend; 0 renders a backend only.
-	Port        int      `yaml:"port"`
-	BindAddress string   `yaml:"bind_address"`
-	BindOptions string   `yaml:"bind_options"`
+	Port        int    `yaml:"port"`
+	BindAddress string `yaml:"bind_address"`
+	BindOptions string `yaml:"bind_options"`
 	// ServerOptions go on every server line (Airbnb allows a string or a list).
 	ServerOptions confutil.StringOrList `yaml:"server_options"`
 	Frontend      []string              `yaml:"frontend"`
@@ -75,7 +75,9 @@ type ServiceConfig struct {
 	BackendName string   `yaml:"backend_name"`
 	Disabled    bool     `yaml:"disabled"`
 
-	ServerPortOverride confutil.Ignored `yaml:"server_port_override"`
+	// ServerPortOverride is the port of discovered servers when discovery
+	// finds only names (dns).
+	ServerPortOverride int              `yaml:"server_port_override"`
 	SharedFrontend     confutil.Ignored `yaml:"shared_frontend"`
 }
 
@@ -163,9 +165,9 @@ func (s *ServiceConfig) Finalize(name string, defaults *Config, p *confutil.Prob
 		p.Addf(key+".bind_address", "%v", err)
 	}
 	checkLine(p, key+".bind_options", s.BindOptions)
-	if err := registry.ValidateServerOptions(s.ServerOptions.String()); err != nil {
-		p.Addf(key+".server_options", "%v", err)
-	}
+	// The operator's own server options are checked by haproxy -c, not
+	// by the allow-list that guards registry records.
+	checkLine(p, key+".server_options", s.ServerOptions.String())
 	for field, lines := range map[string][]string{"frontend": s.Frontend, "backend": s.Backend, "listen": s.Listen} {
 		for i, l := range lines {
 			checkLine(p, fmt.Sprintf("%s.%s[%d]", key, field, i), l)

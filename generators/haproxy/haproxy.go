@@ -31,15 +31,16 @@ type Generator struct {
 	m        *Metrics
 	rt       runtimeAPI
 
-	mu           sync.Mutex
-	attached     bool
-	runningSkel  string    // skeleton of the config the running HAProxy loaded
-	lastReload   time.Time // zero: none yet
-	removing     map[string]time.Time
-	lastWritten  string
-	bootSkel     string // skeleton of the file on disk before the first write
-	bootRead     bool
-	applied      map[string]string // backend/server → options it has
+	mu          sync.Mutex
+	attached    bool
+	runningSkel string    // skeleton of the config the running HAProxy loaded
+	lastReload  time.Time // zero: none yet
+	removing    map[string]time.Time
+	lastWritten string
+	bootSkel    string // skeleton of the file on disk before the first write
+	bootRead    bool
+	applied     map[string]string   // backend/server → options it has
+	bootServers map[string][]string // backend → server lines of the file at start
 }
 
 // ErrReloadDeferred says a reload is due but rate-limited: Apply again at
@@ -95,7 +96,7 @@ func (g *Generator) Apply(ctx context.Context, st generators.State) error {
 	if !g.bootRead {
 		content, _ := os.ReadFile(g.cfg.ConfigFilePath)
 		g.bootSkel, g.bootRead = skeletonOf(string(content)), true
-		g.applied = serverOptsOf(string(content))
+		g.applied, g.bootServers = serverOptsOf(string(content))
 	}
 	if on(g.cfg.DoWrites, true) {
 		if err := g.write(ctx, full); err != nil {
@@ -186,7 +187,7 @@ func (g *Generator) write(ctx context.Context, content string) error {
 func (g *Generator) validate(ctx context.Context, file string) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, g.cfg.Binary, "-c", "-q", "-f", file).CombinedOutput()
+	out, err := exec.CommandContext(ctx, g.cfg.Binary, "-c", "-f", file).CombinedOutput()
 	if err != nil {
 		msg := strings.TrimSpace(string(out))
 		if len(msg) > 2000 {
@@ -262,4 +263,14 @@ func (g *Generator) start(ctx context.Context) error {
 func isIP(host string) bool {
 	_, err := netip.ParseAddr(host)
 	return err == nil
+}
+
+// Check renders the config for cfg and services with no backends into file
+// and validates it with haproxy -c.
+func Check(ctx context.Context, cfg *Config, services map[string]*ServiceConfig, file string) error {
+	g := New(cfg, services, nil, nil)
+	if err := os.WriteFile(file, []byte(g.render(generators.State{}, true)), 0o644); err != nil {
+		return err
+	}
+	return g.validate(ctx, file)
 }

@@ -42,7 +42,9 @@ func (g *Generator) render(st generators.State, servers bool) string {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		b.WriteString("\n" + n + "\n")
+		head, bind := sectionHeader(n)
+		b.WriteString("\n" + head + "\n")
+		line(&b, bind)
 		for _, l := range g.cfg.ExtraSections[n] {
 			line(&b, l)
 		}
@@ -50,15 +52,22 @@ func (g *Generator) render(st generators.State, servers bool) string {
 	for _, name := range g.serviceNames() {
 		svc := g.services[name]
 		var backends []generators.Backend
+		var verbatim []string
 		if servers {
 			backends = st.Services[name].Backends
+			if st.Services[name].Unknown {
+				verbatim = g.bootServers[svc.BackendName]
+			}
 		}
-		g.renderService(&b, name, svc, backends)
+		g.renderService(&b, name, svc, backends, verbatim)
 	}
 	return b.String()
 }
 
-func (g *Generator) renderService(b *strings.Builder, name string, svc *ServiceConfig, backends []generators.Backend) {
+// renderService writes one service; verbatim server lines (those of a
+// service nothing is known of yet, as the file had them) follow the
+// rendered ones.
+func (g *Generator) renderService(b *strings.Builder, name string, svc *ServiceConfig, backends []generators.Backend, verbatim []string) {
 	bind := ""
 	if svc.Port > 0 {
 		bind = "bind " + bindAddr(svc.BindAddress, svc.Port)
@@ -77,6 +86,9 @@ func (g *Generator) renderService(b *strings.Builder, name string, svc *ServiceC
 		// skeleton (and takes a reload).
 		line(b, "# server options: "+serverOpts)
 		g.renderServers(b, backends, serverOpts)
+		for _, l := range verbatim {
+			line(b, l)
+		}
 		return
 	}
 	if svc.Port > 0 {
@@ -99,6 +111,9 @@ func (g *Generator) renderService(b *strings.Builder, name string, svc *ServiceC
 	}
 	line(b, "# server options: "+serverOpts)
 	g.renderServers(b, backends, serverOpts)
+	for _, l := range verbatim {
+		line(b, l)
+	}
 }
 
 func (g *Generator) renderServers(b *strings.Builder, backends []generators.Backend, serverOpts string) {
@@ -139,6 +154,16 @@ func bindAddr(addr string, port int) string {
 		return "ipv6@" + a.String() + ":" + strconv.Itoa(port)
 	}
 	return addr + ":" + strconv.Itoa(port)
+}
+
+// sectionHeader turns the old `listen NAME ADDR` form (in Airbnb's example
+// configs; refused by HAProxy 2.x) into `listen NAME` and a bind line.
+func sectionHeader(h string) (head, bind string) {
+	f := strings.Fields(h)
+	if len(f) >= 3 && (f[0] == "listen" || f[0] == "frontend") {
+		return f[0] + " " + f[1], "bind " + strings.Join(f[2:], " ")
+	}
+	return h, ""
 }
 
 func line(b *strings.Builder, l string) {

@@ -35,6 +35,12 @@ func dynamicBalance(lines ...[]string) bool {
 	return consistent
 }
 
+// dynamicOptions reports whether servers with these options can be added
+// at runtime: cookie and resolvers do not apply to dynamic servers on 2.6.
+func dynamicOptions(opts string) bool {
+	return !hasToken(opts, "cookie") && !hasToken(opts, "resolvers")
+}
+
 // runtimeSync reads `show servers state`, and makes every service backend
 // match st through the runtime API in one pipelined batch. It returns a
 // reason when something cannot be done at runtime and needs a reload.
@@ -50,14 +56,17 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 	var cmds []string
 	now := time.Now()
 	for _, name := range g.serviceNames() {
+		if st.Services[name].Unknown {
+			continue // nothing known yet: leave its servers as they are
+		}
 		svc := g.services[name]
 		be := svc.BackendName
 		cur, ok := running[be]
 		if !ok {
 			return "backend " + be + " missing", nil
 		}
-		dynamic := dynamicBalance(g.cfg.Defaults, svc.Listen, svc.Backend)
 		serverOpts := svc.ServerOptions.String()
+		dynamic := dynamicBalance(g.cfg.Defaults, svc.Listen, svc.Backend) && dynamicOptions(serverOpts)
 		want := map[string]bool{}
 		for _, b := range st.Services[name].Backends {
 			sname := b.ServerName()
@@ -206,9 +215,10 @@ func (g *Generator) setApplied(id, opts string) {
 func (g *Generator) forgetApplied(id string) { delete(g.applied, id) }
 
 // serverOptsOf reads backend/server → options from a config file's server
-// lines, as render writes them.
-func serverOptsOf(cfg string) map[string]string {
+// lines, as render writes them, and the server lines of each backend.
+func serverOptsOf(cfg string) (opts map[string]string, lines map[string][]string) {
 	out := map[string]string{}
+	lines = map[string][]string{}
 	section := ""
 	for _, l := range strings.Split(cfg, "\n") {
 		f := strings.Fields(l)
@@ -234,6 +244,7 @@ func serverOptsOf(cfg string) map[string]string {
 			opts = " " + strings.Join(params, " ")
 		}
 		out[section+"/"+f[1]] = opts
+		lines[section] = append(lines[section], strings.Join(f, " "))
 	}
-	return out
+	return out, lines
 }

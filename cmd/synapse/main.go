@@ -1,0 +1,176 @@
+// Command synapse keeps the HAProxy next to it in step with the registry:
+// membership, weight and drain changes through the runtime API, reloads only
+// for structural changes.
+//
+//	synapse -config /etc/syncstack/synapse.yaml
+//	synapse -config synapse.conf.json -check-config
+//
+// SIGHUP reloads the config (an invalid one is logged and the old one kept);
+// SIGTERM or SIGINT stops synapse and leaves HAProxy serving.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/syncstack/syncstack/generators/haproxy"
+	"github.com/syncstack/syncstack/registry"
+	"github.com/syncstack/syncstack/synapse"
+)
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("synapse", flag.ContinueOnError)
+	configPath := fs.String("config", "/etc/syncstack/synapse.yaml", "config file (YAML, or Airbnb synapse JSON)")
+	checkConfig := fs.Bool("check-config", false, "validate the config (and the HAProxy part with haproxy -c) and exit: 0 valid, 1 not")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", "text or json")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "synapse: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	log, err := newLogger(*logLevel, *logFormat)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "synapse:", err)
+		return 2
+	}
+	cfg, err := synapse.Load(*configPath)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "synapse: invalid config:", err)
+		return 1
+	}
+	for _, w := range cfg.Warnings {
+		log.Warn("config: " + w)
+	}
+	if *checkConfig {
+		if err := checkHAProxy(cfg); err != nil {
+			fmt.Fprintln(os.Stderr, "synapse: invalid config:", err)
+			return 1
+		}
+		fmt.Printf("%s: OK, %d services\n", *configPath, len(cfg.Services))
+		return 0
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	opts := synapse.Options{Logger: log, Metrics: synapse.NewMetrics(reg), HAProxyMetrics: haproxy.NewMetrics(reg), RegistryMetrics: registry.NewMetrics(reg)}
+
+	var current *synapse.Synapse
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s := current; s != nil {
+			s.AdminHandler(reg).ServeHTTP(w, r)
+			return
+		}
+		http.Error(w, "starting", http.StatusServiceUnavailable)
+	})
+	if cfg.Admin.Listen != "off" {
+		ln, err := net.Listen("tcp", cfg.Admin.Listen)
+		if err != nil {
+			log.Error("admin listener", "listen", cfg.Admin.Listen, "err", err)
+			return 1
+		}
+		srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(ln)
+		defer srv.Close()
+		log.Info("admin API listening", "addr", ln.Addr().String())
+	}
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	for {
+		s, err := synapse.New(cfg, opts)
+		if err != nil {
+			log.Error("synapse", "err", err)
+			return 1
+		}
+		current = s
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- s.Run(ctx) }()
+		log.Info("synapse running", "services", len(cfg.Services), "id", cfg.ID)
+	wait:
+		for {
+			select {
+			case err := <-done:
+				cancel()
+				if err != nil {
+					log.Error("synapse stopped", "err", err)
+					return 1
+				}
+				return 0
+			case sig := <-sigs:
+				if sig != syscall.SIGHUP {
+					log.Info("signal received: stopping; HAProxy keeps serving", "signal", sig.String())
+					cancel()
+					<-done
+					return 0
+				}
+				next, err := synapse.Load(*configPath)
+				if err != nil {
+					log.Error("SIGHUP: the new config is invalid; keeping the old one", "err", err)
+					continue
+				}
+				for _, w := range next.Warnings {
+					log.Warn("config: " + w)
+				}
+				// A fresh pipeline picks the new config up; HAProxy keeps
+				// serving meanwhile, and only a structural change reloads it.
+				cancel()
+				<-done
+				cfg = next
+				log.Info("SIGHUP: config reloaded")
+				break wait
+			}
+		}
+	}
+}
+
+// checkHAProxy renders the HAProxy config with no backends and runs
+// haproxy -c on it.
+func checkHAProxy(cfg *synapse.Config) error {
+	if cfg.HAProxy == nil {
+		return nil
+	}
+	if _, err := exec.LookPath(cfg.HAProxy.Binary); err != nil {
+		return fmt.Errorf("haproxy: %v (needed to check the HAProxy part)", err)
+	}
+	dir, err := os.MkdirTemp("", "synapse-check")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	return haproxy.Check(context.Background(), cfg.HAProxy, cfg.HAProxyServices(), filepath.Join(dir, "haproxy.cfg"))
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("-log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, errors.New("-log-format: want text or json")
+}

@@ -1,0 +1,206 @@
+package synapse
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/syncstack/syncstack/generators/fileoutput"
+	"github.com/syncstack/syncstack/generators/haproxy"
+	"github.com/syncstack/syncstack/internal/confutil"
+	"github.com/syncstack/syncstack/registry"
+	"github.com/syncstack/syncstack/watchers"
+)
+
+// DefaultAdminListen is where synapse serves /status and /metrics.
+const DefaultAdminListen = "127.0.0.1:9293"
+
+// Config is synapse's configuration: YAML, or Airbnb's synapse.conf.json.
+type Config struct {
+	Services       map[string]*ServiceConfig `yaml:"services"`
+	ServiceConfDir string                    `yaml:"service_conf_dir"`
+	HAProxy        *haproxy.Config           `yaml:"haproxy"`
+	FileOutput     *fileoutput.Config        `yaml:"file_output"`
+	// Overrides says where synctl's overrides live; synapse applies them
+	// and acks each revision it applied.
+	Overrides *OverridesConfig `yaml:"overrides"`
+	// ID names this synapse in its acks. Default: the host name.
+	ID string `yaml:"id"`
+	// StateFilePath caches the last backends, so a synapse started while
+	// the registry is down serves what it last knew. Airbnb's
+	// haproxy.state_file_path is read too.
+	StateFilePath string `yaml:"state_file_path"`
+	// Debounce delays an apply to merge more changes (default 0: a lone
+	// change is applied at once; changes arriving during an apply are
+	// merged anyway).
+	Debounce confutil.Duration `yaml:"debounce"`
+	Admin    struct {
+		Listen string `yaml:"listen"`
+	} `yaml:"admin"`
+
+	Statsd confutil.Ignored `yaml:"statsd"`
+
+	Warnings []string `yaml:"-"`
+	File     string   `yaml:"-"`
+	problems confutil.Problems
+}
+
+// OverridesConfig locates the fleet-wide overrides.
+type OverridesConfig struct {
+	Method string   `yaml:"method"` // zookeeper or etcd
+	Hosts  []string `yaml:"hosts"`
+	Root   string   `yaml:"root"` // default /syncstack
+}
+
+// ServiceConfig is one service.
+type ServiceConfig struct {
+	Discovery      watchers.Config       `yaml:"discovery"`
+	HAProxy        haproxy.ServiceConfig `yaml:"haproxy"`
+	DefaultServers []registry.Instance   `yaml:"default_servers"`
+	// KeepDefaultServers keeps default_servers next to discovered ones.
+	KeepDefaultServers bool `yaml:"keep_default_servers"`
+	// UsePreviousBackends (default true) keeps the last backends when
+	// discovery returns none: an empty read never empties a backend.
+	UsePreviousBackends *bool `yaml:"use_previous_backends"`
+
+	DiscoveryMulti confutil.Ignored `yaml:"discovery_multi"`
+}
+
+// UsePrevious reports use_previous_backends with its default.
+func (s *ServiceConfig) UsePrevious() bool {
+	return s.UsePreviousBackends == nil || *s.UsePreviousBackends
+}
+
+// Load reads and validates a synapse config; errors name the file and key.
+func Load(path string) (*Config, error) {
+	cfg := &Config{}
+	if err := confutil.DecodeFile(path, cfg); err != nil {
+		return nil, err
+	}
+	cfg.File = path
+	if cfg.Services == nil {
+		cfg.Services = map[string]*ServiceConfig{}
+	}
+	if cfg.ServiceConfDir != "" {
+		dir := cfg.ServiceConfDir
+		if !filepath.IsAbs(dir) {
+			dir = filepath.Join(filepath.Dir(path), dir)
+		}
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			cfg.problems.Addf("service_conf_dir", "%v", err)
+		}
+		for _, e := range entries {
+			ext := filepath.Ext(e.Name())
+			if e.IsDir() || (ext != ".json" && ext != ".yaml" && ext != ".yml") {
+				continue
+			}
+			name := strings.TrimSuffix(e.Name(), ext)
+			file := filepath.Join(dir, e.Name())
+			if _, dup := cfg.Services[name]; dup {
+				return nil, fmt.Errorf("%s: service %q is also defined in %s", file, name, path)
+			}
+			svc := &ServiceConfig{}
+			if err := confutil.DecodeFile(file, svc); err != nil {
+				return nil, err
+			}
+			cfg.Services[name] = svc
+		}
+	}
+	if err := cfg.Finalize(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// Finalize fills defaults and validates.
+func (cfg *Config) Finalize() error {
+	p := cfg.problems
+	if cfg.Statsd.Set() {
+		cfg.Warnings = append(cfg.Warnings, "statsd: not implemented; synapse exports Prometheus metrics on the admin listener (/metrics)")
+	}
+	if cfg.HAProxy == nil && cfg.FileOutput == nil {
+		p.Addf("haproxy", "missing (and no file_output): synapse would have nothing to drive")
+	}
+	if cfg.HAProxy != nil {
+		cfg.HAProxy.Finalize(&p)
+		cfg.Warnings = append(cfg.Warnings, cfg.HAProxy.Warnings...)
+		if cfg.StateFilePath == "" {
+			cfg.StateFilePath = cfg.HAProxy.StateFilePath
+		}
+	}
+	if cfg.StateFilePath != "" && !filepath.IsAbs(cfg.StateFilePath) {
+		p.Addf("state_file_path", "%q must be absolute", cfg.StateFilePath)
+	}
+	if cfg.ID == "" {
+		host, _ := os.Hostname()
+		cfg.ID = strings.NewReplacer(" ", "_", "/", "_").Replace(host)
+	}
+	if err := registry.ValidateName(cfg.ID); err != nil {
+		p.Addf("id", "%v", err)
+	}
+	if cfg.Admin.Listen == "" {
+		cfg.Admin.Listen = DefaultAdminListen
+	}
+	if o := cfg.Overrides; o != nil {
+		switch o.Method {
+		case "zookeeper", "etcd":
+		default:
+			p.Addf("overrides.method", "%q is not zookeeper or etcd", o.Method)
+		}
+		if len(o.Hosts) == 0 {
+			p.Addf("overrides.hosts", "missing")
+		}
+		if o.Root == "" {
+			o.Root = "/syncstack"
+		}
+	}
+	if len(cfg.Services) == 0 {
+		p.Addf("services", "no services configured")
+	}
+	names := make([]string, 0, len(cfg.Services))
+	for n := range cfg.Services {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	backends := map[string]string{}
+	for _, name := range names {
+		key := "services." + name
+		svc := cfg.Services[name]
+		if svc == nil {
+			p.Addf(key, "empty service")
+			continue
+		}
+		if err := registry.ValidateName(name); err != nil {
+			p.Addf(key, "service name: %v", err)
+		}
+		if svc.DiscoveryMulti.Set() {
+			cfg.Warnings = append(cfg.Warnings, key+".discovery_multi: not implemented; only discovery is watched")
+		}
+		svc.Discovery.Finalize(key+".discovery", svc.HAProxy.ServerPortOverride, &p)
+		for i, d := range svc.DefaultServers {
+			if err := d.Validate(); err != nil {
+				p.Addf(fmt.Sprintf("%s.default_servers[%d]", key, i), "%v", err)
+			}
+		}
+		if cfg.HAProxy != nil {
+			svc.HAProxy.Finalize(name, cfg.HAProxy, &p)
+			if other, dup := backends[svc.HAProxy.BackendName]; dup && !svc.HAProxy.Disabled {
+				p.Addf(key+".haproxy.backend_name", "%q is also the backend of service %s", svc.HAProxy.BackendName, other)
+			}
+			backends[svc.HAProxy.BackendName] = name
+		}
+	}
+	return p.Err(cfg.File)
+}
+
+// HAProxyServices returns every service's haproxy section.
+func (cfg *Config) HAProxyServices() map[string]*haproxy.ServiceConfig {
+	out := map[string]*haproxy.ServiceConfig{}
+	for name, svc := range cfg.Services {
+		out[name] = &svc.HAProxy
+	}
+	return out
+}

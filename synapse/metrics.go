@@ -1,0 +1,48 @@
+package synapse
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are synapse's pipeline metrics; the generators and the registry
+// clients add their own.
+type Metrics struct {
+	WatcherUpdates *prometheus.CounterVec // service
+	KeptPrevious   *prometheus.CounterVec // service
+	Backends       *prometheus.GaugeVec   // service
+	Applies        *prometheus.CounterVec // generator, result
+	Convergence    prometheus.Histogram
+	OverrideRev    prometheus.Gauge
+	Acks           *prometheus.CounterVec // result
+}
+
+// NewMetrics creates synapse's metrics and registers them with reg (nil:
+// not registered).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		WatcherUpdates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "synapse_watcher_updates_total", Help: "Backend sets received from watchers.",
+		}, []string{"service"}),
+		KeptPrevious: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "synapse_kept_previous_backends_total", Help: "Empty sets ignored because use_previous_backends holds.",
+		}, []string{"service"}),
+		Backends: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "synapse_backends", Help: "Backends of each service in the applied state.",
+		}, []string{"service"}),
+		Applies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "synapse_applies_total", Help: "Desired states applied, by generator and result (ok, deferred, error).",
+		}, []string{"generator", "result"}),
+		Convergence: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "synapse_convergence_seconds", Help: "From a watcher update received to the state that holds it applied.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+		OverrideRev: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "synapse_override_revision", Help: "The override revision of the applied state.",
+		}),
+		Acks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "synapse_acks_total", Help: "Override acks written, by result.",
+		}, []string{"result"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.WatcherUpdates, m.KeptPrevious, m.Backends, m.Applies, m.Convergence, m.OverrideRev, m.Acks)
+	}
+	return m
+}

@@ -1,0 +1,489 @@
+// Package synapse is the pipeline next to every HAProxy: watcher sets and
+// overrides in, desired state out to the generators. A lone change is
+// applied at once; changes that arrive while an apply runs are merged into
+// the next one. An empty or failed read never empties a backend while
+// use_previous_backends holds.
+package synapse
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/syncstack/syncstack/generators"
+	"github.com/syncstack/syncstack/generators/fileoutput"
+	"github.com/syncstack/syncstack/generators/haproxy"
+	"github.com/syncstack/syncstack/registry"
+	"github.com/syncstack/syncstack/registry/etcd"
+	"github.com/syncstack/syncstack/registry/zookeeper"
+	"github.com/syncstack/syncstack/watchers"
+	"github.com/syncstack/syncstack/watchers/dns"
+	"github.com/syncstack/syncstack/watchers/file"
+	"github.com/syncstack/syncstack/watchers/registrywatch"
+	"github.com/syncstack/syncstack/watchers/static"
+)
+
+// Options tune a Synapse; zero values are fine.
+type Options struct {
+	Logger          *slog.Logger
+	Metrics         *Metrics
+	HAProxyMetrics  *haproxy.Metrics
+	RegistryMetrics *registry.Metrics
+}
+
+// Synapse runs the pipeline for one config.
+type Synapse struct {
+	cfg  *Config
+	log  *slog.Logger
+	m    *Metrics
+	rm   *registry.Metrics
+	gens []generators.Generator
+
+	clients   map[string]registry.Backend // by cluster
+	overrides registry.Backend
+
+	mu     sync.Mutex
+	status Status
+}
+
+// Status is what GET /status reports.
+type Status struct {
+	ID               string                         `json:"id"`
+	State            generators.State               `json:"state"`
+	OverrideRevision int64                          `json:"override_revision"`
+	Overrides        []registry.Override            `json:"overrides"`
+	LastApply        time.Time                      `json:"last_apply"`
+	LastError        string                         `json:"last_error,omitempty"`
+	Watched          map[string]bool                `json:"watched"` // service → heard from its watcher
+	Sets             map[string][]registry.Instance `json:"-"`
+}
+
+// New builds the generators and registry clients for cfg (finalized).
+func New(cfg *Config, opts Options) (*Synapse, error) {
+	s := &Synapse{cfg: cfg, log: opts.Logger, m: opts.Metrics, rm: opts.RegistryMetrics, clients: map[string]registry.Backend{}}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.m == nil {
+		s.m = NewMetrics(nil)
+	}
+	if s.rm == nil {
+		s.rm = registry.NewMetrics(nil)
+	}
+	if cfg.HAProxy != nil {
+		s.gens = append(s.gens, haproxy.New(cfg.HAProxy, cfg.HAProxyServices(), s.log, opts.HAProxyMetrics))
+	}
+	if cfg.FileOutput != nil {
+		g, err := fileoutput.New(*cfg.FileOutput)
+		if err != nil {
+			return nil, err
+		}
+		s.gens = append(s.gens, g)
+	}
+	if o := cfg.Overrides; o != nil {
+		c, err := s.client(o.Method, o.Hosts, o.Root)
+		if err != nil {
+			return nil, fmt.Errorf("overrides: %w", err)
+		}
+		s.overrides = c
+	}
+	return s, nil
+}
+
+// client returns the shared registry client of a cluster.
+func (s *Synapse) client(method string, hosts []string, root string) (registry.Backend, error) {
+	sorted := slices.Clone(hosts)
+	sort.Strings(sorted)
+	key := method + ":" + strings.Join(sorted, ",") + ":" + root
+	if c, ok := s.clients[key]; ok {
+		return c, nil
+	}
+	var c registry.Backend
+	var err error
+	switch method {
+	case "zookeeper":
+		c, err = zookeeper.New(zookeeper.Config{Servers: hosts, Root: root, Logger: s.log, Metrics: s.rm})
+	case "etcd":
+		c, err = etcd.New(etcd.Config{Endpoints: hosts, Root: root, Logger: s.log, Metrics: s.rm})
+	default:
+		err = fmt.Errorf("method %q", method)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.clients[key] = c
+	return c, nil
+}
+
+func (s *Synapse) watcher(name string, svc *ServiceConfig) (watchers.Watcher, error) {
+	d := &svc.Discovery
+	switch d.Method {
+	case "zookeeper", "etcd":
+		root := ""
+		if s.cfg.Overrides != nil {
+			root = s.cfg.Overrides.Root
+		}
+		c, err := s.client(d.Method, d.Hosts, root)
+		if err != nil {
+			return nil, fmt.Errorf("services.%s.discovery: %w", name, err)
+		}
+		return &registrywatch.Watcher{Client: c, Path: d.Path, Opts: d.Options()}, nil
+	case "file":
+		return &file.Watcher{Path: d.Path, Interval: d.Interval.D(), Opts: d.Options(), Log: s.log, Metrics: s.rm}, nil
+	case "dns":
+		w := &dns.Watcher{Servers: d.Instances(svc.HAProxy.ServerPortOverride), SRV: d.SRV, Interval: d.Interval.D(), Log: s.log}
+		if d.Nameserver != "" {
+			w.Resolver = dns.NewResolver(d.Nameserver)
+		}
+		return w, nil
+	case "static":
+		return &static.Watcher{Servers: d.Instances(svc.HAProxy.ServerPortOverride)}, nil
+	}
+	return nil, fmt.Errorf("services.%s.discovery.method %q", name, d.Method)
+}
+
+// update is one watcher set, tagged.
+type update struct {
+	service string
+	set     []registry.Instance
+	at      time.Time
+}
+
+// Run runs the pipeline until ctx ends, then closes the registry clients.
+// HAProxy keeps running with the last state.
+func (s *Synapse) Run(ctx context.Context) error {
+	defer func() {
+		for _, c := range s.clients {
+			c.Close()
+		}
+	}()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	updates := make(chan update, 16)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	for name, svc := range s.cfg.Services {
+		w, err := s.watcher(name, svc)
+		if err != nil {
+			return err
+		}
+		ch := make(chan []registry.Instance)
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			if err := w.Run(ctx, ch); err != nil && ctx.Err() == nil {
+				s.log.Error("watcher stopped", "service", name, "err", err)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case set := <-ch:
+					select {
+					case updates <- update{name, set, time.Now()}:
+					case <-ctx.Done():
+						return
+					}
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
+	overrideSets := make(chan registry.OverrideSet)
+	if s.overrides != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.overrides.WatchOverrides(ctx, overrideSets); err != nil && ctx.Err() == nil {
+				s.log.Error("override watch stopped", "err", err)
+			}
+		}()
+	}
+	acks := make(chan int64, 1)
+	if s.overrides != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.ackLoop(ctx, acks)
+		}()
+	}
+	return s.loop(ctx, updates, overrideSets, acks)
+}
+
+// ackLoop writes the latest applied override revision, one at a time.
+func (s *Synapse) ackLoop(ctx context.Context, acks <-chan int64) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case rev := <-acks:
+			for ctx.Err() == nil {
+				err := s.overrides.PutAck(ctx, registry.Ack{ID: s.cfg.ID, Revision: rev, At: time.Now().UTC()})
+				if err == nil {
+					s.m.Acks.WithLabelValues("ok").Inc()
+					break
+				}
+				s.m.Acks.WithLabelValues("error").Inc()
+				s.log.Warn("ack failed; retrying", "revision", rev, "err", err)
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				case rev = <-acks: // a newer one supersedes it
+				}
+			}
+		}
+	}
+}
+
+func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets <-chan registry.OverrideSet, acks chan int64) error {
+	sets := map[string][]registry.Instance{}
+	heard := map[string]bool{} // services whose watcher has answered
+	known := heard             // ... or that the cache knows
+	var ovr registry.OverrideSet
+	haveOverrides := s.overrides == nil
+	if cache, err := loadCache(s.cfg.StateFilePath); err != nil {
+		s.log.Warn("state cache unreadable; starting without it", "path", s.cfg.StateFilePath, "err", err)
+	} else if cache != nil {
+		known = map[string]bool{}
+		for name, set := range cache.Sets {
+			if _, ok := s.cfg.Services[name]; ok {
+				sets[name], known[name] = set, true
+			}
+		}
+		ovr = cache.Overrides
+		s.log.Info("state cache loaded: serving what synapse last knew until the registry answers", "services", len(sets), "at", cache.At)
+	}
+	var applied *generators.State
+	appliedRev := int64(-1)
+	var pending []time.Time // receive times of updates not yet applied
+	var retry <-chan time.Time
+	backoff := 250 * time.Millisecond
+	dirty := true
+	for {
+		// Apply when something changed (or a retry is due); the first
+		// pass applies the cache at once.
+		if dirty {
+			desired, nextExpiry := s.build(sets, known, ovr, time.Now())
+			if applied == nil || !desired.Equal(*applied) || retry == nil && s.hasErr() {
+				err := s.apply(ctx, desired)
+				var deferred *haproxy.ErrReloadDeferred
+				switch {
+				case err == nil:
+					backoff = 250 * time.Millisecond
+					retry = nil
+				case errors.As(err, &deferred):
+					retry = time.After(time.Until(deferred.At))
+				default:
+					retry = time.After(backoff)
+					backoff = min(2*backoff, 10*time.Second)
+				}
+				st := desired
+				applied = &st
+				now := time.Now()
+				for _, at := range pending {
+					s.m.Convergence.Observe(now.Sub(at).Seconds())
+				}
+				pending = pending[:0]
+				if err := saveCache(s.cfg.StateFilePath, sets, ovr); err != nil {
+					s.log.Warn("state cache not written", "err", err)
+				}
+			}
+			if haveOverrides && ovr.Revision != appliedRev && (s.overrides != nil) && !s.hasErr() {
+				appliedRev = ovr.Revision
+				s.m.OverrideRev.Set(float64(appliedRev))
+				select {
+				case <-acks:
+				default:
+				}
+				acks <- appliedRev
+			}
+			s.setStatus(func(st *Status) {
+				st.State, st.OverrideRevision, st.Overrides = *applied, ovr.Revision, ovr.Overrides
+				st.Watched = maps(heard)
+			})
+			dirty = false
+			if !nextExpiry.IsZero() && retry == nil {
+				retry = time.After(time.Until(nextExpiry))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case u := <-updates:
+			s.merge(sets, heard, u)
+			known[u.service] = true
+			pending = append(pending, u.at)
+		case o := <-overrideSets:
+			ovr, haveOverrides = o, true
+		case <-retry:
+			retry = nil
+			applied = nil // force the apply
+		}
+		// Merge whatever else is already waiting: a burst becomes one apply.
+		if d := s.cfg.Debounce.D(); d > 0 {
+			time.Sleep(d)
+		}
+	drain:
+		for {
+			select {
+			case u := <-updates:
+				s.merge(sets, heard, u)
+				known[u.service] = true
+				pending = append(pending, u.at)
+			case o := <-overrideSets:
+				ovr, haveOverrides = o, true
+			default:
+				break drain
+			}
+		}
+		dirty = true
+	}
+}
+
+func maps(m map[string]bool) map[string]bool {
+	out := make(map[string]bool, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// merge takes a watcher set, applying label filters and
+// use_previous_backends.
+func (s *Synapse) merge(sets map[string][]registry.Instance, heard map[string]bool, u update) {
+	svc := s.cfg.Services[u.service]
+	s.m.WatcherUpdates.WithLabelValues(u.service).Inc()
+	set := make([]registry.Instance, 0, len(u.set))
+	for _, in := range u.set {
+		if svc.Discovery.Keep(in) {
+			set = append(set, in)
+		}
+	}
+	heard[u.service] = true
+	if len(set) == 0 && len(sets[u.service]) > 0 && svc.UsePrevious() {
+		s.m.KeptPrevious.WithLabelValues(u.service).Inc()
+		s.log.Warn("discovery returned no backends; keeping the previous ones (use_previous_backends)", "service", u.service, "kept", len(sets[u.service]))
+		return
+	}
+	sets[u.service] = set
+}
+
+// build turns the watcher sets and the overrides into the desired state,
+// and returns when the next override expires (zero: none).
+func (s *Synapse) build(sets map[string][]registry.Instance, known map[string]bool, ovr registry.OverrideSet, now time.Time) (generators.State, time.Time) {
+	st := generators.State{Services: map[string]generators.Service{}}
+	var next time.Time
+	var active []registry.Override
+	for _, o := range ovr.Overrides {
+		if o.Active(now) {
+			active = append(active, o)
+			if o.ExpiresAt != nil && (next.IsZero() || o.ExpiresAt.Before(next)) {
+				next = *o.ExpiresAt
+			}
+		}
+	}
+	for name, svc := range s.cfg.Services {
+		set := sets[name]
+		if len(set) == 0 {
+			set = svc.DefaultServers
+		} else if svc.KeepDefaultServers {
+			set = append(slices.Clone(set), svc.DefaultServers...)
+		}
+		bs := make([]generators.Backend, 0, len(set))
+		seen := map[string]bool{}
+		for _, in := range set {
+			b := generators.Backend{Instance: in.Clone(), State: registry.StateReady}
+			if seen[b.ServerName()] {
+				continue
+			}
+			seen[b.ServerName()] = true
+			applyOverrides(&b, name, active)
+			bs = append(bs, b)
+		}
+		generators.SortBackends(bs)
+		// Until its watcher answers (or the cache tells), a service is
+		// unknown: its servers are left as HAProxy has them.
+		st.Services[name] = generators.Service{Backends: bs, Unknown: !known[name] && len(svc.DefaultServers) == 0}
+		s.m.Backends.WithLabelValues(name).Set(float64(len(bs)))
+	}
+	return st, next
+}
+
+// applyOverrides sets the backend's state (maint beats drain beats ready)
+// and weight (the newest override with a weight) from the overrides that
+// match it.
+func applyOverrides(b *generators.Backend, service string, active []registry.Override) {
+	rank := map[registry.OverrideState]int{registry.StateReady: 0, registry.StateDrain: 1, registry.StateMaint: 2}
+	var weightAt time.Time
+	for _, o := range active {
+		if !o.Matches(service, b.Instance) {
+			continue
+		}
+		if rank[o.State] > rank[b.State] {
+			b.State = o.State
+		}
+		if o.Weight != nil && !o.At.Before(weightAt) {
+			w := *o.Weight
+			b.Weight, weightAt = &w, o.At
+		}
+	}
+}
+
+func (s *Synapse) apply(ctx context.Context, st generators.State) error {
+	var errs []error
+	for _, g := range s.gens {
+		err := g.Apply(ctx, st)
+		var deferred *haproxy.ErrReloadDeferred
+		switch {
+		case err == nil:
+			s.m.Applies.WithLabelValues(g.Name(), "ok").Inc()
+		case errors.As(err, &deferred):
+			s.m.Applies.WithLabelValues(g.Name(), "deferred").Inc()
+		default:
+			s.m.Applies.WithLabelValues(g.Name(), "error").Inc()
+			s.log.Error("apply failed; will retry", "generator", g.Name(), "err", err)
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	err := errors.Join(errs...)
+	s.setStatus(func(st *Status) {
+		st.LastApply = time.Now()
+		st.LastError = ""
+		if err != nil {
+			st.LastError = err.Error()
+		}
+	})
+	return err
+}
+
+func (s *Synapse) hasErr() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status.LastError != ""
+}
+
+func (s *Synapse) setStatus(f func(*Status)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.status.ID = s.cfg.ID
+	f(&s.status)
+}
+
+// Status returns a copy of the current status.
+func (s *Synapse) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status
+}
