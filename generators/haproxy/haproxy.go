@@ -41,6 +41,11 @@ type Generator struct {
 	bootRead    bool
 	applied     map[string]string   // backend/server → options it has
 	bootServers map[string][]string // backend → server lines of the file at start
+
+	fileMu      sync.Mutex // serializes writes of the config file
+	pendingFile string     // newest content for the background writer
+	writerBusy  bool
+	writerWG    sync.WaitGroup
 }
 
 // ErrReloadDeferred says a reload is due but rate-limited: Apply again at
@@ -98,8 +103,12 @@ func (g *Generator) Apply(ctx context.Context, st generators.State) error {
 		g.bootSkel, g.bootRead = skeletonOf(string(content)), true
 		g.applied, g.bootServers = serverOptsOf(string(content))
 	}
-	if on(g.cfg.DoWrites, true) {
-		if err := g.write(ctx, full); err != nil {
+	writes := on(g.cfg.DoWrites, true)
+	structural := !g.attached || skel != g.runningSkel
+	// The file must be right before HAProxy (re)loads it; otherwise it is
+	// written after the runtime changes, off the latency path.
+	if writes && structural {
+		if err := g.writeNow(ctx, full); err != nil {
 			errs = append(errs, err)
 			// An invalid config is never loaded: no reload below.
 			skel = g.runningSkel
@@ -122,6 +131,15 @@ func (g *Generator) Apply(ctx context.Context, st generators.State) error {
 		}
 		reloadWhy = why
 	}
+	if writes && !structural {
+		if reloadWhy != "" {
+			if err := g.writeNow(ctx, full); err != nil {
+				return errors.Join(append(errs, err)...)
+			}
+		} else {
+			g.writeLater(full)
+		}
+	}
 	if reloadWhy != "" && on(g.cfg.DoReloads, true) {
 		if wait := time.Until(g.lastReload.Add(g.cfg.ReloadMinInterval.D())); !g.lastReload.IsZero() && wait > 0 {
 			g.m.ReloadsDeferred.Inc()
@@ -141,6 +159,50 @@ func (g *Generator) Apply(ctx context.Context, st generators.State) error {
 	}
 	return errors.Join(errs...)
 }
+
+// writeNow writes content at once (waiting for a background write in
+// flight), so that a reload loads it.
+func (g *Generator) writeNow(ctx context.Context, content string) error {
+	g.fileMu.Lock()
+	defer g.fileMu.Unlock()
+	g.pendingFile = ""
+	return g.write(ctx, content)
+}
+
+// writeLater hands content to the background writer: the newest content
+// wins, and validation (haproxy -c, tens of ms and growing with the config)
+// stays off the path of runtime changes.
+func (g *Generator) writeLater(content string) {
+	g.fileMu.Lock()
+	defer g.fileMu.Unlock()
+	g.pendingFile = content
+	if g.writerBusy {
+		return
+	}
+	g.writerBusy = true
+	g.writerWG.Add(1)
+	go func() {
+		defer g.writerWG.Done()
+		for {
+			g.fileMu.Lock()
+			content := g.pendingFile
+			g.pendingFile = ""
+			if content == "" {
+				g.writerBusy = false
+				g.fileMu.Unlock()
+				return
+			}
+			err := g.write(context.Background(), content)
+			g.fileMu.Unlock()
+			if err != nil {
+				g.log.Error("background config write failed", "err", err)
+			}
+		}
+	}()
+}
+
+// Flush waits for background config writes to finish.
+func (g *Generator) Flush() { g.writerWG.Wait() }
 
 // write validates the rendered config with `haproxy -c` and replaces the
 // file atomically, only when the content changed. An invalid config keeps
@@ -206,7 +268,6 @@ func (g *Generator) attach(ctx context.Context) error {
 		if err := g.start(ctx); err != nil {
 			return err
 		}
-		g.lastWritten = ""
 		content, _ := os.ReadFile(g.cfg.ConfigFilePath)
 		g.runningSkel = skeletonOf(string(content))
 		g.attached = true
@@ -228,6 +289,7 @@ func (g *Generator) attach(ctx context.Context) error {
 func (g *Generator) running(ctx context.Context) bool {
 	if g.cfg.MasterSocketPath != "" {
 		if _, err := g.workerPID(ctx); err != nil {
+			g.log.Debug("haproxy master not answering", "err", err)
 			return false
 		}
 	}
@@ -235,6 +297,9 @@ func (g *Generator) running(ctx context.Context) bool {
 		return g.cfg.MasterSocketPath != ""
 	}
 	_, err := g.rt.run(ctx, "show info")
+	if err != nil {
+		g.log.Debug("haproxy stats socket not answering", "err", err)
+	}
 	return err == nil
 }
 
@@ -249,12 +314,18 @@ func (g *Generator) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("haproxy: start %s %v: %v: %s", g.cfg.Binary, args, err, strings.TrimSpace(string(out)))
 	}
+	// The master re-executes itself after forking the worker and refuses
+	// connections meanwhile: poll until both sockets answer.
 	deadline := time.Now().Add(10 * time.Second)
 	for !g.running(ctx) {
 		if time.Now().After(deadline) {
 			return errors.New("haproxy: started but not answering on its sockets after 10s")
 		}
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 	g.log.Info("haproxy started", "config", g.cfg.ConfigFilePath, "master_socket", g.cfg.MasterSocketPath)
 	return nil

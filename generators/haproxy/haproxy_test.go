@@ -132,6 +132,7 @@ func TestRuntimeChangesWithoutReload(t *testing.T) {
 		t.Errorf("after adding b: %v", got)
 	}
 	// The file carries every server, so a reload would reproduce the state.
+	r.g.Flush()
 	cfg, _ := os.ReadFile(r.cfg.ConfigFilePath)
 	if !strings.Contains(string(cfg), "server b_127.0.0.12:") {
 		t.Errorf("haproxy.cfg lacks server b:\n%s", cfg)

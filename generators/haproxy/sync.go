@@ -61,10 +61,9 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 		}
 		svc := g.services[name]
 		be := svc.BackendName
-		cur, ok := running[be]
-		if !ok {
-			return "backend " + be + " missing", nil
-		}
+		// A backend without servers is not listed; a backend missing from
+		// the running config changed the skeleton and was reloaded already.
+		cur := running[be]
 		serverOpts := svc.ServerOptions.String()
 		dynamic := dynamicBalance(g.cfg.Defaults, svc.Listen, svc.Backend) && dynamicOptions(serverOpts)
 		want := map[string]bool{}

@@ -1,0 +1,438 @@
+package synapse
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"text/template"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/syncstack/syncstack/generators/haproxy"
+	"github.com/syncstack/syncstack/internal/testserver"
+	"github.com/syncstack/syncstack/registry"
+	"github.com/syncstack/syncstack/registry/etcd"
+	"github.com/syncstack/syncstack/registry/registrytest"
+	"github.com/syncstack/syncstack/registry/zookeeper"
+)
+
+// env is one synapse + HAProxy pair in a temp dir.
+type env struct {
+	dir, stats, master, cfgFile string
+	ports                       map[string]int
+	hm                          *haproxy.Metrics
+	m                           *Metrics
+	cancel                      context.CancelFunc
+	done                        chan error
+	s                           *Synapse
+}
+
+const baseTemplate = `id: {{.ID}}
+state_file_path: {{.Dir}}/synapse-state.json
+admin: {listen: "off"}
+haproxy:
+  manage: true
+  config_file_path: {{.Dir}}/haproxy.cfg
+  socket_file_path: {{.Dir}}/stats.sock
+  master_socket_path: {{.Dir}}/master.sock
+  pid_file: {{.Dir}}/haproxy.pid
+  reload_min_interval: 100ms
+  global: [maxconn 2000]
+  defaults: [mode http, timeout connect 1s, timeout client 10s, timeout server 10s, retries 2, option redispatch]
+{{if .Overrides}}overrides: {method: {{.Method}}, hosts: [{{.Hosts}}], root: /syncstack-test}
+{{end}}services:
+{{range .Services}}  {{.}}:
+    discovery: {method: {{$.Method}}, hosts: [{{$.Hosts}}], path: /services/{{.}}}
+    haproxy:
+      port: {{index $.Ports .}}
+      bind_address: 127.0.0.1
+      listen: [mode http, balance roundrobin]
+{{end}}`
+
+type envOpts struct {
+	Method, Hosts string
+	Services      []string
+	Overrides     bool
+	dir           string
+	ports         map[string]int
+}
+
+func startEnv(t *testing.T, o envOpts) *env {
+	t.Helper()
+	testserver.CheckHAProxy(t)
+	e := &env{dir: o.dir, ports: o.ports}
+	if e.dir == "" {
+		e.dir = t.TempDir()
+		testserver.KillHAProxyAtCleanup(t, filepath.Join(e.dir, "haproxy.pid"))
+	}
+	if e.ports == nil {
+		e.ports = map[string]int{}
+	}
+	for _, s := range o.Services {
+		if e.ports[s] == 0 {
+			e.ports[s] = testserver.FreePort(t)
+		}
+	}
+	e.stats, e.master = filepath.Join(e.dir, "stats.sock"), filepath.Join(e.dir, "master.sock")
+	var buf bytes.Buffer
+	template.Must(template.New("").Parse(baseTemplate)).Execute(&buf, map[string]any{
+		"ID": "synapse-test", "Dir": e.dir, "Method": o.Method, "Hosts": o.Hosts, "Services": o.Services, "Ports": e.ports, "Overrides": o.Overrides,
+	})
+	e.cfgFile = filepath.Join(e.dir, "synapse.yaml")
+	if err := os.WriteFile(e.cfgFile, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(e.cfgFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.hm, e.m = haproxy.NewMetrics(nil), NewMetrics(nil)
+	e.s, err = New(cfg, Options{Metrics: e.m, HAProxyMetrics: e.hm, RegistryMetrics: registry.NewMetrics(nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e.cancel, e.done = cancel, make(chan error, 1)
+	go func() { e.done <- e.s.Run(ctx) }()
+	t.Cleanup(e.stop)
+	return e
+}
+
+func (e *env) stop() {
+	if e.cancel != nil {
+		e.cancel()
+		<-e.done
+		e.cancel = nil
+	}
+}
+
+func (e *env) url(svc string) string { return fmt.Sprintf("http://127.0.0.1:%d/", e.ports[svc]) }
+
+func (e *env) reloads() float64 {
+	var n float64
+	for _, why := range []string{"structure", "static_balance", "dns_name", "backend_missing", "other"} {
+		n += testutil.ToFloat64(e.hm.Reloads.WithLabelValues(why))
+	}
+	return n
+}
+
+// waitServers waits until HAProxy's backend has exactly the given servers
+// (by name prefix) in the given admin state.
+func (e *env) waitServers(t *testing.T, backend string, want map[string]int) {
+	t.Helper()
+	var got map[string]testserver.ServerState
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		var err error
+		if got, err = testserver.TryHAProxyServers(e.stats, backend); err == nil && matches(got, want) {
+			return
+		}
+	}
+	t.Fatalf("backend %s: servers %+v, want %v", backend, got, want)
+}
+
+func matches(got map[string]testserver.ServerState, want map[string]int) bool {
+	if len(got) != len(want) {
+		return false
+	}
+	for prefix, admin := range want {
+		found := false
+		for name, s := range got {
+			if strings.HasPrefix(name, prefix+"_") && s.Admin == admin {
+				found = true
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func zkClient(t *testing.T, servers []string) *zookeeper.Client {
+	c, err := zookeeper.New(zookeeper.Config{Servers: servers, Metrics: registry.NewMetrics(nil), Root: "/syncstack-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func inst(b *testserver.Backend, name string) registry.Instance {
+	return registry.Instance{Host: b.Host, Port: b.Port, Name: name}
+}
+
+func TestZooKeeperMembershipWithoutReload(t *testing.T) {
+	zks := testserver.StartZooKeeper(t)
+	reg := zkClient(t, zks.Servers())
+	a := testserver.StartBackend(t, "a", "127.0.0.11")
+	b := testserver.StartBackend(t, "b", "127.0.0.12")
+	ctx := context.Background()
+	if _, err := reg.Register(ctx, "/services/web", inst(a, "a")); err != nil {
+		t.Fatal(err)
+	}
+	e := startEnv(t, envOpts{Method: "zookeeper", Hosts: zks.Nodes[0].Addr, Services: []string{"web"}})
+	e.waitServers(t, "web", map[string]int{"a": 0})
+	if got := get(t, e.url("web")); got != "a" {
+		t.Fatalf("got %q", got)
+	}
+	pid := testserver.HAProxyWorkerPID(t, e.master)
+	reloads := e.reloads()
+
+	// Register → routed, no reload.
+	start := time.Now()
+	rb, err := reg.Register(ctx, "/services/web", inst(b, "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitServers(t, "web", map[string]int{"a": 0, "b": 0})
+	t.Logf("register → HAProxy: %v", time.Since(start))
+	seen := map[string]int{}
+	for range 20 {
+		seen[get(t, e.url("web"))]++
+	}
+	if seen["a"] == 0 || seen["b"] == 0 {
+		t.Errorf("requests after b registered: %v", seen)
+	}
+
+	// Weight: live.
+	w := 7
+	wb := inst(b, "b")
+	wb.Weight = &w
+	if err := rb.Update(ctx, wb); err != nil {
+		t.Fatal(err)
+	}
+	registrytest.Eventually(t, 5*time.Second, "weight 7 in HAProxy", func() bool {
+		for name, s := range testserver.HAProxyServers(t, e.stats, "web") {
+			if strings.HasPrefix(name, "b_") {
+				return s.Weight == 7
+			}
+		}
+		return false
+	})
+
+	// Deregister → no new request reaches it.
+	if err := rb.Deregister(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.waitServers(t, "web", map[string]int{"a": 0})
+	served := b.Served.Load()
+	for range 20 {
+		get(t, e.url("web"))
+	}
+	if n := b.Served.Load() - served; n != 0 {
+		t.Errorf("b served %d requests after it deregistered", n)
+	}
+	if p := testserver.HAProxyWorkerPID(t, e.master); p != pid {
+		t.Errorf("worker PID %d → %d: a reload happened", pid, p)
+	}
+	if n := e.reloads() - reloads; n != 0 {
+		t.Errorf("%v reloads for membership and weight changes", n)
+	}
+	if n := testutil.CollectAndCount(e.m.Convergence); n == 0 {
+		t.Error("no convergence observations")
+	}
+}
+
+// A record with an injection attempt is skipped: haproxy.cfg does not change.
+func TestInjectionRecordSkipped(t *testing.T) {
+	zks := testserver.StartZooKeeper(t)
+	reg := zkClient(t, zks.Servers())
+	a := testserver.StartBackend(t, "a", "127.0.0.11")
+	if _, err := reg.Register(context.Background(), "/services/web", inst(a, "a")); err != nil {
+		t.Fatal(err)
+	}
+	e := startEnv(t, envOpts{Method: "zookeeper", Hosts: zks.Nodes[0].Addr, Services: []string{"web"}})
+	e.waitServers(t, "web", map[string]int{"a": 0})
+	time.Sleep(100 * time.Millisecond)
+	before, _ := os.ReadFile(filepath.Join(e.dir, "haproxy.cfg"))
+
+	conn := rawZK(t, zks.Servers())
+	for i, rec := range []string{
+		`{"host":"127.0.0.66","port":80,"haproxy_server_options":"check\nserver evil 6.6.6.6:80"}`,
+		`{"host":"127.0.0.66\nlisten evil","port":80}`,
+		`{"host":"127.0.0.66","port":70000}`,
+		`not json`,
+		`{"host":"127.0.0.66","port":80,"labels":{"x":"` + strings.Repeat("a", 200<<10) + `"}}`,
+	} {
+		conn(fmt.Sprintf("/services/web/evil_%010d", i), []byte(rec))
+	}
+	time.Sleep(300 * time.Millisecond)
+	after, _ := os.ReadFile(filepath.Join(e.dir, "haproxy.cfg"))
+	if string(before) != string(after) {
+		t.Errorf("haproxy.cfg changed:\n%s", after)
+	}
+	if strings.Contains(string(after), "evil") || strings.Contains(string(after), "6.6.6.6") {
+		t.Error("injected text reached haproxy.cfg")
+	}
+	e.waitServers(t, "web", map[string]int{"a": 0})
+}
+
+// Overrides: a drain reaches HAProxy at runtime and is acked with the
+// write's revision; an expiring drain heals by itself.
+func TestOverridesDrainAckAndExpiry(t *testing.T) {
+	srv := testserver.StartEtcd(t)
+	ec, err := etcd.New(etcd.Config{Endpoints: []string{srv.Endpoint}, Metrics: registry.NewMetrics(nil), Root: "/syncstack-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ec.Close() })
+	a := testserver.StartBackend(t, "a", "127.0.0.11")
+	b := testserver.StartBackend(t, "b", "127.0.0.12")
+	ctx := context.Background()
+	for _, in := range []registry.Instance{inst(a, "a"), inst(b, "b")} {
+		if _, err := ec.Register(ctx, "/services/web", in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e := startEnv(t, envOpts{Method: "etcd", Hosts: srv.Endpoint, Services: []string{"web"}, Overrides: true})
+	e.waitServers(t, "web", map[string]int{"a": 0, "b": 0})
+	pid := testserver.HAProxyWorkerPID(t, e.master)
+
+	exp := time.Now().Add(1500 * time.Millisecond)
+	rev, err := ec.PutOverride(ctx, registry.Override{Target: "127.0.0.12", State: registry.StateDrain, Reason: "test", By: "t", At: time.Now(), ExpiresAt: &exp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	e.waitServers(t, "web", map[string]int{"a": 0, "b": 0x08})
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Errorf("drain reached HAProxy after %v, want < 100ms", d)
+	}
+	registrytest.Eventually(t, 5*time.Second, "an ack at the drain's revision", func() bool {
+		acks, err := ec.Acks(ctx)
+		return err == nil && len(acks) == 1 && acks[0].ID == "synapse-test" && acks[0].Revision >= rev
+	})
+	served := b.Served.Load()
+	for range 10 {
+		get(t, e.url("web"))
+	}
+	if n := b.Served.Load() - served; n != 0 {
+		t.Errorf("drained b served %d new requests", n)
+	}
+	// The drain expires: b is ready again without anyone deleting it.
+	e.waitServers(t, "web", map[string]int{"a": 0, "b": 0})
+	if p := testserver.HAProxyWorkerPID(t, e.master); p != pid {
+		t.Errorf("a reload happened (worker %d → %d)", pid, p)
+	}
+}
+
+// ZooKeeper down: the backends stay and HAProxy serves; once it is back,
+// synapse reconciles.
+func TestRegistryOutageKeepsBackends(t *testing.T) {
+	if testing.Short() {
+		t.Skip("30s outage")
+	}
+	zks := testserver.StartZooKeeper(t)
+	reg := zkClient(t, zks.Servers())
+	a := testserver.StartBackend(t, "a", "127.0.0.11")
+	b := testserver.StartBackend(t, "b", "127.0.0.12")
+	if _, err := reg.Register(context.Background(), "/services/web", inst(a, "a")); err != nil {
+		t.Fatal(err)
+	}
+	e := startEnv(t, envOpts{Method: "zookeeper", Hosts: zks.Nodes[0].Addr, Services: []string{"web"}})
+	e.waitServers(t, "web", map[string]int{"a": 0})
+
+	load := testserver.StartLoad(e.url("web"), 2, 20*time.Millisecond)
+	zks.Nodes[0].Kill()
+	time.Sleep(30 * time.Second)
+	e.waitServers(t, "web", map[string]int{"a": 0})
+	load.Stop()
+	if f := load.Failed.Load(); f != 0 || load.OK.Load() == 0 {
+		t.Errorf("during the outage: %d ok, %d failed %v", load.OK.Load(), f, load.Failures())
+	}
+	zks.Nodes[0].Start()
+	if err := zks.Nodes[0].WaitServing(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	reg2 := zkClient(t, zks.Servers())
+	if _, err := reg2.Register(context.Background(), "/services/web", inst(b, "b")); err != nil {
+		t.Fatal(err)
+	}
+	e.waitServers(t, "web", map[string]int{"a": 0, "b": 0})
+}
+
+// A synapse restarted while the registry is down serves from its cache:
+// HAProxy keeps every backend (nothing is emptied).
+func TestRestartFromCacheWhileRegistryDown(t *testing.T) {
+	zks := testserver.StartZooKeeper(t)
+	reg := zkClient(t, zks.Servers())
+	a := testserver.StartBackend(t, "a", "127.0.0.11")
+	if _, err := reg.Register(context.Background(), "/services/web", inst(a, "a")); err != nil {
+		t.Fatal(err)
+	}
+	o := envOpts{Method: "zookeeper", Hosts: zks.Nodes[0].Addr, Services: []string{"web"}}
+	e := startEnv(t, o)
+	e.waitServers(t, "web", map[string]int{"a": 0})
+	time.Sleep(100 * time.Millisecond)
+	e.stop()
+	zks.Nodes[0].Kill()
+
+	// HAProxy is gone too (a host reboot): the new synapse must start it
+	// with the cached backends.
+	testserver.KillHAProxy(filepath.Join(e.dir, "haproxy.pid"))
+	os.Remove(filepath.Join(e.dir, "haproxy.cfg"))
+
+	o.dir, o.ports = e.dir, e.ports
+	e2 := startEnv(t, o)
+	e2.waitServers(t, "web", map[string]int{"a": 0})
+	if got := get(t, e2.url("web")); got != "a" {
+		t.Errorf("after restart from cache: %q", got)
+	}
+}
+
+// A new service in the config (a SIGHUP, or a restart) costs exactly one
+// reload and no failed request on the other services.
+func TestNewServiceOneReload(t *testing.T) {
+	zks := testserver.StartZooKeeper(t)
+	reg := zkClient(t, zks.Servers())
+	a := testserver.StartBackend(t, "a", "127.0.0.11")
+	for _, p := range []string{"/services/web", "/services/api"} {
+		if _, err := reg.Register(context.Background(), p, inst(a, "a")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	o := envOpts{Method: "zookeeper", Hosts: zks.Nodes[0].Addr, Services: []string{"web"}}
+	e := startEnv(t, o)
+	e.waitServers(t, "web", map[string]int{"a": 0})
+	pid := testserver.HAProxyWorkerPID(t, e.master)
+	load := testserver.StartLoad(e.url("web"), 4, 5*time.Millisecond)
+	time.Sleep(200 * time.Millisecond)
+	e.stop()
+
+	o.dir, o.ports, o.Services = e.dir, e.ports, []string{"web", "api"}
+	e2 := startEnv(t, o)
+	e2.waitServers(t, "api", map[string]int{"a": 0})
+	time.Sleep(300 * time.Millisecond)
+	load.Stop()
+	if n := e2.reloads(); n != 1 {
+		t.Errorf("%v reloads for a new service, want 1", n)
+	}
+	if p := testserver.HAProxyWorkerPID(t, e2.master); p == pid {
+		t.Error("worker unchanged: the new service was not loaded")
+	}
+	if f := load.Failed.Load(); f != 0 || load.OK.Load() < 50 {
+		t.Errorf("during the change: %d ok, %d failed: %v", load.OK.Load(), f, load.Failures())
+	}
+	if got := get(t, e2.url("api")); got != "a" {
+		t.Errorf("new service answered %q", got)
+	}
+}
