@@ -37,6 +37,12 @@ type Backend interface {
 	// Acks lists the acks of the live synapses.
 	Acks(ctx context.Context) ([]Ack, error)
 
+	// AppendHistory adds an entry to the audit trail, dropping the oldest
+	// beyond MaxHistory.
+	AppendHistory(ctx context.Context, h HistoryEntry) error
+	// History returns up to limit newest entries, oldest first.
+	History(ctx context.Context, limit int) ([]HistoryEntry, error)
+
 	// Close ends the session: registrations and acks vanish.
 	Close() error
 }

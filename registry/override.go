@@ -42,14 +42,25 @@ type Override struct {
 
 // Key is the override's name in the registry: the target, and the sorted
 // services after '@' when it is limited to some, so a drain of one service
-// and a drain of the whole host are separate records.
+// and a drain of the whole host are separate records. A weight-only
+// override (state ready with a weight) ends in "~weight", so that setting a
+// weight never replaces a drain, and undraining keeps the weight.
 func (o Override) Key() string {
-	if len(o.Services) == 0 {
-		return o.Target
+	return OverrideKey(o.Target, o.Services, o.State == StateReady && o.Weight != nil)
+}
+
+// OverrideKey is the key of an override on target for services.
+func OverrideKey(target string, services []string, weightOnly bool) string {
+	k := target
+	if len(services) > 0 {
+		s := slices.Clone(services)
+		sort.Strings(s)
+		k += "@" + strings.Join(s, ",")
 	}
-	s := slices.Clone(o.Services)
-	sort.Strings(s)
-	return o.Target + "@" + strings.Join(s, ",")
+	if weightOnly {
+		k += "~weight"
+	}
+	return k
 }
 
 // Validate checks every field; the error names the field.
@@ -130,6 +141,9 @@ type Ack struct {
 	ID       string    `json:"id"`
 	Revision int64     `json:"revision"`
 	At       time.Time `json:"at"`
+	// Services maps each service this synapse serves from the same
+	// registry to the path it watches, so synctl can find the backends.
+	Services map[string]string `json:"services,omitempty"`
 }
 
 // Validate checks the ack's fields.
@@ -140,8 +154,72 @@ func (a Ack) Validate() error {
 	if a.Revision < 0 {
 		return fmt.Errorf("revision: %d is negative", a.Revision)
 	}
+	for name, path := range a.Services {
+		if err := ValidateName(name); err != nil {
+			return fmt.Errorf("services: %w", err)
+		}
+		if err := ValidateText(path, 1024); err != nil || !strings.HasPrefix(path, "/") {
+			return fmt.Errorf("services.%s: path %q is not valid", name, path)
+		}
+	}
 	return nil
 }
+
+// HistoryEntry is one line of the audit trail synctl keeps in the registry.
+type HistoryEntry struct {
+	At        time.Time  `json:"at"`
+	By        string     `json:"by"`
+	Action    string     `json:"action"` // drain, maint, weight, add-to-lb, weight-reset
+	Targets   []string   `json:"targets"`
+	Services  []string   `json:"services,omitempty"`
+	Weight    *int       `json:"weight,omitempty"`
+	Reason    string     `json:"reason,omitempty"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	Revision  int64      `json:"revision"`
+	Forced    bool       `json:"forced,omitempty"`
+}
+
+// Validate checks the entry's fields.
+func (h HistoryEntry) Validate() error {
+	if h.At.IsZero() {
+		return errors.New("at: missing")
+	}
+	if err := ValidateName(h.Action); err != nil {
+		return fmt.Errorf("action: %w", err)
+	}
+	for i, t := range h.Targets {
+		if ValidateName(t) != nil && ValidateHost(t) != nil {
+			return fmt.Errorf("targets[%d]: %q is not a host or name", i, t)
+		}
+	}
+	for i, s := range h.Services {
+		if err := ValidateName(s); err != nil {
+			return fmt.Errorf("services[%d]: %w", i, err)
+		}
+	}
+	if err := ValidateText(h.Reason, MaxReasonLen); err != nil {
+		return fmt.Errorf("reason: %w", err)
+	}
+	if err := ValidateText(h.By, MaxNameLen); err != nil {
+		return fmt.Errorf("by: %w", err)
+	}
+	return nil
+}
+
+// DecodeHistoryEntry reads and validates one audit-trail entry.
+func DecodeHistoryEntry(data []byte) (HistoryEntry, error) {
+	var h HistoryEntry
+	if err := decodeStrict(data, &h); err != nil {
+		return HistoryEntry{}, fmt.Errorf("history: %w", err)
+	}
+	if err := h.Validate(); err != nil {
+		return HistoryEntry{}, fmt.Errorf("history: %w", err)
+	}
+	return h, nil
+}
+
+// MaxHistory is how many audit-trail entries the registry keeps.
+const MaxHistory = 1000
 
 // DecodeAck reads and validates one ack record.
 func DecodeAck(data []byte) (Ack, error) {

@@ -228,7 +228,7 @@ func (s *Synapse) ackLoop(ctx context.Context, acks <-chan int64) {
 			return
 		case rev := <-acks:
 			for ctx.Err() == nil {
-				err := s.overrides.PutAck(ctx, registry.Ack{ID: s.cfg.ID, Revision: rev, At: time.Now().UTC()})
+				err := s.overrides.PutAck(ctx, registry.Ack{ID: s.cfg.ID, Revision: rev, At: time.Now().UTC(), Services: s.ackServices()})
 				if err == nil {
 					s.m.Acks.WithLabelValues("ok").Inc()
 					break
@@ -243,6 +243,26 @@ func (s *Synapse) ackLoop(ctx context.Context, acks <-chan int64) {
 			}
 		}
 	}
+}
+
+// ackServices lists the services watched in the overrides' registry, with
+// their paths, for synctl to find their backends.
+func (s *Synapse) ackServices() map[string]string {
+	o := s.cfg.Overrides
+	out := map[string]string{}
+	for name, svc := range s.cfg.Services {
+		d := svc.Discovery
+		if d.Method == o.Method && slices.Equal(sortedCopy(d.Hosts), sortedCopy(o.Hosts)) {
+			out[name] = d.Path
+		}
+	}
+	return out
+}
+
+func sortedCopy(s []string) []string {
+	c := slices.Clone(s)
+	sort.Strings(c)
+	return c
 }
 
 func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets <-chan registry.OverrideSet, acks chan int64) error {

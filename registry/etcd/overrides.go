@@ -49,13 +49,21 @@ func (c *Client) DeleteOverride(ctx context.Context, key string) (int64, error) 
 	}
 	ctx, cancel := c.opContext(ctx)
 	defer cancel()
-	resp, err := c.cli.Delete(ctx, c.overridesPrefix()+key)
+	// A deletion leaves no revision on any override key: a marker outside
+	// the overrides prefix records it, so Overrides() can tell the
+	// revision of the latest change.
+	resp, err := c.cli.Txn(ctx).Then(
+		clientv3.OpDelete(c.overridesPrefix()+key),
+		clientv3.OpPut(c.deletedMarker(), time.Now().UTC().Format(time.RFC3339Nano)),
+	).Commit()
 	c.count("writes", "delete", err)
 	if err != nil {
 		return 0, fmt.Errorf("etcd: delete override %s: %w", key, err)
 	}
 	return resp.Header.Revision, nil
 }
+
+func (c *Client) deletedMarker() string { return c.cfg.Root + "/overrides-deleted" }
 
 func (c *Client) skip(prefix, key string, err error) {
 	c.m.RecordsSkipped.WithLabelValues(backendName, strings.TrimSuffix(prefix, "/")).Inc()
@@ -73,14 +81,26 @@ func (c *Client) list(ctx context.Context, prefix string) (*clientv3.GetResponse
 	return resp, nil
 }
 
-// Overrides implements registry.Backend.
+// Overrides implements registry.Backend. The revision is that of the
+// latest override change (a put, or a delete through its marker), not the
+// store's, which every registration moves.
 func (c *Client) Overrides(ctx context.Context) (registry.OverrideSet, error) {
 	resp, err := c.list(ctx, c.overridesPrefix())
 	if err != nil {
 		return registry.OverrideSet{}, err
 	}
-	set := registry.OverrideSet{Revision: resp.Header.Revision}
+	marker, err := c.list(ctx, c.deletedMarker())
+	if err != nil {
+		return registry.OverrideSet{}, err
+	}
+	set := registry.OverrideSet{}
+	for _, kv := range marker.Kvs {
+		if string(kv.Key) == c.deletedMarker() {
+			set.Revision = kv.ModRevision
+		}
+	}
 	for _, kv := range resp.Kvs {
+		set.Revision = max(set.Revision, kv.ModRevision)
 		o, err := registry.DecodeOverride(kv.Value)
 		if err != nil {
 			c.skip(c.overridesPrefix(), string(kv.Key), err)

@@ -35,6 +35,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("RejectsBadInput", func(t *testing.T) { rejectsBadInput(t, h) })
 	t.Run("BadRecordsSkippedAndCounted", func(t *testing.T) { badRecords(t, h) })
 	t.Run("OverridesAndAcks", func(t *testing.T) { overridesAndAcks(t, h) })
+	t.Run("History", func(t *testing.T) { history(t, h) })
 }
 
 // Inst is a short constructor for tests.
@@ -353,5 +354,23 @@ func Eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 			t.Errorf("not within %v: %s", timeout, what)
 			return
 		}
+	}
+}
+
+func history(t *testing.T, h Harness) {
+	c := h.New(t)
+	ctx := context.Background()
+	for i := range 3 {
+		e := registry.HistoryEntry{At: time.Now().UTC(), By: "ops@h", Action: "drain", Targets: []string{fmt.Sprintf("10.0.0.%d", i)}, Reason: "r", Revision: int64(i)}
+		if err := c.AppendHistory(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := c.History(ctx, 2)
+	if err != nil || len(got) != 2 || got[0].Targets[0] != "10.0.0.1" || got[1].Targets[0] != "10.0.0.2" {
+		t.Fatalf("History(2) = %+v, %v; want the two newest, oldest first", got, err)
+	}
+	if err := c.AppendHistory(ctx, registry.HistoryEntry{At: time.Now(), Action: "drain", Reason: "a\nb"}); err == nil {
+		t.Error("AppendHistory accepted a newline in the reason")
 	}
 }

@@ -1,0 +1,443 @@
+package synctl
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/syncstack/syncstack/registry"
+)
+
+// changeFlags are the flags of the commands that change the fleet.
+type changeFlags struct {
+	common
+	services   string
+	reason     string
+	wait       bool
+	timeout    time.Duration
+	dryRun     bool
+	local      bool
+	socket     string
+	forDur     time.Duration
+	force      bool
+	minUp      int
+	maxDrained int
+}
+
+func (f *changeFlags) register(fs *flag.FlagSet, safety bool) {
+	f.common.register(fs)
+	fs.StringVar(&f.services, "service", "", "limit to these services (comma-separated)")
+	fs.StringVar(&f.reason, "reason", "", "why (kept in the override and the audit trail)")
+	fs.BoolVar(&f.wait, "wait", false, "wait until every live synapse has applied the change")
+	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "with --wait: how long to wait")
+	fs.BoolVar(&f.dryRun, "dry-run", false, "print the plan and write nothing")
+	fs.BoolVar(&f.local, "local", false, "act on the local HAProxy through its stats socket (when the registry is down)")
+	fs.StringVar(&f.socket, "socket", "/run/haproxy/admin.sock", "with --local: the HAProxy stats socket")
+	if safety {
+		fs.DurationVar(&f.forDur, "for", 0, "expire the override after this long (a forgotten drain heals itself)")
+		fs.BoolVar(&f.force, "force", false, "skip the safety limits")
+		fs.IntVar(&f.minUp, "min-up", 1, "refuse when a service would keep fewer ready backends")
+		fs.IntVar(&f.maxDrained, "max-drained", 50, "refuse when more than this % of a service's backends would be out")
+	}
+}
+
+func (f *changeFlags) scope() []string { return splitList(f.services) }
+
+// targets validates HOST[,HOST...].
+func targets(arg string) ([]string, error) {
+	ts := splitList(arg)
+	if len(ts) == 0 {
+		return nil, usagef("no host given")
+	}
+	for _, t := range ts {
+		if registry.ValidateName(t) != nil && registry.ValidateHost(t) != nil {
+			return nil, usagef("%q is not a host name, address or instance name", t)
+		}
+	}
+	return ts, nil
+}
+
+// result is what a change command reports.
+type result struct {
+	Action   string     `json:"action"`
+	Targets  []string   `json:"targets"`
+	DryRun   bool       `json:"dry_run"`
+	Plan     []capacity `json:"plan"`
+	Written  []string   `json:"written,omitempty"`
+	Deleted  []string   `json:"deleted,omitempty"`
+	Revision int64      `json:"revision,omitempty"`
+	Acked    []string   `json:"acked,omitempty"`
+	Missing  []string   `json:"not_acked,omitempty"`
+}
+
+func runSet(ctx context.Context, env Env, action string, state registry.OverrideState, args []string) error {
+	var f changeFlags
+	fs := newFlagSet(env, action, action+" HOST[,HOST...] [flags]")
+	f.register(fs, true)
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("want exactly one HOST[,HOST...] argument, got %d", len(pos))
+	}
+	ts, err := targets(pos[0])
+	if err != nil {
+		return err
+	}
+	if f.forDur < 0 {
+		return usagef("--for %v is negative", f.forDur)
+	}
+	if f.maxDrained < 0 || f.maxDrained > 100 || f.minUp < 0 {
+		return usagef("--max-drained takes 0..100 and --min-up a count")
+	}
+	if err := registry.ValidateText(f.reason, registry.MaxReasonLen); err != nil {
+		return usagef("--reason: %v", err)
+	}
+	for _, s := range f.scope() {
+		if err := registry.ValidateName(s); err != nil {
+			return usagef("--service: %v", err)
+		}
+	}
+	if f.local {
+		return runLocal(ctx, env, &f, string(state), ts)
+	}
+	b, err := f.connect(env)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	now := env.Now()
+	fl, err := readFleet(ctx, b, &f.common, now)
+	if err != nil {
+		return err
+	}
+	if err := fl.checkScope(f.scope()); err != nil {
+		return err
+	}
+	var adds []registry.Override
+	for _, t := range ts {
+		if len(fl.matching(t, f.scope())) == 0 {
+			return fmt.Errorf("unknown host %q: no backend of %s has that host or name; nothing written", t, scopeName(f.scope(), fl))
+		}
+		o := registry.Override{Target: t, State: state, Services: f.scope(), Reason: f.reason, By: env.By, At: now.UTC()}
+		if f.forDur > 0 {
+			exp := now.Add(f.forDur).UTC()
+			o.ExpiresAt = &exp
+		}
+		adds = append(adds, o)
+	}
+	after := replaceKeys(fl.overrides.Overrides, adds, nil)
+	res := result{Action: action, Targets: ts, DryRun: f.dryRun, Plan: fl.plan(fl.overrides.Overrides, after, nil, now)}
+	if refusal := safety(res.Plan, f.minUp, f.maxDrained); refusal != "" && !f.force {
+		emit(env, &f.common, res, func(w io.Writer) {
+			fmt.Fprintf(w, "%s %s would change:\n", action, strings.Join(ts, ","))
+			printPlan(w, res.Plan)
+		})
+		return fmt.Errorf("refused: %s (use --force to override); nothing written", refusal)
+	}
+	if f.dryRun {
+		emit(env, &f.common, res, func(w io.Writer) {
+			fmt.Fprintf(w, "dry run: %s %s would change:\n", action, strings.Join(ts, ","))
+			printPlan(w, res.Plan)
+			fmt.Fprintln(w, "nothing written")
+		})
+		return nil
+	}
+	for _, o := range adds {
+		rev, err := b.PutOverride(ctx, o)
+		if err != nil {
+			return fmt.Errorf("writing the override for %s: %w", o.Target, err)
+		}
+		res.Written = append(res.Written, o.Key())
+		res.Revision = max(res.Revision, rev)
+	}
+	h := registry.HistoryEntry{At: now.UTC(), By: env.By, Action: action, Targets: ts, Services: f.scope(), Reason: f.reason, Revision: res.Revision, Forced: f.force}
+	if len(adds) > 0 {
+		h.ExpiresAt = adds[0].ExpiresAt
+	}
+	return finish(ctx, env, b, &f, res, h)
+}
+
+// safety returns why a plan must be refused, or "".
+func safety(plan []capacity, minUp, maxDrained int) string {
+	var why []string
+	for _, c := range plan {
+		if len(c.Changed) == 0 || c.Total == 0 {
+			continue
+		}
+		if c.ReadyAfter < minUp {
+			why = append(why, fmt.Sprintf("service %s would have %d ready backends (--min-up %d)", c.Service, c.ReadyAfter, minUp))
+		}
+		if out := c.Total - c.ReadyAfter; out*100 > maxDrained*c.Total {
+			why = append(why, fmt.Sprintf("service %s would have %d of %d backends out (--max-drained %d%%)", c.Service, out, c.Total, maxDrained))
+		}
+	}
+	return strings.Join(why, "; ")
+}
+
+// replaceKeys returns current with the overrides of the same keys as adds
+// replaced, and the keys in del removed.
+func replaceKeys(current, adds []registry.Override, del []string) []registry.Override {
+	drop := map[string]bool{}
+	for _, o := range adds {
+		drop[o.Key()] = true
+	}
+	for _, k := range del {
+		drop[k] = true
+	}
+	var out []registry.Override
+	for _, o := range current {
+		if !drop[o.Key()] {
+			out = append(out, o)
+		}
+	}
+	return append(out, adds...)
+}
+
+func scopeName(scope []string, fl *fleet) string {
+	if len(scope) > 0 {
+		return "service " + strings.Join(scope, ", ")
+	}
+	if len(fl.services) == 0 {
+		return "any known service (no synapse acks overrides and --config lists no services)"
+	}
+	return "any service (" + strings.Join(sortedKeys(fl.services), ", ") + ")"
+}
+
+// finish records the change in the audit trail, waits when asked, and
+// reports.
+func finish(ctx context.Context, env Env, b registry.Backend, f *changeFlags, res result, h registry.HistoryEntry) error {
+	if err := b.AppendHistory(ctx, h); err != nil {
+		fmt.Fprintf(env.Stderr, "synctl: warning: the change is written but the audit trail is not: %v\n", err)
+	}
+	var waitErr error
+	if f.wait {
+		res.Acked, res.Missing, waitErr = waitAcks(ctx, env, b, res.Revision, f.timeout, f.output == "text")
+	}
+	emit(env, &f.common, res, func(w io.Writer) {
+		fmt.Fprintf(w, "%s %s: written at revision %d\n", res.Action, strings.Join(res.Targets, ","), res.Revision)
+		printPlan(w, res.Plan)
+		if f.wait && waitErr == nil {
+			fmt.Fprintf(w, "applied by every live synapse (%d)\n", len(res.Acked))
+		}
+	})
+	return waitErr
+}
+
+// waitAcks waits until every live synapse (one with an ack) has applied
+// rev, printing progress; on timeout it names the ones that have not.
+func waitAcks(ctx context.Context, env Env, b registry.Backend, rev int64, timeout time.Duration, progress bool) (acked, missing []string, err error) {
+	deadline := time.Now().Add(timeout)
+	last := -1
+	for {
+		acks, err := b.Acks(ctx)
+		if err == nil {
+			acked, missing = nil, nil
+			for _, a := range acks {
+				if a.Revision >= rev {
+					acked = append(acked, a.ID)
+				} else {
+					missing = append(missing, a.ID)
+				}
+			}
+			if len(acks) == 0 {
+				missing = nil
+			}
+			if progress && len(acked) != last {
+				fmt.Fprintf(env.Stderr, "waiting: %d/%d synapses applied revision %d\n", len(acked), len(acks), rev)
+				last = len(acked)
+			}
+			if len(acks) > 0 && len(missing) == 0 {
+				return acked, nil, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			if err == nil && len(acked)+len(missing) == 0 {
+				return nil, nil, fmt.Errorf("no synapse acks overrides in this registry: nothing applies this change")
+			}
+			return acked, missing, fmt.Errorf("timed out after %v: not applied by %s", timeout, strings.Join(missing, ", "))
+		}
+		select {
+		case <-ctx.Done():
+			return acked, missing, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func runAddToLB(ctx context.Context, env Env, args []string) error {
+	var f changeFlags
+	fs := newFlagSet(env, "add-to-lb", "add-to-lb HOST[,HOST...] [flags]")
+	f.register(fs, false)
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usagef("want exactly one HOST[,HOST...] argument, got %d", len(pos))
+	}
+	ts, err := targets(pos[0])
+	if err != nil {
+		return err
+	}
+	if f.local {
+		return runLocal(ctx, env, &f, "ready", ts)
+	}
+	b, err := f.connect(env)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	now := env.Now()
+	fl, err := readFleet(ctx, b, &f.common, now)
+	if err != nil {
+		return err
+	}
+	if err := fl.checkScope(f.scope()); err != nil {
+		return err
+	}
+	var del []string
+	for _, t := range ts {
+		found := false
+		for _, o := range fl.overrides.Overrides {
+			if o.Target != t || o.State == registry.StateReady {
+				continue
+			}
+			if len(f.scope()) > 0 && !slices.Equal(sortedCopy(o.Services), sortedCopy(f.scope())) {
+				if len(o.Services) == 0 {
+					return fmt.Errorf("%s has a %s override on every service; run add-to-lb without --service", t, o.State)
+				}
+				continue
+			}
+			del, found = append(del, o.Key()), true
+		}
+		if !found && len(fl.matching(t, f.scope())) == 0 {
+			return fmt.Errorf("unknown host %q: no backend of %s and no override has that host or name; nothing written", t, scopeName(f.scope(), fl))
+		}
+	}
+	after := replaceKeys(fl.overrides.Overrides, nil, del)
+	res := result{Action: "add-to-lb", Targets: ts, DryRun: f.dryRun, Plan: fl.plan(fl.overrides.Overrides, after, nil, now), Deleted: del}
+	if f.dryRun {
+		emit(env, &f.common, res, func(w io.Writer) {
+			fmt.Fprintf(w, "dry run: add-to-lb %s would remove %s and change:\n", strings.Join(ts, ","), orNone(del))
+			printPlan(w, res.Plan)
+			fmt.Fprintln(w, "nothing written")
+		})
+		return nil
+	}
+	if len(del) == 0 {
+		emit(env, &f.common, res, func(w io.Writer) {
+			fmt.Fprintf(w, "%s: no drain or maint override; nothing to do\n", strings.Join(ts, ","))
+		})
+		return nil
+	}
+	for _, k := range del {
+		rev, err := b.DeleteOverride(ctx, k)
+		if err != nil {
+			return fmt.Errorf("removing override %s: %w", k, err)
+		}
+		res.Revision = max(res.Revision, rev)
+	}
+	return finish(ctx, env, b, &f, res, registry.HistoryEntry{At: now.UTC(), By: env.By, Action: "add-to-lb", Targets: ts, Services: f.scope(), Reason: f.reason, Revision: res.Revision})
+}
+
+func orNone(s []string) string {
+	if len(s) == 0 {
+		return "no override"
+	}
+	return strings.Join(s, ", ")
+}
+
+func sortedCopy(s []string) []string {
+	c := slices.Clone(s)
+	slices.Sort(c)
+	return c
+}
+
+func runWeight(ctx context.Context, env Env, args []string) error {
+	var f changeFlags
+	fs := newFlagSet(env, "weight", "weight HOST[,HOST...] N|reset [flags]")
+	f.register(fs, false)
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 2 {
+		return usagef("want HOST[,HOST...] and a weight (0..%d, or reset)", registry.MaxWeight)
+	}
+	ts, err := targets(pos[0])
+	if err != nil {
+		return err
+	}
+	var weight *int
+	if pos[1] != "reset" {
+		n, err := strconv.Atoi(pos[1])
+		if err != nil || n < 0 || n > registry.MaxWeight {
+			return usagef("weight %q: want 0..%d or reset", pos[1], registry.MaxWeight)
+		}
+		weight = &n
+	}
+	if f.local {
+		return usagef("--local does not set weights")
+	}
+	b, err := f.connect(env)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	now := env.Now()
+	fl, err := readFleet(ctx, b, &f.common, now)
+	if err != nil {
+		return err
+	}
+	if err := fl.checkScope(f.scope()); err != nil {
+		return err
+	}
+	var adds []registry.Override
+	var del []string
+	for _, t := range ts {
+		if len(fl.matching(t, f.scope())) == 0 {
+			return fmt.Errorf("unknown host %q: no backend of %s has that host or name; nothing written", t, scopeName(f.scope(), fl))
+		}
+		if weight == nil {
+			del = append(del, registry.OverrideKey(t, f.scope(), true))
+			continue
+		}
+		adds = append(adds, registry.Override{Target: t, State: registry.StateReady, Weight: weight, Services: f.scope(), Reason: f.reason, By: env.By, At: now.UTC()})
+	}
+	after := replaceKeys(fl.overrides.Overrides, adds, del)
+	action := "weight"
+	if weight == nil {
+		action = "weight-reset"
+	}
+	res := result{Action: action, Targets: ts, DryRun: f.dryRun, Plan: fl.plan(fl.overrides.Overrides, after, nil, now), Deleted: del}
+	if f.dryRun {
+		emit(env, &f.common, res, func(w io.Writer) {
+			fmt.Fprintf(w, "dry run: %s %s would change:\n", action, strings.Join(ts, ","))
+			printPlan(w, res.Plan)
+			fmt.Fprintln(w, "nothing written")
+		})
+		return nil
+	}
+	for _, o := range adds {
+		rev, err := b.PutOverride(ctx, o)
+		if err != nil {
+			return err
+		}
+		res.Written, res.Revision = append(res.Written, o.Key()), max(res.Revision, rev)
+	}
+	for _, k := range del {
+		rev, err := b.DeleteOverride(ctx, k)
+		if err != nil {
+			return err
+		}
+		res.Revision = max(res.Revision, rev)
+	}
+	return finish(ctx, env, b, &f, res, registry.HistoryEntry{At: now.UTC(), By: env.By, Action: action, Targets: ts, Services: f.scope(), Weight: weight, Reason: f.reason, Revision: res.Revision})
+}

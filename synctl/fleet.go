@@ -1,0 +1,193 @@
+package synctl
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/syncstack/syncstack/registry"
+)
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// fleet is what synctl reads before it changes anything: the services (from
+// the synapses' acks and the config file), their registered backends, the
+// overrides and the acks.
+type fleet struct {
+	services  map[string]string              // name → path
+	backends  map[string][]registry.Instance // by service
+	overrides registry.OverrideSet
+	acks      []registry.Ack
+}
+
+func readFleet(ctx context.Context, b registry.Backend, c *common, now time.Time) (*fleet, error) {
+	f := &fleet{services: map[string]string{}, backends: map[string][]registry.Instance{}}
+	var err error
+	if f.acks, err = b.Acks(ctx); err != nil {
+		return nil, fmt.Errorf("registry unreachable: %w", err)
+	}
+	for _, a := range f.acks {
+		for name, path := range a.Services {
+			f.services[name] = path
+		}
+	}
+	for name, path := range c.services {
+		f.services[name] = path
+	}
+	if f.overrides, err = b.Overrides(ctx); err != nil {
+		return nil, fmt.Errorf("registry unreachable: %w", err)
+	}
+	for name, path := range f.services {
+		set, err := readOnce(ctx, b, path, c.opTimeout)
+		if err != nil {
+			return nil, fmt.Errorf("service %s (%s): %w", name, path, err)
+		}
+		f.backends[name] = set
+	}
+	return f, nil
+}
+
+// readOnce returns the current set under path.
+func readOnce(ctx context.Context, b registry.Backend, path string, timeout time.Duration) ([]registry.Instance, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	out := make(chan []registry.Instance, 1)
+	go b.Watch(ctx, path, registry.DecodeOptions{}, out)
+	select {
+	case set := <-out:
+		return set, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("no answer from the registry within %v", timeout)
+	}
+}
+
+// backendState is one backend as the fleet will have it.
+type backendState struct {
+	Service string  `json:"service"`
+	Host    string  `json:"host"`
+	Port    int     `json:"port"`
+	Name    string  `json:"name,omitempty"`
+	State   string  `json:"state"` // ready, drain, maint
+	Weight  *int    `json:"weight,omitempty"`
+	Reason  string  `json:"reason,omitempty"`
+	Expires *string `json:"expires_at,omitempty"`
+}
+
+// stateOf applies the active overrides to one backend as synapse does.
+func stateOf(service string, in registry.Instance, ovr []registry.Override, now time.Time) backendState {
+	st := backendState{Service: service, Host: in.Host, Port: in.Port, Name: in.Name, State: "ready", Weight: in.Weight}
+	rank := map[registry.OverrideState]int{registry.StateReady: 0, registry.StateDrain: 1, registry.StateMaint: 2}
+	cur := registry.StateReady
+	var weightAt time.Time
+	for _, o := range ovr {
+		if !o.Active(now) || !o.Matches(service, in) {
+			continue
+		}
+		if rank[o.State] > rank[cur] {
+			cur, st.Reason = o.State, o.Reason
+			if o.ExpiresAt != nil {
+				e := o.ExpiresAt.Format(time.RFC3339)
+				st.Expires = &e
+			}
+		}
+		if o.Weight != nil && !o.At.Before(weightAt) {
+			w := *o.Weight
+			st.Weight, weightAt = &w, o.At
+		}
+	}
+	st.State = string(cur)
+	return st
+}
+
+// capacity is one service before and after a change.
+type capacity struct {
+	Service     string   `json:"service"`
+	Total       int      `json:"total"`
+	ReadyBefore int      `json:"ready_before"`
+	ReadyAfter  int      `json:"ready_after"`
+	Changed     []string `json:"changed"` // backends whose state changes
+}
+
+// plan computes what the overrides after would change in the services of
+// scope (all when empty), against before.
+func (f *fleet) plan(before, after []registry.Override, scope []string, now time.Time) []capacity {
+	var out []capacity
+	for _, name := range sortedKeys(f.backends) {
+		if len(scope) > 0 && !slices.Contains(scope, name) {
+			continue
+		}
+		c := capacity{Service: name, Total: len(f.backends[name])}
+		for _, in := range f.backends[name] {
+			b, a := stateOf(name, in, before, now), stateOf(name, in, after, now)
+			if b.State == "ready" {
+				c.ReadyBefore++
+			}
+			if a.State == "ready" {
+				c.ReadyAfter++
+			}
+			if b.State != a.State || !sameWeight(b.Weight, a.Weight) {
+				c.Changed = append(c.Changed, fmt.Sprintf("%s %s:%d %s→%s%s", in.Name, in.Host, in.Port, b.State, a.State, weightChange(b.Weight, a.Weight)))
+			}
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+func sameWeight(a, b *int) bool { return (a == nil) == (b == nil) && (a == nil || *a == *b) }
+
+func weightChange(a, b *int) string {
+	if sameWeight(a, b) {
+		return ""
+	}
+	f := func(p *int) string {
+		if p == nil {
+			return "default"
+		}
+		return fmt.Sprint(*p)
+	}
+	return fmt.Sprintf(" weight %s→%s", f(a), f(b))
+}
+
+// matching returns the services (within scope) that have a backend whose
+// host or name is target.
+func (f *fleet) matching(target string, scope []string) []string {
+	var out []string
+	for _, name := range sortedKeys(f.backends) {
+		if len(scope) > 0 && !slices.Contains(scope, name) {
+			continue
+		}
+		for _, in := range f.backends[name] {
+			if in.Host == target || in.Name == target {
+				out = append(out, name)
+				break
+			}
+		}
+	}
+	return out
+}
+
+func (f *fleet) checkScope(scope []string) error {
+	for _, s := range scope {
+		if _, ok := f.services[s]; !ok {
+			return fmt.Errorf("unknown service %q (known: %s)", s, strings.Join(sortedKeys(f.services), ", "))
+		}
+	}
+	return nil
+}
+
+func printPlan(w io.Writer, caps []capacity) {
+	for _, c := range caps {
+		if len(c.Changed) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "  %s: %d → %d of %d backends ready\n", c.Service, c.ReadyBefore, c.ReadyAfter, c.Total)
+		for _, ch := range c.Changed {
+			fmt.Fprintf(w, "    %s\n", strings.TrimSpace(ch))
+		}
+	}
+}

@@ -1,0 +1,247 @@
+// Package synctl is the operator's tool: fleet-wide drain, maint, weight and
+// add-to-lb through overrides written once to the registry and applied by
+// every synapse, with a dry run, safety limits, an audit trail, and a wait
+// until the fleet has applied a change. cmd/synctl is a thin main around Main.
+package synctl
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/syncstack/syncstack/internal/confutil"
+	"github.com/syncstack/syncstack/registry"
+	"github.com/syncstack/syncstack/registry/etcd"
+	"github.com/syncstack/syncstack/registry/zookeeper"
+)
+
+// Exit codes.
+const (
+	ExitOK     = 0
+	ExitFailed = 1
+	ExitUsage  = 2
+)
+
+// Env is what Main needs from the outside world; tests fill it in.
+type Env struct {
+	Stdout, Stderr io.Writer
+	Getenv         func(string) string
+	Now            func() time.Time
+	// By names the operator in overrides and the audit trail.
+	By string
+}
+
+// DefaultEnv is the process's own.
+func DefaultEnv() Env {
+	by := "unknown"
+	if u, err := user.Current(); err == nil {
+		by = u.Username
+	}
+	if h, err := os.Hostname(); err == nil {
+		by += "@" + h
+	}
+	return Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Now: time.Now, By: by}
+}
+
+// usageError marks a bad command line: exit 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+
+const topUsage = `synctl: fleet-wide drain and add-to-lb through the registry.
+
+Usage:
+  synctl drain HOST[,HOST...] [--service S] [--reason TEXT] [--for DURATION] [--wait [--timeout D]] [--dry-run] [--force]
+  synctl maint HOST[,HOST...] [same flags as drain]
+  synctl add-to-lb HOST[,HOST...] [--service S] [--wait [--timeout D]] [--dry-run]
+  synctl weight HOST[,HOST...] N|reset [--service S] [--wait] [--dry-run]
+  synctl status [SERVICE]
+  synctl history [--limit N]
+  synctl drain|maint|add-to-lb HOST --local [--socket PATH]   (the local HAProxy, when the registry is down)
+
+The registry: --zk host:port,... or --etcd http://host:port,... (or SYNCTL_ZK, SYNCTL_ETCD,
+or --config FILE with zk/etcd/root/services), --root (default /syncstack).
+Every command takes --output text|json and --help. Exit codes: 0 ok, 1 failed, 2 usage.
+`
+
+// Main runs one synctl command line and returns the exit code.
+func Main(ctx context.Context, args []string, env Env) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(env.Stdout, topUsage)
+		if len(args) == 0 {
+			return ExitUsage
+		}
+		return ExitOK
+	}
+	cmd, rest := args[0], args[1:]
+	var err error
+	switch cmd {
+	case "drain":
+		err = runSet(ctx, env, cmd, registry.StateDrain, rest)
+	case "maint":
+		err = runSet(ctx, env, cmd, registry.StateMaint, rest)
+	case "add-to-lb":
+		err = runAddToLB(ctx, env, rest)
+	case "weight":
+		err = runWeight(ctx, env, rest)
+	case "status":
+		err = runStatus(ctx, env, rest)
+	case "history":
+		err = runHistory(ctx, env, rest)
+	default:
+		err = usagef("unknown command %q (drain, maint, add-to-lb, weight, status, history)", cmd)
+	}
+	var ue usageError
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.Is(err, flag.ErrHelp):
+		return ExitOK
+	case errors.As(err, &ue):
+		fmt.Fprintf(env.Stderr, "synctl %s: %v\nRun 'synctl %s --help'.\n", cmd, err, cmd)
+		return ExitUsage
+	default:
+		fmt.Fprintf(env.Stderr, "synctl %s: %v\n", cmd, err)
+		return ExitFailed
+	}
+}
+
+// common are the flags every command takes.
+type common struct {
+	zk, etcd, root, config, output string
+	opTimeout                      time.Duration
+	services                       map[string]string // from --config
+}
+
+func (c *common) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.zk, "zk", "", "ZooKeeper servers, host:port,... (env SYNCTL_ZK)")
+	fs.StringVar(&c.etcd, "etcd", "", "etcd endpoints, http://host:port,... (env SYNCTL_ETCD)")
+	fs.StringVar(&c.root, "root", "", "registry root of overrides, acks and history (default /syncstack)")
+	fs.StringVar(&c.config, "config", "", "config file: {zk: [...], etcd: [...], root: ..., services: {name: path}}")
+	fs.StringVar(&c.output, "output", "text", "text or json")
+	fs.DurationVar(&c.opTimeout, "registry-timeout", 5*time.Second, "bound on each registry call")
+}
+
+// fileConfig is synctl's optional config file.
+type fileConfig struct {
+	ZK       []string          `yaml:"zk"`
+	Etcd     []string          `yaml:"etcd"`
+	Root     string            `yaml:"root"`
+	Services map[string]string `yaml:"services"`
+}
+
+// parse parses interspersed flags and positional arguments.
+func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, usageError{err.Error()}
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func newFlagSet(env Env, name, usage string) *flag.FlagSet {
+	fs := flag.NewFlagSet("synctl "+name, flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(env.Stdout, "Usage: synctl %s\n\nFlags:\n", usage)
+		fs.SetOutput(env.Stdout)
+		fs.PrintDefaults()
+		fs.SetOutput(env.Stderr)
+	}
+	return fs
+}
+
+// connect makes the registry client the flags, environment or config name.
+func (c *common) connect(env Env) (registry.Backend, error) {
+	if c.output != "text" && c.output != "json" {
+		return nil, usagef("--output %q: want text or json", c.output)
+	}
+	var fc fileConfig
+	if c.config != "" {
+		if err := confutil.DecodeFile(c.config, &fc); err != nil {
+			return nil, usagef("%v", err)
+		}
+		c.services = fc.Services
+	}
+	zk, et := c.zk, c.etcd
+	if zk == "" && et == "" {
+		zk, et = env.Getenv("SYNCTL_ZK"), env.Getenv("SYNCTL_ETCD")
+	}
+	if zk == "" && et == "" {
+		zk, et = strings.Join(fc.ZK, ","), strings.Join(fc.Etcd, ",")
+	}
+	root := c.root
+	if root == "" {
+		root = fc.Root
+	}
+	if root == "" {
+		root = "/syncstack"
+	}
+	quiet := registry.NewMetrics(nil)
+	switch {
+	case zk != "" && et != "":
+		return nil, usagef("both a ZooKeeper and an etcd registry given: pick one")
+	case zk != "":
+		b, err := zookeeper.New(zookeeper.Config{Servers: splitList(zk), Root: root, OpTimeout: c.opTimeout, Metrics: quiet, Logger: quietLogger()})
+		if err != nil {
+			return nil, usagef("%v", err)
+		}
+		return b, nil
+	case et != "":
+		b, err := etcd.New(etcd.Config{Endpoints: splitList(et), Root: root, OpTimeout: c.opTimeout, Metrics: quiet, Logger: quietLogger()})
+		if err != nil {
+			return nil, usagef("%v", err)
+		}
+		return b, nil
+	}
+	return nil, usagef("no registry: give --zk or --etcd (or SYNCTL_ZK, SYNCTL_ETCD, --config)")
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func emit(env Env, c *common, v any, text func(io.Writer)) {
+	if c.output == "json" {
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(v)
+		return
+	}
+	text(env.Stdout)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

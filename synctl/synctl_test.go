@@ -1,0 +1,255 @@
+package synctl
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/syncstack/syncstack/internal/fleettest"
+	"github.com/syncstack/syncstack/internal/testserver"
+	"github.com/syncstack/syncstack/registry"
+	"github.com/syncstack/syncstack/registry/etcd"
+	"github.com/syncstack/syncstack/registry/registrytest"
+	"github.com/syncstack/syncstack/registry/zookeeper"
+)
+
+// world is two synapse + HAProxy pairs sharing one registry, three backends
+// on three "hosts" registered for service web.
+type world struct {
+	flag     []string // --zk X or --etcd Y
+	reg      registry.Backend
+	pairs    []*fleettest.Pair
+	backends map[string]*testserver.Backend
+	stopZK   func()
+}
+
+func newWorld(t *testing.T, method string) *world {
+	w := &world{backends: map[string]*testserver.Backend{}}
+	var hosts string
+	var err error
+	switch method {
+	case "zookeeper":
+		zks := testserver.StartZooKeeper(t)
+		hosts = zks.Nodes[0].Addr
+		w.flag = []string{"--zk", hosts}
+		w.reg, err = zookeeper.New(zookeeper.Config{Servers: zks.Servers(), Metrics: registry.NewMetrics(nil)})
+		w.stopZK = zks.Nodes[0].Kill
+	case "etcd":
+		srv := testserver.StartEtcd(t)
+		hosts = srv.Endpoint
+		w.flag = []string{"--etcd", hosts}
+		w.reg, err = etcd.New(etcd.Config{Endpoints: []string{hosts}, Metrics: registry.NewMetrics(nil)})
+		w.stopZK = srv.Stop
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.reg.Close() })
+	for i, id := range []string{"a", "b", "c"} {
+		host := "127.0.0.1" + string(rune('1'+i))
+		b := testserver.StartBackend(t, id, host)
+		w.backends[id] = b
+		if _, err := w.reg.Register(context.Background(), "/services/web", registry.Instance{Host: host, Port: b.Port, Name: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range []string{"synapse-1", "synapse-2"} {
+		w.pairs = append(w.pairs, fleettest.StartPair(t, id, fleettest.Options{Method: method, Hosts: hosts, Services: []string{"web"}}))
+	}
+	for _, p := range w.pairs {
+		p.WaitServers(t, "web", map[string]int{"a": 0, "b": 0, "c": 0}, 15*time.Second)
+	}
+	// Both synapses have acked (and published their services).
+	registrytest.Eventually(t, 10*time.Second, "two acks", func() bool {
+		acks, err := w.reg.Acks(context.Background())
+		return err == nil && len(acks) == 2 && acks[0].Services["web"] == "/services/web"
+	})
+	return w
+}
+
+func (w *world) synctl(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	env := Env{Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }, Now: time.Now, By: "tester@test"}
+	code := Main(context.Background(), append(args, w.flag...), env)
+	return code, out.String(), errb.String()
+}
+
+func (w *world) overrides(t *testing.T) []registry.Override {
+	set, err := w.reg.Overrides(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return set.Overrides
+}
+
+func TestDrainAndAddToLB(t *testing.T) {
+	for _, method := range []string{"zookeeper", "etcd"} {
+		t.Run(method, func(t *testing.T) {
+			w := newWorld(t, method)
+			reloads := []float64{w.pairs[0].Reloads(), w.pairs[1].Reloads()}
+
+			start := time.Now()
+			code, out, errs := w.synctl(t, "drain", "127.0.0.12", "--reason", "deploy 42", "--wait", "--timeout", "10s")
+			if code != 0 {
+				t.Fatalf("drain: exit %d\n%s%s", code, out, errs)
+			}
+			took := time.Since(start)
+			if !strings.Contains(out, "applied by every live synapse (2)") || !strings.Contains(errs, "2/2 synapses applied") {
+				t.Errorf("drain --wait output:\n%s%s", out, errs)
+			}
+			// Both HAProxies already have b in drain when --wait returns.
+			for _, p := range w.pairs {
+				p.WaitServers(t, "web", map[string]int{"a": 0, "b": 8, "c": 0}, 100*time.Millisecond)
+			}
+			t.Logf("drain --wait took %v", took)
+			served := w.backends["b"].Served.Load()
+			for range 30 {
+				for _, p := range w.pairs {
+					fleettest.Get(p.URL("web"))
+				}
+			}
+			if n := w.backends["b"].Served.Load() - served; n != 0 {
+				t.Errorf("drained b served %d new requests", n)
+			}
+
+			code, out, errs = w.synctl(t, "add-to-lb", "127.0.0.12", "--wait")
+			if code != 0 {
+				t.Fatalf("add-to-lb: exit %d\n%s%s", code, out, errs)
+			}
+			for _, p := range w.pairs {
+				p.WaitServers(t, "web", map[string]int{"a": 0, "b": 0, "c": 0}, 100*time.Millisecond)
+			}
+			served = w.backends["b"].Served.Load()
+			for range 30 {
+				fleettest.Get(w.pairs[0].URL("web"))
+			}
+			if w.backends["b"].Served.Load() == served {
+				t.Error("b got no traffic back after add-to-lb")
+			}
+			for i, p := range w.pairs {
+				if n := p.Reloads() - reloads[i]; n != 0 {
+					t.Errorf("%s reloaded %v times", p.ID, n)
+				}
+			}
+
+			// The audit trail has both, newest last.
+			code, out, _ = w.synctl(t, "history", "--output", "json")
+			var hist []registry.HistoryEntry
+			if code != 0 || json.Unmarshal([]byte(out), &hist) != nil || len(hist) != 2 || hist[0].Action != "drain" || hist[0].Reason != "deploy 42" || hist[1].Action != "add-to-lb" || hist[0].By != "tester@test" {
+				t.Errorf("history: %d %s", code, out)
+			}
+		})
+	}
+}
+
+func TestDrainForExpires(t *testing.T) {
+	w := newWorld(t, "etcd")
+	if code, out, errs := w.synctl(t, "drain", "127.0.0.11", "--for", "2s"); code != 0 {
+		t.Fatalf("drain --for: %d %s%s", code, out, errs)
+	}
+	w.pairs[0].WaitServers(t, "web", map[string]int{"a": 8, "b": 0, "c": 0}, 2*time.Second)
+	// Nobody undrains it: it heals by itself.
+	for _, p := range w.pairs {
+		p.WaitServers(t, "web", map[string]int{"a": 0, "b": 0, "c": 0}, 5*time.Second)
+	}
+	code, out, _ := w.synctl(t, "status")
+	if code != 0 || !strings.Contains(out, "synapse-1") || strings.Contains(out, "drain") {
+		t.Errorf("status after expiry:\n%s", out)
+	}
+}
+
+func TestSafetyDryRunAndErrors(t *testing.T) {
+	w := newWorld(t, "zookeeper")
+	// Two of three out is over the 50% limit.
+	code, out, errs := w.synctl(t, "drain", "127.0.0.11,127.0.0.12")
+	if code != 1 || !strings.Contains(errs, "refused") || !strings.Contains(errs, "--max-drained") {
+		t.Errorf("drain of 2/3: exit %d\n%s%s", code, out, errs)
+	}
+	if o := w.overrides(t); len(o) != 0 {
+		t.Fatalf("a refused drain wrote %+v", o)
+	}
+	// --dry-run prints the plan and writes nothing.
+	code, out, errs = w.synctl(t, "drain", "127.0.0.11", "--dry-run")
+	if code != 0 || !strings.Contains(out, "web: 3 → 2 of 3 backends ready") || !strings.Contains(out, "nothing written") {
+		t.Errorf("dry run: exit %d\n%s%s", code, out, errs)
+	}
+	if o := w.overrides(t); len(o) != 0 {
+		t.Fatalf("--dry-run wrote %+v", o)
+	}
+	// --force passes the limit.
+	if code, out, errs = w.synctl(t, "drain", "127.0.0.11,127.0.0.12", "--force"); code != 0 {
+		t.Errorf("drain --force: exit %d\n%s%s", code, out, errs)
+	}
+	// A last backend is protected by --min-up.
+	if code, _, errs = w.synctl(t, "maint", "127.0.0.13", "--max-drained", "100"); code != 1 || !strings.Contains(errs, "--min-up") {
+		t.Errorf("maint of the last ready backend: exit %d %s", code, errs)
+	}
+
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"drain", "10.9.9.9"}, 1, `unknown host "10.9.9.9"`},
+		{[]string{"drain", "127.0.0.11", "--service", "nope"}, 1, `unknown service "nope"`},
+		{[]string{"drain", "127.0.0.11", "--for", "soon"}, 2, "invalid value"},
+		{[]string{"drain", "bad host!"}, 2, "not a host name"},
+		{[]string{"drain"}, 2, "want exactly one"},
+		{[]string{"weight", "127.0.0.11", "999"}, 2, "want 0..256"},
+		{[]string{"frobnicate"}, 2, "unknown command"},
+		{[]string{"drain", "127.0.0.11", "--reason", "a\nb"}, 2, "--reason"},
+	} {
+		code, out, errs := w.synctl(t, tc.args...)
+		if code != tc.code || !strings.Contains(errs, tc.want) {
+			t.Errorf("synctl %v: exit %d, want %d and %q\n%s%s", tc.args, code, tc.code, tc.want, out, errs)
+		}
+	}
+	before := len(w.overrides(t))
+	// An unreachable registry: exit 1, nothing written anywhere.
+	var out2, err2 bytes.Buffer
+	env := Env{Stdout: &out2, Stderr: &err2, Getenv: func(string) string { return "" }, Now: time.Now, By: "t"}
+	if code := Main(context.Background(), []string{"drain", "127.0.0.11", "--zk", "127.0.0.1:1", "--registry-timeout", "300ms"}, env); code != 1 || !strings.Contains(err2.String(), "registry unreachable") {
+		t.Errorf("unreachable registry: exit %d %s", code, err2.String())
+	}
+	if len(w.overrides(t)) != before {
+		t.Error("something was written")
+	}
+	// Weight: live, and separate from the drain records.
+	if code, out, errs = w.synctl(t, "weight", "127.0.0.13", "5", "--wait"); code != 0 {
+		t.Fatalf("weight: %d %s%s", code, out, errs)
+	}
+	registrytest.Eventually(t, 2*time.Second, "weight 5 on c", func() bool {
+		for name, s := range testserver.HAProxyServers(t, w.pairs[1].Stats, "web") {
+			if strings.HasPrefix(name, "c_") {
+				return s.Weight == 5
+			}
+		}
+		return false
+	})
+	if len(w.overrides(t)) != 2+1 {
+		t.Errorf("overrides after weight: %+v", w.overrides(t))
+	}
+}
+
+// Plan B: with the registry down, --local drains on the local HAProxy.
+func TestLocalWithRegistryDown(t *testing.T) {
+	w := newWorld(t, "zookeeper")
+	w.stopZK()
+	p := w.pairs[0]
+	code, out, errs := w.synctl(t, "drain", "127.0.0.12", "--local", "--socket", p.Stats)
+	if code != 0 || !strings.Contains(out, "to drain on the local HAProxy") {
+		t.Fatalf("--local drain: %d %s%s", code, out, errs)
+	}
+	p.WaitServers(t, "web", map[string]int{"a": 0, "b": 8, "c": 0}, 100*time.Millisecond)
+	if code, _, errs = w.synctl(t, "add-to-lb", "127.0.0.12", "--local", "--socket", p.Stats); code != 0 {
+		t.Fatalf("--local add-to-lb: %d %s", code, errs)
+	}
+	p.WaitServers(t, "web", map[string]int{"a": 0, "b": 0, "c": 0}, 100*time.Millisecond)
+	if code, _, errs = w.synctl(t, "drain", "10.9.9.9", "--local", "--socket", p.Stats); code != 1 || !strings.Contains(errs, "unknown host") {
+		t.Errorf("--local unknown host: %d %s", code, errs)
+	}
+}
