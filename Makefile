@@ -7,7 +7,7 @@ BIN   := bin
 # etcd, redis (nerve's redis check), and socat for poking HAProxy's sockets by hand.
 DEB_PACKAGES := haproxy zookeeper etcd-server socat redis-server
 
-.PHONY: all build test unit vet deps bench fuzz clean
+.PHONY: all build test unit vet deps deps-demo demo bench fuzz clean
 
 all: build
 
@@ -28,6 +28,17 @@ deps:
 	@# Debian starts the packaged daemons; the tests start their own on loopback.
 	@for s in zookeeper etcd haproxy; do systemctl stop $$s >/dev/null 2>&1 || service $$s stop >/dev/null 2>&1 || true; done
 	$(GO) mod download
+
+# demo: the whole system on one host, zero setup (installs haproxy if missing).
+deps-demo:
+	@dpkg-query -W -f='$${Status}' haproxy 2>/dev/null | grep -q "install ok installed" || { \
+		echo "installing haproxy"; \
+		if [ "$$(id -u)" != 0 ]; then echo "make demo: need root to apt-get install haproxy" >&2; exit 1; fi; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy >/dev/null; }
+	@systemctl stop haproxy >/dev/null 2>&1 || service haproxy stop >/dev/null 2>&1 || true
+
+demo: deps-demo build
+	./$(BIN)/demo
 
 vet:
 	$(GO) vet ./...
