@@ -1,0 +1,274 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-zookeeper/zk"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+func TestZooKeeper(t *testing.T) { suite(t, "zookeeper") }
+
+func TestEtcd(t *testing.T) { suite(t, "etcd") }
+
+func suite(t *testing.T, method string) {
+	f := newFleet(t, method)
+	// Sequential on one fleet: each scenario leaves all three backends up.
+	t.Run("RollingRestart", func(t *testing.T) { rollingRestart(t, f) })
+	t.Run("BackendKilled", func(t *testing.T) { backendKilled(t, f) })
+	if method == "zookeeper" {
+		t.Run("LeaderKilled", func(t *testing.T) { leaderKilled(t, f) })
+	}
+	t.Run("MaliciousRegistrations", func(t *testing.T) { malicious(t, f) })
+	t.Run("SynapseKilledRegistryDown", func(t *testing.T) { synapseKilledRegistryDown(t, f) })
+	t.Run("RegistryDown30s", func(t *testing.T) { registryDown(t, f) })
+}
+
+// 1. Each backend in turn: drain --wait, stop, start, add-to-lb: not one
+// failed request, no reload.
+func rollingRestart(t *testing.T, f *fleet) {
+	f.t = t
+	pid := f.workerPID()
+	l := startLoad(f)
+	for _, id := range ids {
+		host := strings.Split(f.addrs[id], ":")[0]
+		f.synctl("drain", host, "--reason", "rolling restart", "--wait", "--timeout", "20s")
+		want := map[string]int{"a": 0, "b": 0, "c": 0}
+		want[id] = 8
+		f.waitServers(want, 2*time.Second)
+		f.backends[id].stop()
+		// nerve deregisters after fall rounds; synapse removes the server.
+		delete(want, id)
+		f.waitServers(want, 10*time.Second)
+		f.startBackend(id)
+		want[id] = 8 // back, still drained by the override
+		f.waitServers(want, 10*time.Second)
+		f.synctl("add-to-lb", host, "--wait", "--timeout", "20s")
+		f.waitServers(map[string]int{"a": 0, "b": 0, "c": 0}, 2*time.Second)
+	}
+	ok, failed := l.finish(t, "rolling restart")
+	if failed != 0 || ok < 100 {
+		t.Errorf("rolling restart: %d failed requests (want 0): %v", failed, l.Failures())
+	}
+	if p := f.workerPID(); p != pid {
+		t.Errorf("HAProxy reloaded during the rolling restart (worker %d → %d)", pid, p)
+	}
+}
+
+// 2. A backend killed with -9: removed after nerve's fall rounds; failures
+// bounded by the check window (HAProxy's retries and redispatch hide most).
+func backendKilled(t *testing.T, f *fleet) {
+	f.t = t
+	l := startLoad(f)
+	time.Sleep(200 * time.Millisecond)
+	f.backends["b"].kill()
+	killed := time.Now()
+	took := f.waitServers(map[string]int{"a": 0, "c": 0}, 10*time.Second)
+	time.Sleep(200 * time.Millisecond)
+	ok, failed := l.finish(t, "backend killed")
+	t.Logf("b removed from HAProxy %v after kill -9 (fall 2 × 200ms checks); %d of %d requests failed", took, failed, ok+failed)
+	window := time.Since(killed).Seconds()
+	if bound := int64(window * 4 / 0.005); failed > bound {
+		t.Errorf("%d failed requests, over everything sent in the window", failed)
+	}
+	if took > 3*time.Second {
+		t.Errorf("removal took %v, want about fall × interval", took)
+	}
+	f.startBackend("b")
+	f.waitServers(map[string]int{"a": 0, "b": 0, "c": 0}, 10*time.Second)
+}
+
+// 3. The ZooKeeper leader killed: not one failed request, no backend lost.
+func leaderKilled(t *testing.T, f *fleet) {
+	f.t = t
+	l := startLoad(f)
+	leader := f.zk.Leader()
+	if leader == nil {
+		t.Fatal("no leader")
+	}
+	leader.Kill()
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		f.waitServers(map[string]int{"a": 0, "b": 0, "c": 0}, time.Second)
+		time.Sleep(100 * time.Millisecond)
+	}
+	ok, failed := l.finish(t, "leader killed")
+	if failed != 0 || ok == 0 {
+		t.Errorf("%d failed requests during the leader election: %v", failed, l.Failures())
+	}
+	leader.Start()
+	if err := leader.WaitServing(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// Still registered and watched through the new leader.
+	f.synctl("drain", "127.0.0.13", "--wait", "--timeout", "20s")
+	f.waitServers(map[string]int{"a": 0, "b": 0, "c": 8}, 2*time.Second)
+	f.synctl("add-to-lb", "127.0.0.13", "--wait", "--timeout", "20s")
+	f.waitServers(map[string]int{"a": 0, "b": 0, "c": 0}, 2*time.Second)
+}
+
+// 6. Malicious registrations: skipped and counted; haproxy.cfg unchanged.
+func malicious(t *testing.T, f *fleet) {
+	f.t = t
+	time.Sleep(300 * time.Millisecond) // let the background config write settle
+	cfgPath := filepath.Join(f.dir, "haproxy.cfg")
+	before, _ := os.ReadFile(cfgPath)
+	records := map[string]string{
+		"evil1_0000000001": `{"host":"127.0.0.66","port":80,"haproxy_server_options":"check\nserver evil 6.6.6.6:80"}`,
+		"evil2_0000000002": `{"host":"127.0.0.66","port":80,"labels":{"x":"` + strings.Repeat("a", 1000_000) + `"}}`,
+		"evil3_0000000003": `this is not json`,
+		"evil4_0000000004": `{"host":"127.0.0.66","port":70000}`,
+	}
+	plant(t, f, records)
+	registryDeadline := time.Now().Add(10 * time.Second)
+	for {
+		m := f.metric(`syncstack_registry_records_skipped_total{backend="` + f.method + `",path="/services/web"}`)
+		if strings.HasSuffix(m, " 4") {
+			t.Logf("metrics: %s", m)
+			break
+		}
+		if time.Now().After(registryDeadline) {
+			t.Fatalf("skipped records not counted: %q", m)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	after, _ := os.ReadFile(cfgPath)
+	if string(before) != string(after) {
+		t.Errorf("haproxy.cfg changed:\n%s", after)
+	}
+	f.waitServers(map[string]int{"a": 0, "b": 0, "c": 0}, time.Second)
+	unplant(t, f, records)
+}
+
+func plant(t *testing.T, f *fleet, records map[string]string) {
+	switch f.method {
+	case "zookeeper":
+		conn, _, err := zk.Connect(f.zk.Servers(), 5*time.Second, zk.WithLogInfo(false))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		for name, rec := range records {
+			if _, err := conn.Create("/services/web/"+name, []byte(rec), 0, zk.WorldACL(zk.PermAll)); err != nil {
+				t.Fatalf("plant %s: %v", name, err)
+			}
+		}
+	case "etcd":
+		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{f.etcd.Endpoint}, DialTimeout: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cli.Close()
+		for name, rec := range records {
+			if _, err := cli.Put(context.Background(), "/services/web/"+name, rec); err != nil {
+				t.Fatalf("plant %s: %v", name, err)
+			}
+		}
+	}
+}
+
+func unplant(t *testing.T, f *fleet, records map[string]string) {
+	switch f.method {
+	case "zookeeper":
+		conn, _, err := zk.Connect(f.zk.Servers(), 5*time.Second, zk.WithLogInfo(false))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		for name := range records {
+			conn.Delete("/services/web/"+name, -1)
+		}
+	case "etcd":
+		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{f.etcd.Endpoint}, DialTimeout: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cli.Close()
+		for name := range records {
+			cli.Delete(context.Background(), "/services/web/"+name)
+		}
+	}
+}
+
+// 5. synapse killed with -9, restarted while the registry is down: HAProxy
+// is untouched and synapse resumes from its state cache.
+func synapseKilledRegistryDown(t *testing.T, f *fleet) {
+	f.t = t
+	pid := f.workerPID()
+	l := startLoad(f)
+	f.synapse.kill()
+	f.registryDown()
+	f.startSynapse()
+	time.Sleep(2 * time.Second)
+	f.waitServers(map[string]int{"a": 0, "b": 0, "c": 0}, time.Second)
+	if p := f.workerPID(); p != pid {
+		t.Errorf("HAProxy was touched: worker %d → %d", pid, p)
+	}
+	log := tail(filepath.Join(f.dir, "synapse.log"), 200)
+	if !strings.Contains(log, "state cache loaded") {
+		t.Errorf("synapse did not start from its cache:\n%s", log)
+	}
+	f.registryUp()
+	_, failed := l.finish(t, "synapse killed, registry down")
+	if failed != 0 {
+		t.Errorf("%d failed requests: %v", failed, l.Failures())
+	}
+	f.waitServers(map[string]int{"a": 0, "b": 0, "c": 0}, 30*time.Second)
+}
+
+// 4. Every registry server down for 30s: HAProxy keeps serving every
+// backend; afterwards the state is reconciled.
+func registryDown(t *testing.T, f *fleet) {
+	f.t = t
+	l := startLoad(f)
+	f.registryDown()
+	time.Sleep(30 * time.Second)
+	f.waitServers(map[string]int{"a": 0, "b": 0, "c": 0}, time.Second)
+	f.registryUp()
+	_, failed := l.finish(t, "registry down 30s")
+	if failed != 0 {
+		t.Errorf("%d failed requests: %v", failed, l.Failures())
+	}
+	// Reconciled: a change made now reaches HAProxy. (Nerves whose session
+	// expired meanwhile registered again.)
+	f.waitServers(map[string]int{"a": 0, "b": 0, "c": 0}, 30*time.Second)
+	out := f.synctl("drain", "127.0.0.11", "--wait", "--timeout", "30s")
+	t.Log(strings.TrimSpace(out))
+	f.waitServers(map[string]int{"a": 8, "b": 0, "c": 0}, 2*time.Second)
+	f.synctl("add-to-lb", "127.0.0.11", "--wait", "--timeout", "30s")
+	f.waitServers(map[string]int{"a": 0, "b": 0, "c": 0}, 2*time.Second)
+}
+
+func (f *fleet) registryDown() {
+	switch f.method {
+	case "zookeeper":
+		for _, n := range f.zk.Nodes {
+			n.Kill()
+		}
+	case "etcd":
+		f.etcd.Stop()
+	}
+}
+
+func (f *fleet) registryUp() {
+	switch f.method {
+	case "zookeeper":
+		for _, n := range f.zk.Nodes {
+			n.Start()
+		}
+		for _, n := range f.zk.Nodes {
+			if err := n.WaitServing(60 * time.Second); err != nil {
+				f.t.Fatal(err)
+			}
+		}
+	case "etcd":
+		f.etcd.Start()
+	}
+}
+
