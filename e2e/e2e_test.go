@@ -271,4 +271,3 @@ func (f *fleet) registryUp() {
 		f.etcd.Start()
 	}
 }
-

@@ -260,7 +260,9 @@ func (f *fleet) metric(name string) string {
 	return strings.Join(out, "\n")
 }
 
-func (f *fleet) workerPID() int { return testserver.HAProxyWorkerPID(f.t, filepath.Join(f.dir, "master.sock")) }
+func (f *fleet) workerPID() int {
+	return testserver.HAProxyWorkerPID(f.t, filepath.Join(f.dir, "master.sock"))
+}
 
 func tail(path string, n int) string {
 	b, _ := os.ReadFile(path)
