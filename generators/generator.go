@@ -6,6 +6,7 @@ package generators
 import (
 	"context"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/syncstack/syncstack/registry"
@@ -44,7 +45,7 @@ type Backend struct {
 // ServerName is the backend's stable HAProxy server name: name_host:port,
 // or host:port for a record without a name.
 func (b Backend) ServerName() string {
-	addr := strings.NewReplacer("[", "", "]", "").Replace(b.Address())
+	addr := b.Host + ":" + strconv.Itoa(b.Port) // no brackets: HAProxy names allow ':'
 	if b.Name == "" {
 		return addr
 	}
@@ -57,14 +58,24 @@ func (s State) Equal(o State) bool {
 		return false
 	}
 	for name, svc := range s.Services {
-		osvc, ok := o.Services[name]
-		if !ok || svc.Unknown != osvc.Unknown || !slices.EqualFunc(svc.Backends, osvc.Backends, func(a, b Backend) bool {
-			return a.State == b.State && a.Instance.Equal(b.Instance)
-		}) {
+		if osvc, ok := o.Services[name]; !ok || !svc.Equal(osvc) {
 			return false
 		}
 	}
 	return true
+}
+
+// Equal reports whether two services have the same backends.
+func (s Service) Equal(o Service) bool {
+	if s.Unknown != o.Unknown || len(s.Backends) != len(o.Backends) {
+		return false
+	}
+	if len(s.Backends) == 0 || &s.Backends[0] == &o.Backends[0] {
+		return true // the same slice: an unchanged service reused as it was
+	}
+	return slices.EqualFunc(s.Backends, o.Backends, func(a, b Backend) bool {
+		return a.State == b.State && a.Instance.Equal(b.Instance)
+	})
 }
 
 // SortBackends orders backends by server name.

@@ -50,6 +50,13 @@ type Synapse struct {
 
 	mu     sync.Mutex
 	status Status
+
+	cacheMu      sync.Mutex
+	cachePending *cache
+	cacheBusy    bool
+	cacheLast    time.Time
+	cacheWG      sync.WaitGroup
+	cacheKick    chan struct{}
 }
 
 // Status is what GET /status reports.
@@ -66,7 +73,7 @@ type Status struct {
 
 // New builds the generators and registry clients for cfg (finalized).
 func New(cfg *Config, opts Options) (*Synapse, error) {
-	s := &Synapse{cfg: cfg, log: opts.Logger, m: opts.Metrics, rm: opts.RegistryMetrics, clients: map[string]registry.Backend{}}
+	s := &Synapse{cfg: cfg, log: opts.Logger, m: opts.Metrics, rm: opts.RegistryMetrics, clients: map[string]registry.Backend{}, cacheKick: make(chan struct{}, 1)}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -220,6 +227,61 @@ func (s *Synapse) Run(ctx context.Context) error {
 	return s.loop(ctx, updates, overrideSets, acks)
 }
 
+// cacheLater hands a snapshot to the cache writer: written atomically in
+// the background, at most once a second, never on the path of a change.
+func (s *Synapse) cacheLater(sets map[string][]registry.Instance, ovr registry.OverrideSet) {
+	if s.cfg.StateFilePath == "" {
+		return
+	}
+	snap := make(map[string][]registry.Instance, len(sets))
+	for k, v := range sets { // the loop replaces slices, never mutates them
+		snap[k] = v
+	}
+	s.cacheMu.Lock()
+	defer s.cacheMu.Unlock()
+	s.cachePending = &cache{Sets: snap, Overrides: ovr}
+	if s.cacheBusy {
+		return
+	}
+	s.cacheBusy = true
+	s.cacheWG.Add(1)
+	go func() {
+		defer s.cacheWG.Done()
+		for {
+			s.cacheMu.Lock()
+			if wait := time.Until(s.cacheLast.Add(time.Second)); wait > 0 {
+				s.cacheMu.Unlock()
+				select {
+				case <-time.After(wait):
+				case <-s.cacheKick: // shutting down: write now
+				}
+				s.cacheMu.Lock()
+			}
+			c := s.cachePending
+			s.cachePending = nil
+			if c == nil {
+				s.cacheBusy = false
+				s.cacheMu.Unlock()
+				return
+			}
+			s.cacheLast = time.Now()
+			s.cacheMu.Unlock()
+			if err := saveCache(s.cfg.StateFilePath, c.Sets, c.Overrides); err != nil {
+				s.log.Warn("state cache not written", "err", err)
+			}
+		}
+	}()
+}
+
+// flushCache makes the cache writer write what it has now, and waits.
+func (s *Synapse) flushCache() {
+	select {
+	case s.cacheKick <- struct{}{}:
+	default:
+	}
+	s.cacheWG.Wait()
+}
+
 // ackLoop writes the latest applied override revision, one at a time.
 func (s *Synapse) ackLoop(ctx context.Context, acks <-chan int64) {
 	for {
@@ -283,7 +345,12 @@ func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets 
 		ovr = cache.Overrides
 		s.log.Info("state cache loaded: serving what synapse last knew until the registry answers", "services", len(sets), "at", cache.At)
 	}
+	resync := time.NewTicker(30 * time.Second)
+	defer resync.Stop()
+	defer s.flushCache()
 	var applied *generators.State
+	var built *generators.State   // the last state built
+	var dirtySvcs map[string]bool // services to build again; nil: all
 	appliedRev := int64(-1)
 	var pending []time.Time // receive times of updates not yet applied
 	var retry <-chan time.Time
@@ -293,7 +360,8 @@ func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets 
 		// Apply when something changed (or a retry is due); the first
 		// pass applies the cache at once.
 		if dirty {
-			desired, nextExpiry := s.build(sets, known, ovr, time.Now())
+			desired, nextExpiry := s.build(sets, known, ovr, time.Now(), built, dirtySvcs)
+			built, dirtySvcs = &desired, map[string]bool{}
 			if applied == nil || !desired.Equal(*applied) || retry == nil && s.hasErr() {
 				err := s.apply(ctx, desired)
 				var deferred *haproxy.ErrReloadDeferred
@@ -314,9 +382,7 @@ func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets 
 					s.m.Convergence.Observe(now.Sub(at).Seconds())
 				}
 				pending = pending[:0]
-				if err := saveCache(s.cfg.StateFilePath, sets, ovr); err != nil {
-					s.log.Warn("state cache not written", "err", err)
-				}
+				s.cacheLater(sets, ovr)
 			}
 			if haveOverrides && ovr.Revision != appliedRev && (s.overrides != nil) && !s.hasErr() {
 				appliedRev = ovr.Revision
@@ -342,12 +408,17 @@ func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets 
 		case u := <-updates:
 			s.merge(sets, heard, u)
 			known[u.service] = true
+			markDirty(&dirtySvcs, u.service)
 			pending = append(pending, u.at)
 		case o := <-overrideSets:
 			ovr, haveOverrides = o, true
+			dirtySvcs = nil // overrides may touch any service
 		case <-retry:
 			retry = nil
-			applied = nil // force the apply
+			applied = nil   // force the apply
+			dirtySvcs = nil // an override may have expired
+		case <-resync.C:
+			applied = nil // generators check what nobody told them about
 		}
 		// Merge whatever else is already waiting: a burst becomes one apply.
 		if d := s.cfg.Debounce.D(); d > 0 {
@@ -359,14 +430,23 @@ func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets 
 			case u := <-updates:
 				s.merge(sets, heard, u)
 				known[u.service] = true
+				markDirty(&dirtySvcs, u.service)
 				pending = append(pending, u.at)
 			case o := <-overrideSets:
 				ovr, haveOverrides = o, true
+				dirtySvcs = nil
 			default:
 				break drain
 			}
 		}
 		dirty = true
+	}
+}
+
+// markDirty adds service to the set to build again (nil already means all).
+func markDirty(dirty *map[string]bool, service string) {
+	if *dirty != nil {
+		(*dirty)[service] = true
 	}
 }
 
@@ -400,8 +480,10 @@ func (s *Synapse) merge(sets map[string][]registry.Instance, heard map[string]bo
 
 // build turns the watcher sets and the overrides into the desired state,
 // and returns when the next override expires (zero: none).
-func (s *Synapse) build(sets map[string][]registry.Instance, known map[string]bool, ovr registry.OverrideSet, now time.Time) (generators.State, time.Time) {
-	st := generators.State{Services: map[string]generators.Service{}}
+// Only services in dirty (all when dirty is nil) are built again; the others
+// keep prev's backends, so a change costs O(its service), not O(fleet).
+func (s *Synapse) build(sets map[string][]registry.Instance, known map[string]bool, ovr registry.OverrideSet, now time.Time, prev *generators.State, dirty map[string]bool) (generators.State, time.Time) {
+	st := generators.State{Services: make(map[string]generators.Service, len(s.cfg.Services))}
 	var next time.Time
 	var active []registry.Override
 	for _, o := range ovr.Overrides {
@@ -413,6 +495,12 @@ func (s *Synapse) build(sets map[string][]registry.Instance, known map[string]bo
 		}
 	}
 	for name, svc := range s.cfg.Services {
+		if prev != nil && dirty != nil && !dirty[name] {
+			if old, ok := prev.Services[name]; ok {
+				st.Services[name] = old
+				continue
+			}
+		}
 		set := sets[name]
 		if len(set) == 0 {
 			set = svc.DefaultServers

@@ -42,6 +42,9 @@ type Config struct {
 	// ReloadMinInterval spaces reloads; changes that need one meanwhile
 	// are merged into the next. Default 2s.
 	ReloadMinInterval confutil.Duration `yaml:"reload_min_interval"`
+	// ConfigWriteInterval spaces the writes of haproxy.cfg that follow
+	// runtime changes (each one is validated with haproxy -c). Default 1s.
+	ConfigWriteInterval confutil.Duration `yaml:"config_write_interval"`
 	// RemovalGrace is how long a removed server may keep its connections
 	// (in maint, taking no new ones) before they are shut down. Default 30s.
 	RemovalGrace confutil.Duration `yaml:"removal_grace"`
@@ -102,6 +105,9 @@ func (c *Config) Finalize(p *confutil.Problems) {
 	}
 	if c.ReloadMinInterval == 0 {
 		c.ReloadMinInterval = confutil.Duration(2 * time.Second)
+	}
+	if c.ConfigWriteInterval == 0 {
+		c.ConfigWriteInterval = confutil.Duration(time.Second)
 	}
 	if c.RemovalGrace == 0 {
 		c.RemovalGrace = confutil.Duration(30 * time.Second)

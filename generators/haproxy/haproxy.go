@@ -42,10 +42,15 @@ type Generator struct {
 	applied     map[string]string   // backend/server → options it has
 	bootServers map[string][]string // backend → server lines of the file at start
 
-	fileMu      sync.Mutex // serializes writes of the config file
-	pendingFile string     // newest content for the background writer
-	writerBusy  bool
-	writerWG    sync.WaitGroup
+	skel         string                        // the skeleton of this config
+	synced       map[string]generators.Service // what each service was last synced to
+	lastFullSync time.Time
+
+	fileMu              sync.Mutex        // serializes writes of the config file
+	pending             *generators.State // newest state for the background writer
+	writerBusy          bool
+	writerWG            sync.WaitGroup
+	lastBackgroundWrite time.Time
 }
 
 // ErrReloadDeferred says a reload is due but rate-limited: Apply again at
@@ -94,30 +99,50 @@ func (g *Generator) serviceNames() []string {
 func (g *Generator) Apply(ctx context.Context, st generators.State) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	full := g.render(st, true)
-	skel := skeletonOf(full)
-
 	var errs []error
 	if !g.bootRead {
 		content, _ := os.ReadFile(g.cfg.ConfigFilePath)
 		g.bootSkel, g.bootRead = skeletonOf(string(content)), true
 		g.applied, g.bootServers = serverOptsOf(string(content))
+		if !on(g.cfg.DoSocket, true) {
+			g.bootSkel = string(content)
+		}
+	}
+	full := ""
+	render := func() string {
+		if full == "" {
+			full = g.render(st, true)
+		}
+		return full
+	}
+	// The skeleton depends on the config alone: computed once. Without
+	// the runtime API every change is structural: the whole file is what
+	// HAProxy must load (Airbnb's do_socket: false).
+	if g.skel == "" {
+		g.skel = g.render(generators.State{}, false)
+	}
+	skel := g.skel
+	if !on(g.cfg.DoSocket, true) {
+		skel = render()
 	}
 	writes := on(g.cfg.DoWrites, true)
 	structural := !g.attached || skel != g.runningSkel
 	// The file must be right before HAProxy (re)loads it; otherwise it is
 	// written after the runtime changes, off the latency path.
+	invalid := false
 	if writes && structural {
-		if err := g.writeNow(ctx, full); err != nil {
+		if err := g.writeNow(ctx, render()); err != nil {
 			errs = append(errs, err)
-			// An invalid config is never loaded: no reload below.
-			skel = g.runningSkel
+			invalid = true
 		}
 	}
 	if !g.attached {
 		if err := g.attach(ctx); err != nil {
 			return errors.Join(append(errs, err)...)
 		}
+	}
+	if invalid {
+		skel = g.runningSkel // an invalid config is never loaded: no reload
 	}
 
 	reloadWhy := ""
@@ -133,11 +158,11 @@ func (g *Generator) Apply(ctx context.Context, st generators.State) error {
 	}
 	if writes && !structural {
 		if reloadWhy != "" {
-			if err := g.writeNow(ctx, full); err != nil {
+			if err := g.writeNow(ctx, render()); err != nil {
 				return errors.Join(append(errs, err)...)
 			}
 		} else {
-			g.writeLater(full)
+			g.writeLater(st)
 		}
 	}
 	if reloadWhy != "" && on(g.cfg.DoReloads, true) {
@@ -149,6 +174,7 @@ func (g *Generator) Apply(ctx context.Context, st generators.State) error {
 			return errors.Join(append(errs, err)...)
 		}
 		g.runningSkel = skel
+		g.synced = nil // a new worker: check every backend
 		// The new worker loaded the server state file; fix whatever it
 		// could not carry (a drain set since, say).
 		if on(g.cfg.DoSocket, true) {
@@ -161,21 +187,23 @@ func (g *Generator) Apply(ctx context.Context, st generators.State) error {
 }
 
 // writeNow writes content at once (waiting for a background write in
-// flight), so that a reload loads it.
+// flight, and dropping a pending one), so that a reload loads it.
 func (g *Generator) writeNow(ctx context.Context, content string) error {
 	g.fileMu.Lock()
 	defer g.fileMu.Unlock()
-	g.pendingFile = ""
+	g.pending = nil
 	return g.write(ctx, content)
 }
 
-// writeLater hands content to the background writer: the newest content
-// wins, and validation (haproxy -c, tens of ms and growing with the config)
-// stays off the path of runtime changes.
-func (g *Generator) writeLater(content string) {
+// writeLater hands the state to the background writer: the newest state
+// wins, and rendering and validation (haproxy -c: tens of ms, a second at
+// 10k servers) stay off the path of runtime changes. The writer writes at
+// most once per config_write_interval; a reload never waits for it, as it
+// writes the file itself first.
+func (g *Generator) writeLater(st generators.State) {
 	g.fileMu.Lock()
 	defer g.fileMu.Unlock()
-	g.pendingFile = content
+	g.pending = &st
 	if g.writerBusy {
 		return
 	}
@@ -185,14 +213,20 @@ func (g *Generator) writeLater(content string) {
 		defer g.writerWG.Done()
 		for {
 			g.fileMu.Lock()
-			content := g.pendingFile
-			g.pendingFile = ""
-			if content == "" {
+			if wait := time.Until(g.lastBackgroundWrite.Add(g.cfg.ConfigWriteInterval.D())); wait > 0 && g.pending != nil {
+				g.fileMu.Unlock()
+				time.Sleep(wait)
+				g.fileMu.Lock()
+			}
+			st := g.pending
+			g.pending = nil
+			if st == nil {
 				g.writerBusy = false
 				g.fileMu.Unlock()
 				return
 			}
-			err := g.write(context.Background(), content)
+			err := g.write(context.Background(), g.render(*st, true))
+			g.lastBackgroundWrite = time.Now()
 			g.fileMu.Unlock()
 			if err != nil {
 				g.log.Error("background config write failed", "err", err)
@@ -270,6 +304,9 @@ func (g *Generator) attach(ctx context.Context) error {
 		}
 		content, _ := os.ReadFile(g.cfg.ConfigFilePath)
 		g.runningSkel = skeletonOf(string(content))
+		if !on(g.cfg.DoSocket, true) {
+			g.runningSkel = string(content)
+		}
 		g.attached = true
 		return nil
 	}

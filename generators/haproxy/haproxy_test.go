@@ -189,11 +189,12 @@ func TestNewServiceReloadsOnceWithoutFailedRequests(t *testing.T) {
 	load := testserver.StartLoad(fmt.Sprintf("http://127.0.0.1:%d/", webPort), 4, 5*time.Millisecond)
 	time.Sleep(200 * time.Millisecond)
 
-	// The same generator with one more service (as after a config change).
+	// A new generator with one more service, as synapse makes on SIGHUP.
 	api := &ServiceConfig{Port: apiPort, BindAddress: "127.0.0.1"}
 	var p confutil.Problems
 	api.Finalize("api", r.cfg, &p)
-	r.g.services["api"] = api
+	m := r.g.m
+	r.g = New(r.cfg, map[string]*ServiceConfig{"web": services["web"], "api": api}, nil, m)
 	st := state("web", backend(a, "a"))
 	st.Services["api"] = generators.Service{Backends: []generators.Backend{backend(a, "a")}}
 	before := r.reloads()
@@ -228,7 +229,10 @@ func TestInvalidConfigKeepsTheOldFile(t *testing.T) {
 	r.apply(t, state("web", backend(a, "a")))
 	good, _ := os.ReadFile(r.cfg.ConfigFilePath)
 
-	svc.Listen = []string{"no-such-directive here"}
+	bad := *svc
+	bad.Listen = []string{"no-such-directive here"}
+	m := r.g.m
+	r.g = New(r.cfg, map[string]*ServiceConfig{"web": &bad}, nil, m)
 	err := r.g.Apply(context.Background(), state("web", backend(a, "a")))
 	if err == nil || !strings.Contains(err.Error(), "haproxy -c") {
 		t.Fatalf("Apply with an invalid config = %v, want a validation error", err)
@@ -284,5 +288,26 @@ func TestDynamicBalance(t *testing.T) {
 		if got := dynamicBalance(tc.lines); got != tc.want {
 			t.Errorf("dynamicBalance(%q) = %v", tc.lines, got)
 		}
+	}
+}
+
+// Without the runtime API (do_socket: false), a membership change is a
+// reload of the full config, as Airbnb's synapse does it.
+func TestWithoutSocketEveryChangeReloads(t *testing.T) {
+	port := testserver.FreePort(t)
+	r := newRig(t, map[string]*ServiceConfig{"web": {Port: port, BindAddress: "127.0.0.1"}})
+	off := false
+	r.cfg.DoSocket = &off
+	a := testserver.StartBackend(t, "a", "127.0.0.11")
+	b := testserver.StartBackend(t, "b", "127.0.0.12")
+	r.apply(t, state("web", backend(a, "a")))
+	before := r.reloads()
+	time.Sleep(250 * time.Millisecond) // reload_min_interval
+	r.apply(t, state("web", backend(a, "a"), backend(b, "b")))
+	if n := r.reloads() - before; n != 1 {
+		t.Errorf("%v reloads, want 1", n)
+	}
+	if got := spread(t, fmt.Sprintf("http://127.0.0.1:%d/", port), 20); got["b"] == 0 {
+		t.Errorf("b not served after the reload: %v", got)
 	}
 }

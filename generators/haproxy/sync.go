@@ -35,6 +35,9 @@ func dynamicBalance(lines ...[]string) bool {
 	return consistent
 }
 
+// fullSyncEvery is how often a sync reads every backend.
+const fullSyncEvery = 30 * time.Second
+
 // dynamicOptions reports whether servers with these options can be added
 // at runtime: cookie and resolvers do not apply to dynamic servers on 2.6.
 func dynamicOptions(opts string) bool {
@@ -45,20 +48,61 @@ func dynamicOptions(opts string) bool {
 // match st through the runtime API in one pipelined batch. It returns a
 // reason when something cannot be done at runtime and needs a reload.
 func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reload string, err error) {
-	replies, err := g.rt.run(ctx, "show servers state")
-	if err != nil {
-		return "", err
+	// Only the services whose backends changed since the last sync (and
+	// those with removals pending) are read and diffed: a change costs the
+	// same with ten backends or ten thousand.
+	if time.Since(g.lastFullSync) > fullSyncEvery {
+		// Now and then check every backend, in case something else
+		// changed HAProxy (an operator on the socket, synctl --local).
+		g.synced, g.lastFullSync = nil, time.Now()
 	}
-	running, err := parseServersState(replies[0])
-	if err != nil {
-		return "", err
-	}
-	var cmds []string
-	now := time.Now()
+	var names []string
 	for _, name := range g.serviceNames() {
-		if st.Services[name].Unknown {
+		svc := st.Services[name]
+		if svc.Unknown {
 			continue // nothing known yet: leave its servers as they are
 		}
+		if prev, ok := g.synced[name]; ok && prev.Equal(svc) && !g.removalsPending(g.services[name].BackendName) {
+			continue
+		}
+		names = append(names, name)
+	}
+	if len(names) == 0 {
+		return "", nil
+	}
+	show := make([]string, len(names))
+	for i, name := range names {
+		show[i] = "show servers state " + g.services[name].BackendName
+	}
+	replies, err := g.rt.run(ctx, show...)
+	if err != nil {
+		return "", err
+	}
+	running := map[string]map[string]serverState{}
+	for i, r := range replies {
+		st, err := parseServersState(r)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", show[i], err)
+		}
+		for be, servers := range st {
+			running[be] = servers
+		}
+	}
+	defer func() {
+		if err != nil || reload != "" {
+			g.synced = nil
+			return
+		}
+		if g.synced == nil {
+			g.synced = map[string]generators.Service{}
+		}
+		for _, name := range names {
+			g.synced[name] = st.Services[name]
+		}
+	}()
+	var cmds []string
+	now := time.Now()
+	for _, name := range names {
 		svc := g.services[name]
 		be := svc.BackendName
 		// A backend without servers is not listed; a backend missing from
@@ -172,6 +216,15 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 		return "", fmt.Errorf("haproxy runtime API: %d of %d commands failed: %s", len(failed), len(cmds), strings.Join(failed, "; "))
 	}
 	return "", nil
+}
+
+func (g *Generator) removalsPending(backend string) bool {
+	for id := range g.removing {
+		if strings.HasPrefix(id, backend+"/") {
+			return true
+		}
+	}
+	return false
 }
 
 // removeCmds takes a server out at once (its options changed).

@@ -1,0 +1,141 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-zookeeper/zk"
+
+	"github.com/syncstack/syncstack/internal/testserver"
+	"github.com/syncstack/syncstack/registry"
+)
+
+// BenchmarkReloadPerChange applies membership changes the way Airbnb's
+// synapse and go-synapse do, re-render and reload per change, at the same
+// scale as BenchmarkConvergence: synapse with do_socket off, with
+// go-synapse's spacing (none) and Airbnb's (2s between reloads).
+func BenchmarkReloadPerChange(b *testing.B) {
+	for _, mode := range []struct {
+		name    string
+		spacing time.Duration
+		changes int
+	}{{"go-synapse-style", time.Millisecond, 20}, {"airbnb-style-2s", 2 * time.Second, 6}} {
+		b.Run(mode.name, func(b *testing.B) {
+			services, per, _ := scale()
+			bin := buildBinary(b, "synapse")
+			w, hosts := setupRegistry(b, "zookeeper")
+			w.(*zkWriter).conn.Create("/bench", nil, 0, zk.WorldACL(zk.PermAll))
+			if err := parallel(services*per, func(i int) error {
+				s, k := i/per, i%per
+				return w.put(nodePath("zookeeper", s, fmt.Sprintf("i%02d", k)), record(fmt.Sprintf("i%02d", k), 10000+i, nil))
+			}); err != nil {
+				b.Fatal(err)
+			}
+			p := startSynapse(b, bin, "zookeeper", hosts, services, false, mode.spacing)
+			if _, err := p.waitFor(120*time.Second, "svc0000", func(m map[string]testserver.ServerState) bool { return len(m) == per }); err != nil {
+				b.Fatal(err)
+			}
+			time.Sleep(mode.spacing)
+			reloads0 := p.metric("synapse_haproxy_reloads_total")
+			b.ResetTimer()
+			var lat []time.Duration
+			for i := range mode.changes {
+				name := fmt.Sprintf("x%03d", i/2)
+				server := fmt.Sprintf("%s_127.0.0.1:%d", name, 30000+i/2)
+				t0 := time.Now()
+				var cond func(map[string]testserver.ServerState) bool
+				if i%2 == 0 {
+					w.put(nodePath("zookeeper", 0, name), record(name, 30000+i/2, nil))
+					cond = func(m map[string]testserver.ServerState) bool { _, ok := m[server]; return ok }
+				} else {
+					w.del(nodePath("zookeeper", 0, name))
+					cond = func(m map[string]testserver.ServerState) bool { _, ok := m[server]; return !ok }
+				}
+				if _, err := p.waitFor(60*time.Second, "svc0000", cond); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(t0))
+			}
+			b.StopTimer()
+			report(b, "reload-per-change/"+mode.name, map[string]float64{
+				"p50-ms": ms(percentile(lat, .5)), "max-ms": ms(percentile(lat, 1)), "changes": float64(mode.changes),
+				"reloads": p.metric("synapse_haproxy_reloads_total") - reloads0, "backends": float64(services * per),
+			})
+		})
+	}
+}
+
+// BenchmarkDrainCyclesUnderLoad drains and undrains a backend 100 times
+// (20 quick) through overrides while a load generator sends requests
+// through HAProxy, with the runtime API and with a reload per change.
+// Target: 0 failed requests.
+func BenchmarkDrainCyclesUnderLoad(b *testing.B) {
+	cycles := 100
+	if quick() {
+		cycles = 20
+	}
+	for _, mode := range []struct {
+		name     string
+		doSocket bool
+	}{{"runtime-api", true}, {"reload-per-change", false}} {
+		b.Run(mode.name, func(b *testing.B) {
+			bin := buildBinary(b, "synapse")
+			srv := testserver.StartEtcd(b)
+			w := newEtcdWriter(b, srv.Endpoint)
+			b.Cleanup(w.close)
+			backs := map[string]*testserver.Backend{}
+			for i, id := range []string{"a", "b", "c"} {
+				bk := testserver.StartBackend(b, id, fmt.Sprintf("127.0.0.1%d", i+1))
+				backs[id] = bk
+				in := registry.Instance{Host: bk.Host, Port: bk.Port, Name: id}
+				data, _ := in.Encode()
+				w.put("/bench/svc0000/"+id, data)
+			}
+			p := startSynapseWithFrontend(b, bin, srv.Endpoint, mode.doSocket)
+			if _, err := p.waitFor(30*time.Second, "svc0000", func(m map[string]testserver.ServerState) bool { return len(m) == 3 }); err != nil {
+				b.Fatal(err)
+			}
+			time.Sleep(100 * time.Millisecond)
+			reloads0 := p.metric("synapse_haproxy_reloads_total")
+			load := testserver.StartLoad(fmt.Sprintf("http://127.0.0.1:%d/", p.port), 4, 2*time.Millisecond)
+			b.ResetTimer()
+			ovr := w.overrides()
+			for range cycles {
+				ovr.PutOverride(context.Background(), registry.Override{Target: "b", State: registry.StateDrain, At: time.Now()})
+				if _, err := p.waitFor(10*time.Second, "svc0000", func(m map[string]testserver.ServerState) bool {
+					for n, s := range m {
+						if strings.HasPrefix(n, "b_") {
+							return s.Admin&0x08 != 0
+						}
+					}
+					return false
+				}); err != nil {
+					b.Fatal(err)
+				}
+				ovr.DeleteOverride(context.Background(), "b")
+				if _, err := p.waitFor(10*time.Second, "svc0000", func(m map[string]testserver.ServerState) bool {
+					for n, s := range m {
+						if strings.HasPrefix(n, "b_") {
+							return s.Admin == 0
+						}
+					}
+					return false
+				}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			load.Stop()
+			report(b, "drain-cycles-under-load/"+mode.name, map[string]float64{
+				"cycles": float64(cycles), "requests-ok": float64(load.OK.Load()), "requests-failed": float64(load.Failed.Load()),
+				"reloads": p.metric("synapse_haproxy_reloads_total") - reloads0,
+			})
+			if f := load.Failures(); len(f) > 0 {
+				b.Logf("first failures: %v", f)
+			}
+		})
+	}
+}
