@@ -51,7 +51,8 @@ test: deps vet
 # bench: the benchmarks against real servers, once each. BENCH_QUICK=1 for
 # the short mode.
 bench: deps
-	SYNCSTACK_BENCH_QUICK=$(BENCH_QUICK) $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/
+	SYNCSTACK_BENCH_QUICK=$(BENCH_QUICK) SYNCSTACK_BENCH_JSON=$(CURDIR)/bench/results.json \
+		$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/ | tee bench/results.txt
 
 unit:
 	$(GO) test -race -count=1 -short ./...

@@ -102,35 +102,38 @@ func BenchmarkDrainCyclesUnderLoad(b *testing.B) {
 			reloads0 := p.metric("synapse_haproxy_reloads_total")
 			load := testserver.StartLoad(fmt.Sprintf("http://127.0.0.1:%d/", p.port), 4, 2*time.Millisecond)
 			b.ResetTimer()
+			start := time.Now()
 			ovr := w.overrides()
 			for range cycles {
 				ovr.PutOverride(context.Background(), registry.Override{Target: "b", State: registry.StateDrain, At: time.Now()})
 				if _, err := p.waitFor(10*time.Second, "svc0000", func(m map[string]testserver.ServerState) bool {
 					for n, s := range m {
 						if strings.HasPrefix(n, "b_") {
-							return s.Admin&0x08 != 0
+							return s.Admin&0x08 != 0 || (!mode.doSocket && s.Weight == 0)
 						}
 					}
 					return false
 				}); err != nil {
 					b.Fatal(err)
 				}
+				time.Sleep(50 * time.Millisecond) // dwell, so the load sees every state
 				ovr.DeleteOverride(context.Background(), "b")
 				if _, err := p.waitFor(10*time.Second, "svc0000", func(m map[string]testserver.ServerState) bool {
 					for n, s := range m {
 						if strings.HasPrefix(n, "b_") {
-							return s.Admin == 0
+							return s.Admin == 0 && s.Weight != 0
 						}
 					}
 					return false
 				}); err != nil {
 					b.Fatal(err)
 				}
+				time.Sleep(50 * time.Millisecond)
 			}
 			b.StopTimer()
 			load.Stop()
 			report(b, "drain-cycles-under-load/"+mode.name, map[string]float64{
-				"cycles": float64(cycles), "requests-ok": float64(load.OK.Load()), "requests-failed": float64(load.Failed.Load()),
+				"cycles": float64(cycles), "duration-s": time.Since(start).Seconds(), "requests-ok": float64(load.OK.Load()), "requests-failed": float64(load.Failed.Load()),
 				"reloads": p.metric("synapse_haproxy_reloads_total") - reloads0,
 			})
 			if f := load.Failures(); len(f) > 0 {

@@ -218,6 +218,22 @@ func (p *synapseProc) profile(b *testing.B, name string) <-chan struct{} {
 	return done
 }
 
+// heapProfile saves synapse's heap profile when SYNCSTACK_BENCH_PPROF is set.
+func (p *synapseProc) heapProfile(b *testing.B, name string) {
+	dir := os.Getenv("SYNCSTACK_BENCH_PPROF")
+	if dir == "" {
+		return
+	}
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/heap", p.admin))
+	if err != nil {
+		b.Logf("heap profile: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	os.WriteFile(filepath.Join(dir, name+".pb"), data, 0o644)
+}
+
 // metric sums a Prometheus counter's series whose line starts with prefix.
 func (p *synapseProc) metric(prefix string) float64 {
 	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", p.admin))
@@ -426,6 +442,7 @@ func convergence(b *testing.B, method string) {
 	}
 	b.StopTimer()
 	<-profiled
+	p.heapProfile(b, "heap-"+method)
 	cpu1, _ := sampleProc(p.cmd.Process.Pid)
 	reloads := p.metric("synapse_haproxy_reloads_total") - reloads0
 	reads := p.metric(`syncstack_registry_reads_total{backend="zookeeper",op="get"}`) + p.metric(`syncstack_registry_reads_total{backend="zookeeper",op="children"}`) + p.metric(`syncstack_registry_reads_total{backend="etcd"`) - reads0
@@ -473,7 +490,7 @@ func convergence(b *testing.B, method string) {
 	}
 	end, _ := sampleProc(p.cmd.Process.Pid)
 	report(b, "mass-churn/"+method, map[string]float64{
-		"converged-s": time.Since(t0).Seconds(), "writes-took-s": written.Seconds(), "reloads": p.metric("synapse_haproxy_reloads_total") - reloads0,
+		"converged-s": time.Since(t0).Seconds(), "writes-took-s": written.Seconds(), "after-last-write-s": (time.Since(t0) - written).Seconds(), "reloads": p.metric("synapse_haproxy_reloads_total") - reloads0,
 		"synapse-rss-MB": float64(end.rssKB) / 1024, "backends": float64(services * per),
 	})
 }

@@ -7,6 +7,7 @@ package synapse
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -411,8 +412,8 @@ func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets 
 			markDirty(&dirtySvcs, u.service)
 			pending = append(pending, u.at)
 		case o := <-overrideSets:
+			s.markOverrides(&dirtySvcs, ovr, o, sets)
 			ovr, haveOverrides = o, true
-			dirtySvcs = nil // overrides may touch any service
 		case <-retry:
 			retry = nil
 			applied = nil   // force the apply
@@ -433,14 +434,57 @@ func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets 
 				markDirty(&dirtySvcs, u.service)
 				pending = append(pending, u.at)
 			case o := <-overrideSets:
+				s.markOverrides(&dirtySvcs, ovr, o, sets)
 				ovr, haveOverrides = o, true
-				dirtySvcs = nil
 			default:
 				break drain
 			}
 		}
 		dirty = true
 	}
+}
+
+// markOverrides marks the services an override change can touch: those it
+// names, or those with a backend whose host or name it targets.
+func (s *Synapse) markOverrides(dirty *map[string]bool, old, cur registry.OverrideSet, sets map[string][]registry.Instance) {
+	if *dirty == nil {
+		return
+	}
+	seen := map[string]string{}
+	for _, o := range old.Overrides {
+		seen[o.Key()] = overrideSig(o)
+	}
+	var changed []registry.Override
+	for _, o := range cur.Overrides {
+		if sig, ok := seen[o.Key()]; !ok || sig != overrideSig(o) {
+			changed = append(changed, o)
+		}
+		delete(seen, o.Key())
+	}
+	for _, o := range old.Overrides {
+		if _, gone := seen[o.Key()]; gone {
+			changed = append(changed, o)
+		}
+	}
+	for _, o := range changed {
+		for name, svc := range s.cfg.Services {
+			if len(o.Services) > 0 && !slices.Contains(o.Services, name) {
+				continue
+			}
+			for _, set := range [][]registry.Instance{sets[name], svc.DefaultServers} {
+				for _, in := range set {
+					if o.Target == in.Host || o.Target == in.Name {
+						(*dirty)[name] = true
+					}
+				}
+			}
+		}
+	}
+}
+
+func overrideSig(o registry.Override) string {
+	data, _ := json.Marshal(o)
+	return string(data)
 }
 
 // markDirty adds service to the set to build again (nil already means all).

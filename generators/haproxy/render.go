@@ -119,8 +119,13 @@ func (g *Generator) renderService(b *strings.Builder, name string, svc *ServiceC
 func (g *Generator) renderServers(b *strings.Builder, backends []generators.Backend, serverOpts string) {
 	for _, be := range backends {
 		l := "server " + be.ServerName() + " " + serverAddr(be) + serverParams(be, serverOpts)
-		if be.State == "maint" {
+		switch {
+		case be.State == "maint":
 			l += " disabled"
+		case be.State == "drain" && !on(g.cfg.DoSocket, true):
+			// Without the runtime API a drain can only be written as a
+			// zero weight: no new requests, existing ones finish.
+			l += " weight 0"
 		}
 		line(b, l)
 	}
