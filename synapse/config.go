@@ -84,29 +84,8 @@ func Load(path string) (*Config, error) {
 		cfg.Services = map[string]*ServiceConfig{}
 	}
 	if cfg.ServiceConfDir != "" {
-		dir := cfg.ServiceConfDir
-		if !filepath.IsAbs(dir) {
-			dir = filepath.Join(filepath.Dir(path), dir)
-		}
-		entries, err := os.ReadDir(dir)
-		if err != nil {
-			cfg.problems.Addf("service_conf_dir", "%v", err)
-		}
-		for _, e := range entries {
-			ext := filepath.Ext(e.Name())
-			if e.IsDir() || (ext != ".json" && ext != ".yaml" && ext != ".yml") {
-				continue
-			}
-			name := strings.TrimSuffix(e.Name(), ext)
-			file := filepath.Join(dir, e.Name())
-			if _, dup := cfg.Services[name]; dup {
-				return nil, fmt.Errorf("%s: service %q is also defined in %s", file, name, path)
-			}
-			svc := &ServiceConfig{}
-			if err := confutil.DecodeFile(file, svc); err != nil {
-				return nil, err
-			}
-			cfg.Services[name] = svc
+		if err := confutil.LoadServiceDir(path, cfg.ServiceConfDir, cfg.Services, &cfg.problems); err != nil {
+			return nil, err
 		}
 	}
 	if err := cfg.Finalize(); err != nil {

@@ -10,7 +10,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -25,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/syncstack/syncstack/internal/cli"
 	"github.com/syncstack/syncstack/nerve"
 	"github.com/syncstack/syncstack/registry"
 )
@@ -52,7 +52,7 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "nerve: unexpected arguments %q\n", fs.Args())
 		return 2
 	}
-	log, err := newLogger(*logLevel, *logFormat)
+	log, err := cli.NewLogger(os.Stderr, *logLevel, *logFormat)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "nerve:", err)
 		return 2
@@ -142,19 +142,4 @@ func reload(log *slog.Logger, agent *nerve.Agent, path string, old *nerve.Config
 		log.Info("SIGHUP: config reloaded", "services", len(cfg.Services))
 	}
 	return cfg
-}
-
-func newLogger(level, format string) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("-log-level: %w", err)
-	}
-	opts := &slog.HandlerOptions{Level: lv}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
-	}
-	return nil, errors.New("-log-format: want text or json")
 }

@@ -11,10 +11,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -29,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/syncstack/syncstack/generators/haproxy"
+	"github.com/syncstack/syncstack/internal/cli"
 	"github.com/syncstack/syncstack/registry"
 	"github.com/syncstack/syncstack/synapse"
 )
@@ -56,7 +55,7 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "synapse: unexpected arguments %q\n", fs.Args())
 		return 2
 	}
-	log, err := newLogger(*logLevel, *logFormat)
+	log, err := cli.NewLogger(os.Stderr, *logLevel, *logFormat)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "synapse:", err)
 		return 2
@@ -167,19 +166,4 @@ func checkHAProxy(cfg *synapse.Config) error {
 	}
 	defer os.RemoveAll(dir)
 	return haproxy.Check(context.Background(), cfg.HAProxy, cfg.HAProxyServices(), filepath.Join(dir, "haproxy.cfg"))
-}
-
-func newLogger(level, format string) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("-log-level: %w", err)
-	}
-	opts := &slog.HandlerOptions{Level: lv}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
-	}
-	return nil, errors.New("-log-format: want text or json")
 }

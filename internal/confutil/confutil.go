@@ -11,6 +11,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -138,3 +139,36 @@ func (s *StringOrList) UnmarshalYAML(n *yaml.Node) error {
 
 // String joins the parts with spaces.
 func (s StringOrList) String() string { return strings.Join(s, " ") }
+
+// LoadServiceDir adds to services one service per *.json, *.yaml or *.yml
+// file of dir (relative to the directory of the config file configPath),
+// named by the file. A missing dir is a problem reported under
+// service_conf_dir; a file that fails to decode, or that names a service
+// already defined, is an error naming it.
+func LoadServiceDir[T any](configPath, dir string, services map[string]*T, p *Problems) error {
+	if !filepath.IsAbs(dir) {
+		dir = filepath.Join(filepath.Dir(configPath), dir)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		p.Addf("service_conf_dir", "%v", err)
+		return nil
+	}
+	for _, e := range entries {
+		ext := filepath.Ext(e.Name())
+		if e.IsDir() || (ext != ".json" && ext != ".yaml" && ext != ".yml") {
+			continue
+		}
+		name := strings.TrimSuffix(e.Name(), ext)
+		file := filepath.Join(dir, e.Name())
+		if _, dup := services[name]; dup {
+			return fmt.Errorf("%s: service %q is also defined in %s", file, name, configPath)
+		}
+		svc := new(T)
+		if err := DecodeFile(file, svc); err != nil {
+			return err
+		}
+		services[name] = svc
+	}
+	return nil
+}
