@@ -115,7 +115,7 @@ func leaderKilled(t *testing.T, f *fleet) {
 // 6. Malicious registrations: skipped and counted; haproxy.cfg unchanged.
 func malicious(t *testing.T, f *fleet) {
 	f.t = t
-	time.Sleep(300 * time.Millisecond) // let the background config write settle
+	time.Sleep(1500 * time.Millisecond) // let the background config write (config_write_interval 1s) settle
 	cfgPath := filepath.Join(f.dir, "haproxy.cfg")
 	before, _ := os.ReadFile(cfgPath)
 	records := map[string]string{
@@ -137,7 +137,7 @@ func malicious(t *testing.T, f *fleet) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(1500 * time.Millisecond)
 	after, _ := os.ReadFile(cfgPath)
 	if string(before) != string(after) {
 		t.Errorf("haproxy.cfg changed:\n%s", after)

@@ -32,6 +32,11 @@ type Service struct {
 	// since start and there is no cache): generators leave what they
 	// have for it untouched rather than empty it.
 	Unknown bool `json:"unknown,omitempty"`
+	// Cached says the backends come from synapse's state cache, not (yet)
+	// from its watcher. A generator attached to a HAProxy that kept
+	// running treats them as unknown: what HAProxy has is newer than any
+	// cache. One that had to start HAProxy uses them.
+	Cached bool `json:"cached,omitempty"`
 }
 
 // Backend is one server as HAProxy should have it: the registered instance
@@ -67,7 +72,7 @@ func (s State) Equal(o State) bool {
 
 // Equal reports whether two services have the same backends.
 func (s Service) Equal(o Service) bool {
-	if s.Unknown != o.Unknown || len(s.Backends) != len(o.Backends) {
+	if s.Unknown != o.Unknown || s.Cached != o.Cached || len(s.Backends) != len(o.Backends) {
 		return false
 	}
 	if len(s.Backends) == 0 || &s.Backends[0] == &o.Backends[0] {

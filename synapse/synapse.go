@@ -228,8 +228,13 @@ func (s *Synapse) Run(ctx context.Context) error {
 	return s.loop(ctx, updates, overrideSets, acks)
 }
 
+// cacheWriteInterval spaces state cache writes (each is an fsync). A
+// synapse killed within it restarts from a cache that lacks the last
+// changes; the first write after a quiet spell is immediate.
+const cacheWriteInterval = 100 * time.Millisecond
+
 // cacheLater hands a snapshot to the cache writer: written atomically in
-// the background, at most once a second, never on the path of a change.
+// the background, never on the path of a change.
 func (s *Synapse) cacheLater(sets map[string][]registry.Instance, ovr registry.OverrideSet) {
 	if s.cfg.StateFilePath == "" {
 		return
@@ -250,7 +255,7 @@ func (s *Synapse) cacheLater(sets map[string][]registry.Instance, ovr registry.O
 		defer s.cacheWG.Done()
 		for {
 			s.cacheMu.Lock()
-			if wait := time.Until(s.cacheLast.Add(time.Second)); wait > 0 {
+			if wait := time.Until(s.cacheLast.Add(cacheWriteInterval)); wait > 0 {
 				s.cacheMu.Unlock()
 				select {
 				case <-time.After(wait):
@@ -349,6 +354,13 @@ func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets 
 	resync := time.NewTicker(30 * time.Second)
 	defer resync.Stop()
 	defer s.flushCache()
+	defer func() {
+		for _, g := range s.gens {
+			if f, ok := g.(interface{ Flush() }); ok {
+				f.Flush() // background config writes end with synapse
+			}
+		}
+	}()
 	var applied *generators.State
 	var built *generators.State   // the last state built
 	var dirtySvcs map[string]bool // services to build again; nil: all
@@ -361,7 +373,7 @@ func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets 
 		// Apply when something changed (or a retry is due); the first
 		// pass applies the cache at once.
 		if dirty {
-			desired, nextExpiry := s.build(sets, known, ovr, time.Now(), built, dirtySvcs)
+			desired, nextExpiry := s.build(sets, known, heard, ovr, time.Now(), built, dirtySvcs)
 			built, dirtySvcs = &desired, map[string]bool{}
 			if applied == nil || !desired.Equal(*applied) || retry == nil && s.hasErr() {
 				err := s.apply(ctx, desired)
@@ -526,7 +538,7 @@ func (s *Synapse) merge(sets map[string][]registry.Instance, heard map[string]bo
 // and returns when the next override expires (zero: none).
 // Only services in dirty (all when dirty is nil) are built again; the others
 // keep prev's backends, so a change costs O(its service), not O(fleet).
-func (s *Synapse) build(sets map[string][]registry.Instance, known map[string]bool, ovr registry.OverrideSet, now time.Time, prev *generators.State, dirty map[string]bool) (generators.State, time.Time) {
+func (s *Synapse) build(sets map[string][]registry.Instance, known, heard map[string]bool, ovr registry.OverrideSet, now time.Time, prev *generators.State, dirty map[string]bool) (generators.State, time.Time) {
 	st := generators.State{Services: make(map[string]generators.Service, len(s.cfg.Services))}
 	var next time.Time
 	var active []registry.Override
@@ -565,7 +577,8 @@ func (s *Synapse) build(sets map[string][]registry.Instance, known map[string]bo
 		generators.SortBackends(bs)
 		// Until its watcher answers (or the cache tells), a service is
 		// unknown: its servers are left as HAProxy has them.
-		st.Services[name] = generators.Service{Backends: bs, Unknown: !known[name] && len(svc.DefaultServers) == 0}
+		st.Services[name] = generators.Service{Backends: bs, Unknown: !known[name] && len(svc.DefaultServers) == 0,
+			Cached: known[name] && !heard[name]}
 		s.m.Backends.WithLabelValues(name).Set(float64(len(bs)))
 	}
 	return st, next

@@ -33,6 +33,7 @@ type Generator struct {
 
 	mu          sync.Mutex
 	attached    bool
+	started     bool      // this generator started HAProxy (it was not running)
 	runningSkel string    // skeleton of the config the running HAProxy loaded
 	lastReload  time.Time // zero: none yet
 	removing    map[string]time.Time
@@ -302,6 +303,7 @@ func (g *Generator) attach(ctx context.Context) error {
 		if err := g.start(ctx); err != nil {
 			return err
 		}
+		g.started = true
 		content, _ := os.ReadFile(g.cfg.ConfigFilePath)
 		g.runningSkel = skeletonOf(string(content))
 		if !on(g.cfg.DoSocket, true) {

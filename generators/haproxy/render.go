@@ -55,7 +55,7 @@ func (g *Generator) render(st generators.State, servers bool) string {
 		var verbatim []string
 		if servers {
 			backends = st.Services[name].Backends
-			if st.Services[name].Unknown {
+			if g.unknown(st.Services[name]) {
 				verbatim = g.bootServers[svc.BackendName]
 			}
 		}

@@ -35,6 +35,13 @@ func dynamicBalance(lines ...[]string) bool {
 	return consistent
 }
 
+// unknown reports whether the generator must leave svc's servers as they
+// are: nothing is known of it, or only the cache knows it and HAProxy kept
+// running (its state is newer than any cache).
+func (g *Generator) unknown(svc generators.Service) bool {
+	return svc.Unknown || (svc.Cached && !g.started)
+}
+
 // fullSyncEvery is how often a sync reads every backend.
 const fullSyncEvery = 30 * time.Second
 
@@ -59,7 +66,7 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 	var names []string
 	for _, name := range g.serviceNames() {
 		svc := st.Services[name]
-		if svc.Unknown {
+		if g.unknown(svc) {
 			continue // nothing known yet: leave its servers as they are
 		}
 		if prev, ok := g.synced[name]; ok && prev.Equal(svc) && !g.removalsPending(g.services[name].BackendName) {
