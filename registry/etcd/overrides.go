@@ -119,6 +119,10 @@ func sortOverrides(s []registry.Override) {
 // WatchOverrides implements registry.Backend.
 func (c *Client) WatchOverrides(ctx context.Context, out chan<- registry.OverrideSet) error {
 	decode := func(_ string, val []byte) (registry.Override, error) { return registry.DecodeOverride(val) }
+	ctx, cancel := context.WithCancel(ctx)
+	box := newMailbox(ctx, out)
+	defer box.wait()
+	defer cancel()
 	return watchPrefix(ctx, c, c.overridesPrefix(), decode, nil, func(entries map[string]entry[registry.Override], rev int64) bool {
 		set := registry.OverrideSet{Revision: rev}
 		for _, e := range entries {
@@ -127,12 +131,8 @@ func (c *Client) WatchOverrides(ctx context.Context, out chan<- registry.Overrid
 			}
 		}
 		sortOverrides(set.Overrides)
-		select {
-		case out <- set:
-			return true
-		case <-ctx.Done():
-			return false
-		}
+		box.put(set)
+		return ctx.Err() == nil
 	})
 }
 

@@ -124,6 +124,10 @@ func (c *Client) Watch(ctx context.Context, dir string, opts registry.DecodeOpti
 	first := true
 	decode := func(_ string, val []byte) (registry.Instance, error) { return registry.Decode(val, opts) }
 	quiet := func(err error) bool { return errors.Is(err, registry.ErrNotAlive) }
+	ctx, cancel := context.WithCancel(ctx)
+	box := newMailbox(ctx, out)
+	defer box.wait()
+	defer cancel()
 	return watchPrefix(ctx, c, dir+"/", decode, quiet, func(entries map[string]entry[registry.Instance], _ int64) bool {
 		keys := make([]string, 0, len(entries))
 		for k, e := range entries {
@@ -140,13 +144,9 @@ func (c *Client) Watch(ctx context.Context, dir string, opts registry.DecodeOpti
 		if !first && registry.EqualSets(set, last) {
 			return true
 		}
-		select {
-		case out <- set:
-			first, last = false, set
-			updates.Inc()
-			return true
-		case <-ctx.Done():
-			return false
-		}
+		first, last = false, set
+		updates.Inc()
+		box.put(set)
+		return ctx.Err() == nil
 	})
 }
