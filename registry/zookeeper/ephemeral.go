@@ -148,7 +148,7 @@ func (e *ephemeral) ensure() (<-chan zk.Event, error) {
 		}
 	}
 	e.mu.Lock()
-	e.node, e.owner = created, sid
+	e.node, e.owner, e.uncertain = created, sid, 0
 	stale := !bytes.Equal(e.data, data)
 	e.mu.Unlock()
 	if node != "" {

@@ -221,15 +221,8 @@ func watchPass[T any](c *Client, dir string, cd codec[T], entries map[string]ent
 		return nil
 	}
 
-	type result struct {
-		name    string
-		e       entry[T]
-		gone    bool
-		err     error // connection-level: retry
-		badData error // record-level: skip and count
-	}
 	names := make(chan string)
-	results := make(chan result)
+	results := make(chan fetched[T])
 	var wg sync.WaitGroup
 	for range min(fetchWorkers, len(todo.data)) {
 		wg.Add(1)
@@ -276,13 +269,16 @@ func watchPass[T any](c *Client, dir string, cd codec[T], entries map[string]ent
 	return firstErr
 }
 
-func fetchChild[T any](c *Client, dir, name string, cd codec[T]) (r struct {
+// fetched is one child read by a watch pass.
+type fetched[T any] struct {
 	name    string
 	e       entry[T]
 	gone    bool
-	err     error
-	badData error
-}) {
+	err     error // connection-level: retry
+	badData error // record-level: skip and count
+}
+
+func fetchChild[T any](c *Client, dir, name string, cd codec[T]) (r fetched[T]) {
 	r.name = name
 	if cd.fromName != nil {
 		if v, handled, err := cd.fromName(name); handled {
