@@ -238,6 +238,9 @@ func registryDown(t *testing.T, f *fleet) {
 	// Reconciled: a change made now reaches HAProxy. (Nerves whose session
 	// expired meanwhile registered again.)
 	f.waitServers(map[string]int{"a": 0, "b": 0, "c": 0}, 30*time.Second)
+	// synapse's ack lived with its session, which expired during the
+	// outage: it is written again once synapse has a new session.
+	f.waitAck(30 * time.Second)
 	out := f.synctl("drain", "127.0.0.11", "--wait", "--timeout", "30s")
 	t.Log(strings.TrimSpace(out))
 	f.waitServers(map[string]int{"a": 8, "b": 0, "c": 0}, 2*time.Second)

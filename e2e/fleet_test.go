@@ -243,6 +243,22 @@ func (f *fleet) synctl(args ...string) string {
 	return string(out)
 }
 
+// waitAck waits until synctl sees the synapse's ack.
+func (f *fleet) waitAck(timeout time.Duration) {
+	f.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		out, err := exec.Command(filepath.Join(binDir, "synctl"), append([]string{"status"}, f.flag...)...).CombinedOutput()
+		if err == nil && strings.Contains(string(out), "e2e-synapse: revision") {
+			return
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatalf("no ack from synapse after %v:\n%s", timeout, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 func (f *fleet) metric(name string) string {
 	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", f.admin))
 	if err != nil {
