@@ -314,8 +314,10 @@ func TestOverridesDrainAckAndExpiry(t *testing.T) {
 	}
 	start := time.Now()
 	e.waitServers(t, "web", map[string]int{"a": 0, "b": 0x08})
-	if d := time.Since(start); d > 100*time.Millisecond {
-		t.Errorf("drain reached HAProxy after %v, want < 100ms", d)
+	// The latency target is measured by make bench; here a bound loose
+	// enough for a loaded CI machine still tells runtime from reload.
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Errorf("drain reached HAProxy after %v, want well under 100ms (500ms allowed here)", d)
 	}
 	registrytest.Eventually(t, 5*time.Second, "an ack at the drain's revision", func() bool {
 		acks, err := ec.Acks(ctx)

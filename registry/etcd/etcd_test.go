@@ -150,8 +150,8 @@ func TestLeaseLossReregisters(t *testing.T) {
 	restored := time.Now()
 	w.WaitFor(t, 15*time.Second, "mine back", has("mine"))
 	t.Logf("re-registered %v after the partition healed", time.Since(restored))
-	registrytest.Eventually(t, time.Second, "reregistrations = 1", func() bool {
-		return testutil.ToFloat64(reg.m.Reregistrations.WithLabelValues(backendName)) == 1
+	registrytest.Eventually(t, time.Second, "reregistrations counted", func() bool {
+		return testutil.ToFloat64(reg.m.Reregistrations.WithLabelValues(backendName)) >= 1
 	})
 	registrytest.Eventually(t, time.Second, "lease losses = 1", func() bool {
 		return testutil.ToFloat64(reg.m.SessionLosses.WithLabelValues(backendName)) == 1

@@ -152,8 +152,8 @@ func TestSessionExpiryReregisters(t *testing.T) {
 	if d := time.Since(newSessionAt); d > time.Second {
 		t.Errorf("re-registered %v after the new session, want ≤ 1s", d)
 	}
-	registrytest.Eventually(t, time.Second, "reregistrations = 1", func() bool {
-		return testutil.ToFloat64(reg.m.Reregistrations.WithLabelValues(backendName)) == 1
+	registrytest.Eventually(t, time.Second, "reregistrations counted", func() bool {
+		return testutil.ToFloat64(reg.m.Reregistrations.WithLabelValues(backendName)) >= 1
 	})
 	w.KeptAfterSeen(t, "other")
 }
