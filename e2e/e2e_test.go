@@ -239,7 +239,8 @@ func registryDown(t *testing.T, f *fleet) {
 	// expired meanwhile registered again.)
 	f.waitServers(map[string]int{"a": 0, "b": 0, "c": 0}, 30*time.Second)
 	// synapse's ack lived with its session, which expired during the
-	// outage: it is written again once synapse has a new session.
+	// outage: it is written again once synapse has a new session. Nerves
+	// whose session or lease ran out register again.
 	f.waitAck(30 * time.Second)
 	out := f.synctl("drain", "127.0.0.11", "--wait", "--timeout", "30s")
 	t.Log(strings.TrimSpace(out))

@@ -150,6 +150,7 @@ func newFleet(t *testing.T, method string) *fleet {
 	testserver.KillHAProxyAtCleanup(t, filepath.Join(f.dir, "haproxy.pid"))
 	f.startSynapse()
 	f.waitServers(map[string]int{"a": 0, "b": 0, "c": 0}, 30*time.Second)
+	f.waitAck(30 * time.Second)
 	return f
 }
 
@@ -243,13 +244,15 @@ func (f *fleet) synctl(args ...string) string {
 	return string(out)
 }
 
-// waitAck waits until synctl sees the synapse's ack.
+// waitAck waits until synctl sees the synapse's ack and, through it, all
+// three backends registered.
 func (f *fleet) waitAck(timeout time.Duration) {
 	f.t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
 		out, err := exec.Command(filepath.Join(binDir, "synctl"), append([]string{"status"}, f.flag...)...).CombinedOutput()
-		if err == nil && strings.Contains(string(out), "e2e-synapse: revision") {
+		if err == nil && strings.Contains(string(out), "e2e-synapse: revision") &&
+			strings.Count(string(out), " ready ") == 3 {
 			return
 		}
 		if time.Now().After(deadline) {
