@@ -30,6 +30,19 @@ func readFleet(ctx context.Context, b registry.Backend, c *common, now time.Time
 	if f.acks, err = b.Acks(ctx); err != nil {
 		return nil, fmt.Errorf("registry unreachable: %w", err)
 	}
+	// Acks live with their synapse's session: right after a registry
+	// outage they may be missing for a moment while synapses re-create
+	// them. Give them a few seconds before concluding there are none.
+	for deadline := time.Now().Add(2 * c.opTimeout); len(f.acks) == 0 && len(c.services) == 0 && time.Now().Before(deadline); {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+		if f.acks, err = b.Acks(ctx); err != nil {
+			return nil, fmt.Errorf("registry unreachable: %w", err)
+		}
+	}
 	for _, a := range f.acks {
 		for name, path := range a.Services {
 			f.services[name] = path
