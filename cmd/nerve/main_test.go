@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,38 +22,7 @@ import (
 
 var nerveBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "nerve-bin")
-	if err != nil {
-		panic(err)
-	}
-	nerveBin = filepath.Join(dir, "nerve")
-	if out, err := exec.Command("go", "build", "-race", "-o", nerveBin, ".").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building nerve: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-// lockedBuffer collects a child's output while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+func TestMain(m *testing.M) { testserver.MainWithBinary(m, "nerve", &nerveBin) }
 
 func writeConfig(t *testing.T, path, body string) {
 	t.Helper()
@@ -120,7 +88,7 @@ func TestSignals(t *testing.T) {
 	cfgPath := filepath.Join(t.TempDir(), "nerve.yaml")
 	writeConfig(t, cfgPath, head+svc("a", port(ln1)))
 
-	var logs lockedBuffer
+	var logs testserver.LockedBuffer
 	cmd := exec.Command(nerveBin, "-config", cfgPath)
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {

@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,37 +21,7 @@ import (
 
 var synapseBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "synapse-bin")
-	if err != nil {
-		panic(err)
-	}
-	synapseBin = filepath.Join(dir, "synapse")
-	if out, err := exec.Command("go", "build", "-race", "-o", synapseBin, ".").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building synapse: %v\n%s", err, out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+func TestMain(m *testing.M) { testserver.MainWithBinary(m, "synapse", &synapseBin) }
 
 func runSynapse(args ...string) (int, string) {
 	var out bytes.Buffer
@@ -152,7 +121,7 @@ services:
 	cfgPath := filepath.Join(dir, "synapse.yaml")
 	os.WriteFile(cfgPath, []byte(head+svc("web", webPort)), 0o644)
 
-	var logs lockedBuffer
+	var logs testserver.LockedBuffer
 	cmd := exec.Command(synapseBin, "-config", cfgPath)
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
