@@ -142,11 +142,7 @@ func runSet(ctx context.Context, env Env, action string, state registry.Override
 		return fmt.Errorf("refused: %s (use --force to override); nothing written", refusal)
 	}
 	if f.dryRun {
-		emit(env, &f.common, res, func(w io.Writer) {
-			fmt.Fprintf(w, "dry run: %s %s would change:\n", action, strings.Join(ts, ","))
-			printPlan(w, res.Plan)
-			fmt.Fprintln(w, "nothing written")
-		})
+		reportDryRun(env, &f, res, fmt.Sprintf("%s %s would change", action, strings.Join(ts, ",")))
 		return nil
 	}
 	for _, o := range adds {
@@ -162,6 +158,15 @@ func runSet(ctx context.Context, env Env, action string, state registry.Override
 		h.ExpiresAt = adds[0].ExpiresAt
 	}
 	return finish(ctx, env, b, &f, res, h)
+}
+
+// reportDryRun prints a plan that was not written.
+func reportDryRun(env Env, f *changeFlags, res result, what string) {
+	emit(env, &f.common, res, func(w io.Writer) {
+		fmt.Fprintf(w, "dry run: %s:\n", what)
+		printPlan(w, res.Plan)
+		fmt.Fprintln(w, "nothing written")
+	})
 }
 
 // safety returns why a plan must be refused, or "".
@@ -324,11 +329,7 @@ func runAddToLB(ctx context.Context, env Env, args []string) error {
 	after := replaceKeys(fl.overrides.Overrides, nil, del)
 	res := result{Action: "add-to-lb", Targets: ts, DryRun: f.dryRun, Plan: fl.plan(fl.overrides.Overrides, after, nil, now), Deleted: del}
 	if f.dryRun {
-		emit(env, &f.common, res, func(w io.Writer) {
-			fmt.Fprintf(w, "dry run: add-to-lb %s would remove %s and change:\n", strings.Join(ts, ","), orNone(del))
-			printPlan(w, res.Plan)
-			fmt.Fprintln(w, "nothing written")
-		})
+		reportDryRun(env, &f, res, fmt.Sprintf("add-to-lb %s would remove %s and change", strings.Join(ts, ","), orNone(del)))
 		return nil
 	}
 	if len(del) == 0 {
@@ -418,11 +419,7 @@ func runWeight(ctx context.Context, env Env, args []string) error {
 	}
 	res := result{Action: action, Targets: ts, DryRun: f.dryRun, Plan: fl.plan(fl.overrides.Overrides, after, nil, now), Deleted: del}
 	if f.dryRun {
-		emit(env, &f.common, res, func(w io.Writer) {
-			fmt.Fprintf(w, "dry run: %s %s would change:\n", action, strings.Join(ts, ","))
-			printPlan(w, res.Plan)
-			fmt.Fprintln(w, "nothing written")
-		})
+		reportDryRun(env, &f, res, fmt.Sprintf("%s %s would change", action, strings.Join(ts, ",")))
 		return nil
 	}
 	for _, o := range adds {
