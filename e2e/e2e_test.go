@@ -18,15 +18,22 @@ func TestEtcd(t *testing.T) { suite(t, "etcd") }
 
 func suite(t *testing.T, method string) {
 	f := newFleet(t, method)
-	// Sequential on one fleet: each scenario leaves all three backends up.
-	t.Run("RollingRestart", func(t *testing.T) { rollingRestart(t, f) })
-	t.Run("BackendKilled", func(t *testing.T) { backendKilled(t, f) })
-	if method == "zookeeper" {
-		t.Run("LeaderKilled", func(t *testing.T) { leaderKilled(t, f) })
+	// Sequential on one fleet: each scenario starts with every process up
+	// and all three backends in HAProxy, whatever the one before left.
+	run := func(name string, scenario func(*testing.T, *fleet)) {
+		t.Run(name, func(t *testing.T) {
+			f.heal(t)
+			scenario(t, f)
+		})
 	}
-	t.Run("MaliciousRegistrations", func(t *testing.T) { malicious(t, f) })
-	t.Run("SynapseKilledRegistryDown", func(t *testing.T) { synapseKilledRegistryDown(t, f) })
-	t.Run("RegistryDown30s", func(t *testing.T) { registryDown(t, f) })
+	run("RollingRestart", rollingRestart)
+	run("BackendKilled", backendKilled)
+	if method == "zookeeper" {
+		run("LeaderKilled", leaderKilled)
+	}
+	run("MaliciousRegistrations", malicious)
+	run("SynapseKilledRegistryDown", synapseKilledRegistryDown)
+	run("RegistryDown30s", registryDown)
 }
 
 // 1. Each backend in turn: drain --wait, stop, start, add-to-lb: not one
@@ -220,6 +227,11 @@ func synapseKilledRegistryDown(t *testing.T, f *fleet) {
 		t.Errorf("%d failed requests: %v", failed, l.Failures())
 	}
 	f.waitServers(map[string]int{"a": 0, "b": 0, "c": 0}, 30*time.Second)
+	// Every config it rendered, from the cache and after, was valid.
+	time.Sleep(1500 * time.Millisecond) // the background config write (config_write_interval 1s)
+	if m := f.metric("synapse_haproxy_validation_failures_total"); m != "synapse_haproxy_validation_failures_total 0" {
+		t.Errorf("restarted synapse: %s\n%s", m, tail(filepath.Join(f.dir, "synapse.log"), 20))
+	}
 }
 
 // 4. Every registry server down for 30s: HAProxy keeps serving every

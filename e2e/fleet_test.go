@@ -154,6 +154,48 @@ func newFleet(t *testing.T, method string) *fleet {
 	return f
 }
 
+// heal restarts whatever a failed scenario left stopped (a backend, a
+// registry server, synapse) and waits until HAProxy has all three
+// backends ready, so one failure does not fail every scenario after it.
+func (f *fleet) heal(t *testing.T) {
+	f.t = t
+	for _, id := range ids {
+		if f.backends[id].exited() {
+			t.Logf("heal: backend %s was left stopped; starting it", id)
+			f.startBackend(id)
+		}
+	}
+	if f.zk != nil {
+		for _, n := range f.zk.Nodes {
+			if !n.Running() {
+				t.Log("heal: a ZooKeeper node was left stopped; starting it")
+				n.Start()
+				if err := n.WaitServing(60 * time.Second); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	if f.etcd != nil && !f.etcd.Running() {
+		t.Log("heal: etcd was left stopped; starting it")
+		f.etcd.Start()
+	}
+	if f.synapse.exited() {
+		t.Log("heal: synapse was left stopped; starting it")
+		f.startSynapse()
+	}
+	f.waitServers(map[string]int{"a": 0, "b": 0, "c": 0}, 30*time.Second)
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
 func (f *fleet) startBackend(id string) {
 	self, _ := os.Executable()
 	f.backends[id] = startProc(f.t, f.root, filepath.Join(f.dir, "backend-"+id+".log"), []string{backendEnv + "=" + f.addrs[id] + " " + id}, self)

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/syncstack/syncstack/registry"
 )
@@ -17,6 +18,14 @@ import (
 type Generator interface {
 	Name() string
 	Apply(ctx context.Context, desired State) error
+}
+
+// Retrier is implemented by a generator that has unfinished work no state
+// change will trigger (a removed server waiting for its connections to
+// end, say): RetryAt is when it wants Apply called again with the same
+// state, the zero time when it has nothing left to do.
+type Retrier interface {
+	RetryAt() time.Time
 }
 
 // State is the whole desired state: every configured service with the

@@ -367,6 +367,7 @@ func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets 
 	appliedRev := int64(-1)
 	var pending []time.Time // receive times of updates not yet applied
 	var retry <-chan time.Time
+	var genRetry <-chan time.Time // a generator's unfinished work (generators.Retrier)
 	backoff := 250 * time.Millisecond
 	dirty := true
 	for {
@@ -396,6 +397,10 @@ func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets 
 				}
 				pending = pending[:0]
 				s.cacheLater(sets, ovr)
+				genRetry = nil
+				if at := s.retryAt(); !at.IsZero() {
+					genRetry = time.After(time.Until(at))
+				}
 			}
 			if haveOverrides && ovr.Revision != appliedRev && (s.overrides != nil) && !s.hasErr() {
 				appliedRev = ovr.Revision
@@ -430,6 +435,9 @@ func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets 
 			retry = nil
 			applied = nil   // force the apply
 			dirtySvcs = nil // an override may have expired
+		case <-genRetry:
+			genRetry = nil
+			applied = nil // the same state again: the generator finishes its work
 		case <-resync.C:
 			applied = nil // generators check what nobody told them about
 		}
@@ -631,6 +639,20 @@ func (s *Synapse) apply(ctx context.Context, st generators.State) error {
 		}
 	})
 	return err
+}
+
+// retryAt is the earliest time a generator wants Apply called again
+// without a change; zero if none does.
+func (s *Synapse) retryAt() time.Time {
+	var at time.Time
+	for _, g := range s.gens {
+		if r, ok := g.(generators.Retrier); ok {
+			if t := r.RetryAt(); !t.IsZero() && (at.IsZero() || t.Before(at)) {
+				at = t
+			}
+		}
+	}
+	return at
 }
 
 func (s *Synapse) hasErr() bool {

@@ -438,3 +438,37 @@ func TestNewServiceOneReload(t *testing.T) {
 		t.Errorf("new service answered %q", got)
 	}
 }
+
+// A deregistered backend with a request in flight: the request completes,
+// and the server leaves HAProxy once it has ended, with no further change
+// to trigger it (the generator asks synapse for the retry).
+func TestRemovalFinishesAfterRequestInFlight(t *testing.T) {
+	zks := testserver.StartZooKeeper(t)
+	reg := zkClient(t, zks.Servers())
+	a := testserver.StartBackend(t, "a", "127.0.0.11")
+	b := testserver.StartBackend(t, "b", "127.0.0.12")
+	ctx := context.Background()
+	rb, err := reg.Register(ctx, "/services/web", inst(b, "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := startEnv(t, envOpts{Method: "zookeeper", Hosts: zks.Nodes[0].Addr, Services: []string{"web"}})
+	e.waitServers(t, "web", map[string]int{"b": 0})
+
+	done := make(chan string, 1)
+	go func() { done <- get(t, e.url("web")+"?sleep=1s") }()
+	time.Sleep(200 * time.Millisecond) // in flight on b
+	if _, err := reg.Register(ctx, "/services/web", inst(a, "a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := rb.Deregister(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.waitServers(t, "web", map[string]int{"a": 0, "b": 1}) // maint: no new requests
+	start := time.Now()
+	e.waitServers(t, "web", map[string]int{"a": 0})
+	t.Logf("b deleted %v after it went to maint", time.Since(start))
+	if got := <-done; got != "b" {
+		t.Errorf("the request in flight on b answered %q", got)
+	}
+}

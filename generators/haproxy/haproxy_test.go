@@ -311,3 +311,143 @@ func TestWithoutSocketEveryChangeReloads(t *testing.T) {
 		t.Errorf("b not served after the reload: %v", got)
 	}
 }
+
+// A removed server with a request in flight goes to maint at once and is
+// deleted when the request ends, without another state change: the
+// generator asks for the retry (generators.Retrier). A request that
+// outlasts removal_grace is cut, and the server deleted.
+func TestRemovalWaitsForConnectionsThenFinishes(t *testing.T) {
+	port := testserver.FreePort(t)
+	// Without http-reuse never, the idle server connection a finished
+	// request leaves in HAProxy's pool also blocks `del server`, until
+	// HAProxy's purge closes it: ~15 s on 2.6 (three pool-purge-delay
+	// rounds, measured), retried the same way; not waited for here.
+	r := newRig(t, map[string]*ServiceConfig{"web": {Port: port, BindAddress: "127.0.0.1", Listen: []string{"mode http", "balance roundrobin", "http-reuse never"}}})
+	a := testserver.StartBackend(t, "a", "127.0.0.11")
+	b := testserver.StartBackend(t, "b", "127.0.0.12")
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	servers := func() map[string]testserver.ServerState {
+		t.Helper()
+		got, err := testserver.TryHAProxyServers(r.cfg.SocketFilePath, "web")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	// retryUntilGone applies the same state whenever the generator asks,
+	// as synapse does, until the server is gone.
+	retryUntilGone := func(st generators.State, name string, limit time.Duration) time.Duration {
+		t.Helper()
+		start := time.Now()
+		for time.Since(start) < limit {
+			if _, ok := servers()[name]; !ok {
+				return time.Since(start)
+			}
+			at := r.g.RetryAt()
+			if at.IsZero() {
+				t.Fatalf("%s still in HAProxy and the generator asks for no retry", name)
+			}
+			time.Sleep(time.Until(at))
+			r.apply(t, st)
+		}
+		t.Fatalf("%s still in HAProxy after %v: %+v", name, limit, servers())
+		return 0
+	}
+
+	for _, tc := range []struct {
+		name      string
+		sleep     time.Duration // the request in flight on b
+		wantOK    bool          // it completes (within the grace) or is cut
+		minRemove time.Duration
+	}{
+		{"RequestEndsWithinGrace", 600 * time.Millisecond, true, 300 * time.Millisecond},
+		{"RequestOutlastsGrace", 5 * time.Second, false, 800 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r.apply(t, state("web", backend(b, "b")))
+			done := make(chan error, 1)
+			go func() {
+				c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+				resp, err := c.Get(url + "?sleep=" + tc.sleep.String())
+				if err == nil {
+					body, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 || string(body) != "b" {
+						err = fmt.Errorf("%d %q", resp.StatusCode, body)
+					}
+				}
+				done <- err
+			}()
+			time.Sleep(150 * time.Millisecond) // the request reaches b
+			only := state("web", backend(a, "a"))
+			r.apply(t, only)
+			bName := backend(b, "b").ServerName()
+			if s, ok := servers()[bName]; !ok || s.Admin&1 == 0 {
+				t.Fatalf("b with a request in flight: %+v, want it kept in maint", s)
+			}
+			took := retryUntilGone(only, bName, 10*time.Second)
+			t.Logf("b deleted %v after its removal", took)
+			if took < tc.minRemove {
+				t.Errorf("b deleted after %v, before its request could end", took)
+			}
+			err := <-done
+			if tc.wantOK && err != nil {
+				t.Errorf("the request in flight failed: %v", err)
+			}
+			if !tc.wantOK && err == nil {
+				t.Error("a request longer than removal_grace was not cut")
+			}
+			if at := r.g.RetryAt(); !at.IsZero() {
+				t.Errorf("removal done, yet a retry is asked for at %v", at)
+			}
+			if got := get(t, url); got != "a" {
+				t.Errorf("after the removal: %q", got)
+			}
+		})
+	}
+}
+
+// A synapse restarted while HAProxy kept running (and the registry is
+// down) has only its cache: the generator leaves the servers as HAProxy
+// has them, and the file it writes carries each of them once.
+func TestRestartWithCacheKeepsRunningServers(t *testing.T) {
+	port := testserver.FreePort(t)
+	svc := &ServiceConfig{Port: port, BindAddress: "127.0.0.1"}
+	r := newRig(t, map[string]*ServiceConfig{"web": svc})
+	a := testserver.StartBackend(t, "a", "127.0.0.11")
+	b := testserver.StartBackend(t, "b", "127.0.0.12")
+	c := testserver.StartBackend(t, "c", "127.0.0.13")
+	r.apply(t, state("web", backend(a, "a"), backend(b, "b"), backend(c, "c")))
+	r.g.Flush()
+	pid := r.pid(t)
+
+	// A new generator, as a restarted synapse makes; its cache is older
+	// than HAProxy's state (b was added after it was written).
+	m := r.g.m
+	r.g = New(r.cfg, map[string]*ServiceConfig{"web": svc}, nil, m)
+	cached := state("web", backend(a, "a"), backend(c, "c"))
+	cached.Services["web"] = generators.Service{Backends: cached.Services["web"].Backends, Cached: true}
+	r.apply(t, cached)
+	r.g.Flush()
+	if n := testutil.ToFloat64(m.ValidationFailures); n != 0 {
+		t.Errorf("%v rendered configs rejected by haproxy -c", n)
+	}
+	cfg, _ := os.ReadFile(r.cfg.ConfigFilePath)
+	for _, be := range []*testserver.Backend{a, b, c} {
+		name := backend(be, be.ID).ServerName()
+		if n := strings.Count(string(cfg), "server "+name+" "); n != 1 {
+			t.Errorf("server %s appears %d times in haproxy.cfg, want 1:\n%s", name, n, cfg)
+		}
+	}
+	if got := spread(t, fmt.Sprintf("http://127.0.0.1:%d/", port), 30); got["a"] == 0 || got["b"] == 0 || got["c"] == 0 {
+		t.Errorf("HAProxy's servers changed on a cache-only restart: %v", got)
+	}
+	if p := r.pid(t); p != pid {
+		t.Errorf("worker %d → %d: the restart reloaded HAProxy", pid, p)
+	}
+	// Once the watcher answers, its set is applied at runtime.
+	r.apply(t, state("web", backend(a, "a"), backend(c, "c")))
+	if got := spread(t, fmt.Sprintf("http://127.0.0.1:%d/", port), 20); got["b"] != 0 {
+		t.Errorf("b still served after the registry answered without it: %v", got)
+	}
+}

@@ -54,9 +54,13 @@ func (g *Generator) render(st generators.State, servers bool) string {
 		var backends []generators.Backend
 		var verbatim []string
 		if servers {
-			backends = st.Services[name].Backends
+			// A service whose servers are left as they are is written as
+			// the file had it; its cached backends (a subset, often) would
+			// repeat those lines.
 			if g.unknown(st.Services[name]) {
 				verbatim = g.bootServers[svc.BackendName]
+			} else {
+				backends = st.Services[name].Backends
 			}
 		}
 		g.renderService(&b, name, svc, backends, verbatim)

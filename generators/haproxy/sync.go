@@ -122,6 +122,7 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 			sname := b.ServerName()
 			want[sname] = true
 			id := be + "/" + sname
+			delete(g.removing, id) // back before its removal finished
 			r, exists := cur[sname]
 			opts := serverParams(b, serverOpts)
 			if exists && g.appliedOpts(id, opts) {
@@ -162,6 +163,15 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 			}
 			if hasToken(opts, "agent-check") {
 				cmds = append(cmds, "enable agent "+id)
+			}
+		}
+		// Forget removals HAProxy finished by other means (a reload, an
+		// operator), or they would keep asking for retries.
+		for id := range g.removing {
+			if sname, ok := strings.CutPrefix(id, be+"/"); ok && !want[sname] {
+				if _, still := cur[sname]; !still {
+					delete(g.removing, id)
+				}
 			}
 		}
 		for sname, r := range cur {
@@ -210,6 +220,7 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 		// end or the grace runs out: not an error.
 		if strings.HasPrefix(c, "del server ") && strings.Contains(replies[i], "connections attached") {
 			g.m.RuntimeOps.WithLabelValues(op, "pending").Inc()
+			g.log.Debug("removed server still has connections; retrying", "command", c)
 			continue
 		}
 		g.m.RuntimeOps.WithLabelValues(op, "error").Inc()
@@ -223,6 +234,31 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 		return "", fmt.Errorf("haproxy runtime API: %d of %d commands failed: %s", len(failed), len(cmds), strings.Join(failed, "; "))
 	}
 	return "", nil
+}
+
+// removalPoll is how often a removed server that still has connections is
+// tried again: `del server` succeeds once they end.
+const removalPoll = time.Second
+
+// RetryAt implements generators.Retrier: while removed servers wait for
+// their connections to end, Apply is wanted every removalPoll, and when the
+// first grace runs out (its sessions are then shut down).
+func (g *Generator) RetryAt() time.Time {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.removing) == 0 {
+		return time.Time{}
+	}
+	now := time.Now()
+	at := now.Add(removalPoll)
+	for _, first := range g.removing {
+		// Past its grace, a server waits for HAProxy to close its idle
+		// connections (half of them every pool-purge-delay): polled.
+		if end := first.Add(g.cfg.RemovalGrace.D()); end.After(now) && end.Before(at) {
+			at = end
+		}
+	}
+	return at
 }
 
 func (g *Generator) removalsPending(backend string) bool {

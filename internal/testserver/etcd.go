@@ -71,3 +71,10 @@ func (e *Etcd) Stop() {
 	e.srv.Close()
 	e.srv = nil
 }
+
+// Running reports whether the server was started and not stopped.
+func (e *Etcd) Running() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.srv != nil
+}

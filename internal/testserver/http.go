@@ -6,10 +6,12 @@ import (
 	"net/http"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // Backend is an HTTP server on a loopback address that answers every
-// request with its ID and counts what it served.
+// request with its ID (after ?sleep=DURATION, if given) and counts what it
+// served.
 type Backend struct {
 	ID     string
 	Host   string
@@ -35,6 +37,14 @@ func StartBackend(t testing.TB, id, host string) *Backend {
 	b := &Backend{ID: id, Host: host, Port: ln.Addr().(*net.TCPAddr).Port}
 	b.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b.Served.Add(1)
+		// ?sleep=DURATION holds the answer: a request in flight.
+		if d, err := time.ParseDuration(r.URL.Query().Get("sleep")); err == nil {
+			select {
+			case <-time.After(d):
+			case <-r.Context().Done():
+				return
+			}
+		}
 		fmt.Fprint(w, id)
 	})}
 	go b.srv.Serve(ln)
