@@ -4,10 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"slices"
 	"strings"
-	"time"
+
+	cnruntime "github.com/haproxytech/client-native/v5/runtime"
 )
 
 // localChange is one server changed on the local HAProxy.
@@ -21,24 +21,38 @@ type localChange struct {
 // state through its stats socket, with no registry. Synapse will undo it at
 // its next apply if the registry says otherwise, so use it when the
 // registry (or synapse) is down.
+//
+// It goes through client-native's runtime client: for a handful of typed
+// commands, one connection each costs nothing, and its parsing and state
+// validation are what a one-off tool wants. (Synapse batches instead: see
+// generators/haproxy.)
 func runLocal(ctx context.Context, env Env, f *changeFlags, state string, ts []string) error {
-	out, err := socketCommand(f.socket, "show servers state")
+	var rt cnruntime.SingleRuntime
+	if err := rt.Init(f.socket, 0, 0); err != nil {
+		return fmt.Errorf("local HAProxy: stats socket %s: %w", f.socket, err)
+	}
+	backends, err := localBackends(&rt)
 	if err != nil {
-		return fmt.Errorf("local HAProxy: %w", err)
+		return err
 	}
 	var changes []localChange
-	for _, l := range strings.Split(out, "\n") {
-		fl := strings.Fields(l)
-		if len(fl) < 19 || strings.HasPrefix(l, "#") {
-			continue
-		}
-		backend, server, addr := fl[1], fl[3], fl[4]
+	for _, backend := range backends {
 		if len(f.scope()) > 0 && !slices.Contains(f.scope(), backend) {
 			continue
 		}
-		for _, t := range ts {
-			if addr == t || strings.HasPrefix(server, t+"_") || server == t {
-				changes = append(changes, localChange{backend, server, state})
+		servers, err := rt.GetServersState(backend)
+		if err != nil {
+			return fmt.Errorf("local HAProxy: show servers state %s: %w", backend, err)
+		}
+		for _, s := range servers {
+			if s == nil {
+				continue
+			}
+			for _, t := range ts {
+				if s.Address == t || s.Name == t || strings.HasPrefix(s.Name, t+"_") {
+					changes = append(changes, localChange{backend, s.Name, state})
+					break
+				}
 			}
 		}
 	}
@@ -47,12 +61,11 @@ func runLocal(ctx context.Context, env Env, f *changeFlags, state string, ts []s
 	}
 	if !f.dryRun {
 		for _, c := range changes {
-			reply, err := socketCommand(f.socket, fmt.Sprintf("set server %s/%s state %s", c.Backend, c.Server, c.State))
-			if err != nil {
-				return fmt.Errorf("local HAProxy: %w", err)
+			if err := ctx.Err(); err != nil {
+				return err
 			}
-			if r := strings.TrimSpace(reply); r != "" {
-				return fmt.Errorf("local HAProxy: set server %s/%s: %s", c.Backend, c.Server, r)
+			if err := rt.SetServerState(c.Backend, c.Server, c.State); err != nil {
+				return fmt.Errorf("local HAProxy: %w", err)
 			}
 		}
 	}
@@ -68,16 +81,19 @@ func runLocal(ctx context.Context, env Env, f *changeFlags, state string, ts []s
 	return nil
 }
 
-func socketCommand(socket, cmd string) (string, error) {
-	c, err := net.DialTimeout("unix", socket, 2*time.Second)
+// localBackends lists the backends (and listens) of the local HAProxy.
+func localBackends(rt *cnruntime.SingleRuntime) ([]string, error) {
+	out, err := rt.ExecuteWithResponse("show backend")
 	if err != nil {
-		return "", err
+		return nil, fmt.Errorf("local HAProxy: show backend: %w", err)
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(c, cmd+"\n"); err != nil {
-		return "", err
+	var names []string
+	for _, l := range strings.Split(out, "\n") {
+		l = strings.TrimSpace(l)
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		names = append(names, l)
 	}
-	b, err := io.ReadAll(c)
-	return string(b), err
+	return names, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -252,4 +253,13 @@ func TestLocalWithRegistryDown(t *testing.T) {
 	if code, _, errs = w.synctl(t, "drain", "10.9.9.9", "--local", "--socket", p.Stats); code != 1 || !strings.Contains(errs, "unknown host") {
 		t.Errorf("--local unknown host: %d %s", code, errs)
 	}
+	missing := filepath.Join(t.TempDir(), "no.sock")
+	if code, _, errs = w.synctl(t, "drain", "127.0.0.12", "--local", "--socket", missing); code != 1 || !strings.Contains(errs, missing) {
+		t.Errorf("--local with no HAProxy at the socket: %d %s", code, errs)
+	}
+	// A dry run changes nothing.
+	if code, out, errs = w.synctl(t, "drain", "127.0.0.12", "--local", "--dry-run", "--socket", p.Stats); code != 0 || !strings.Contains(out, "would set") {
+		t.Errorf("--local --dry-run: %d %s%s", code, out, errs)
+	}
+	p.WaitServers(t, "web", map[string]int{"a": 0, "b": 0, "c": 0}, 100*time.Millisecond)
 }

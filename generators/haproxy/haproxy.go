@@ -29,7 +29,7 @@ type Generator struct {
 	services map[string]*ServiceConfig
 	log      *slog.Logger
 	m        *Metrics
-	rt       runtimeAPI
+	rt       RuntimeClient
 
 	mu          sync.Mutex
 	attached    bool
@@ -79,7 +79,7 @@ func New(cfg *Config, services map[string]*ServiceConfig, log *slog.Logger, m *M
 	}
 	return &Generator{
 		cfg: cfg, services: svcs, log: log.With("generator", "haproxy"), m: m,
-		rt:       runtimeAPI{socket: cfg.SocketFilePath, timeout: 10 * time.Second},
+		rt:       RuntimeClient{Socket: cfg.SocketFilePath, Timeout: 10 * time.Second},
 		removing: map[string]time.Time{},
 	}
 }
@@ -332,10 +332,10 @@ func (g *Generator) running(ctx context.Context) bool {
 			return false
 		}
 	}
-	if g.rt.socket == "" {
+	if g.rt.Socket == "" {
 		return g.cfg.MasterSocketPath != ""
 	}
-	_, err := g.rt.run(ctx, "show info")
+	_, err := g.rt.Run(ctx, "show info")
 	if err != nil {
 		g.log.Debug("haproxy stats socket not answering", "err", err)
 	}

@@ -143,7 +143,7 @@ func TestRuntimeChangesWithoutReload(t *testing.T) {
 	bw := backend(b, "b")
 	bw.Weight = &w
 	r.apply(t, state("web", backend(a, "a"), bw))
-	out, err := r.g.rt.run(context.Background(), "show servers state web")
+	out, err := r.g.rt.Run(context.Background(), "show servers state web")
 	if err != nil {
 		t.Fatal(err)
 	}

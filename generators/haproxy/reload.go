@@ -58,7 +58,7 @@ func (g *Generator) saveServerState(ctx context.Context) {
 	if g.cfg.ServerStateFile == "" || !on(g.cfg.DoSocket, true) {
 		return
 	}
-	replies, err := g.rt.run(ctx, "show servers state")
+	replies, err := g.rt.Run(ctx, "show servers state")
 	if err != nil {
 		g.log.Warn("could not save the server state before a reload", "err", err)
 		return

@@ -11,31 +11,37 @@ import (
 	"time"
 )
 
-// runtimeAPI talks to HAProxy's stats socket. All commands of one call go
-// over one connection in prompt mode, pipelined: HAProxy answers each in
+// RuntimeClient talks to HAProxy's stats socket. All commands of one Run
+// go over one connection in prompt mode, pipelined: HAProxy answers each in
 // turn, followed by a prompt, so every reply is checked on its own while the
-// batch costs about one round trip (client-native's runtime client opens one
-// connection per command, ~100x slower for bulk changes).
-type runtimeAPI struct {
-	socket  string
-	timeout time.Duration
+// batch costs about one round trip. (client-native's runtime client opens
+// one connection per command: BenchmarkRuntimeClients in bench/ compares
+// the two on the same HAProxy.)
+type RuntimeClient struct {
+	Socket  string        // the stats socket (level admin)
+	Timeout time.Duration // for a whole Run; zero: 10s
 }
 
 const promptSep = "\n> "
 
-// run sends cmds and returns one reply per command.
-func (r runtimeAPI) run(ctx context.Context, cmds ...string) ([]string, error) {
+// Run sends cmds and returns one reply per command, in order. A command
+// may not hold a line break or ';' (HAProxy would split it).
+func (r RuntimeClient) Run(ctx context.Context, cmds ...string) ([]string, error) {
 	for _, c := range cmds {
 		if strings.ContainsAny(c, "\n\r;") {
 			return nil, fmt.Errorf("runtime command %q has a line break or ';'", c)
 		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	timeout := r.Timeout
+	if timeout == 0 {
+		timeout = 10 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", r.socket)
+	conn, err := d.DialContext(ctx, "unix", r.Socket)
 	if err != nil {
-		return nil, fmt.Errorf("stats socket %s: %w", r.socket, err)
+		return nil, fmt.Errorf("stats socket %s: %w", r.Socket, err)
 	}
 	defer conn.Close()
 	if dl, ok := ctx.Deadline(); ok {
@@ -60,16 +66,16 @@ func (r runtimeAPI) run(ctx context.Context, cmds ...string) ([]string, error) {
 	}()
 	out, err := io.ReadAll(conn)
 	if err != nil && !errors.Is(err, net.ErrClosed) {
-		return nil, fmt.Errorf("stats socket %s: %w", r.socket, err)
+		return nil, fmt.Errorf("stats socket %s: %w", r.Socket, err)
 	}
 	if err := <-werr; err != nil {
-		return nil, fmt.Errorf("stats socket %s: %w", r.socket, err)
+		return nil, fmt.Errorf("stats socket %s: %w", r.Socket, err)
 	}
 	parts := strings.Split(string(out), promptSep)
 	// parts[0] answers "prompt"; the last holds whatever followed the final
 	// prompt ("quit" prints nothing).
 	if len(parts) < len(cmds)+1 {
-		return nil, fmt.Errorf("stats socket %s: %d replies for %d commands", r.socket, len(parts)-1, len(cmds))
+		return nil, fmt.Errorf("stats socket %s: %d replies for %d commands", r.Socket, len(parts)-1, len(cmds))
 	}
 	replies := make([]string, len(cmds))
 	for i := range cmds {

@@ -81,7 +81,7 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 	for i, name := range names {
 		show[i] = "show servers state " + g.services[name].BackendName
 	}
-	replies, err := g.rt.run(ctx, show...)
+	replies, err := g.rt.Run(ctx, show...)
 	if err != nil {
 		return "", err
 	}
@@ -199,7 +199,7 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 		return "", nil
 	}
 	start := time.Now()
-	replies, err = g.rt.run(ctx, cmds...)
+	replies, err = g.rt.Run(ctx, cmds...)
 	if err != nil {
 		return "", err
 	}
