@@ -8,6 +8,8 @@ package haproxy
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,6 +23,7 @@ import (
 	"time"
 
 	"github.com/syncstack/syncstack/generators"
+	"github.com/syncstack/syncstack/internal/atomicfile"
 )
 
 // Generator keeps one HAProxy in step with the desired state.
@@ -30,6 +33,8 @@ type Generator struct {
 	log      *slog.Logger
 	m        *Metrics
 	rt       RuntimeClient
+	// confirmTimeout bounds the wait for a new worker after a reload.
+	confirmTimeout time.Duration
 
 	mu          sync.Mutex
 	attached    bool
@@ -79,8 +84,9 @@ func New(cfg *Config, services map[string]*ServiceConfig, log *slog.Logger, m *M
 	}
 	return &Generator{
 		cfg: cfg, services: svcs, log: log.With("generator", "haproxy"), m: m,
-		rt:       RuntimeClient{Socket: cfg.SocketFilePath, Timeout: 10 * time.Second},
-		removing: map[string]time.Time{},
+		rt:             RuntimeClient{Socket: cfg.SocketFilePath, Timeout: 10 * time.Second},
+		removing:       map[string]time.Time{},
+		confirmTimeout: 15 * time.Second,
 	}
 }
 
@@ -175,6 +181,7 @@ func (g *Generator) Apply(ctx context.Context, st generators.State) error {
 			return errors.Join(append(errs, err)...)
 		}
 		g.runningSkel = skel
+		g.markLoaded(skel)
 		g.synced = nil // a new worker: check every backend
 		// The new worker loaded the server state file; fix whatever it
 		// could not carry (a drain set since, say).
@@ -309,18 +316,42 @@ func (g *Generator) attach(ctx context.Context) error {
 		if !on(g.cfg.DoSocket, true) {
 			g.runningSkel = string(content)
 		}
+		g.markLoaded(g.runningSkel)
 		g.attached = true
 		return nil
 	}
 	if !running && on(g.cfg.DoSocket, true) {
 		return fmt.Errorf("haproxy: not running (no answer on %s); set haproxy.manage to start it", g.cfg.SocketFilePath)
 	}
-	// We cannot know what config the running HAProxy loaded: assume the
-	// file on disk as it was before this synapse wrote it. A difference
-	// is reconciled by the reload it triggers.
+	// We cannot ask HAProxy what config it loaded: assume the file on disk
+	// as it was before this synapse wrote it, unless the mark of the last
+	// confirmed load says that file never made it (a reload failed, then
+	// synapse restarted): then reload once.
 	g.runningSkel = g.bootSkel
+	if mark, err := os.ReadFile(g.loadedMarkPath()); err == nil && strings.TrimSpace(string(mark)) != skelHash(g.bootSkel) {
+		g.log.Warn("haproxy.cfg on disk was never confirmed loaded by HAProxy; it will be reloaded", "config", g.cfg.ConfigFilePath)
+		g.runningSkel = ""
+	}
 	g.attached = true
 	return nil
+}
+
+// loadedMarkPath holds the hash of the skeleton HAProxy last confirmed
+// loading (a start, or a reload with a new worker).
+func (g *Generator) loadedMarkPath() string { return g.cfg.ConfigFilePath + ".loaded" }
+
+func skelHash(skel string) string {
+	h := sha256.Sum256([]byte(skel))
+	return hex.EncodeToString(h[:])
+}
+
+func (g *Generator) markLoaded(skel string) {
+	if !on(g.cfg.DoWrites, true) {
+		return
+	}
+	if err := atomicfile.WriteFile(g.loadedMarkPath(), []byte(skelHash(skel)+"\n")); err != nil {
+		g.log.Warn("could not record the loaded config", "path", g.loadedMarkPath(), "err", err)
+	}
 }
 
 // running reports whether HAProxy answers: the master CLI with a current

@@ -451,3 +451,62 @@ func TestRestartWithCacheKeepsRunningServers(t *testing.T) {
 		t.Errorf("b still served after the registry answered without it: %v", got)
 	}
 }
+
+// Without a master socket, reloads run reload_command and are confirmed by
+// a new process answering the stats socket; a command that fails, or that
+// loads nothing, is an error and the running HAProxy keeps serving.
+func TestReloadCommand(t *testing.T) {
+	webPort, apiPort := testserver.FreePort(t), testserver.FreePort(t)
+	web := &ServiceConfig{Port: webPort, BindAddress: "127.0.0.1"}
+	r := newRig(t, map[string]*ServiceConfig{"web": web})
+	a := testserver.StartBackend(t, "a", "127.0.0.11")
+	r.apply(t, state("web", backend(a, "a"))) // starts HAProxy (-W -S)
+
+	api := &ServiceConfig{Port: apiPort, BindAddress: "127.0.0.1"}
+	var p confutil.Problems
+	api.Finalize("api", r.cfg, &p)
+	both := state("web", backend(a, "a"))
+	both.Services["api"] = generators.Service{Backends: []generators.Backend{backend(a, "a")}}
+
+	for _, tc := range []struct {
+		name    string
+		command string
+		wantErr string
+	}{
+		{"Fails", "echo no permission >&2; exit 3", "no permission"},
+		{"LoadsNothing", "true", "still served by PID"},
+		{"MasterWorkerSignal", "kill -USR2 $(cat " + r.cfg.PIDFile + ")", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := *r.cfg
+			cfg.MasterSocketPath, cfg.ReloadCommand, cfg.Manage = "", tc.command, false
+			m := NewMetrics(nil)
+			g := New(&cfg, map[string]*ServiceConfig{"web": web, "api": api}, nil, m)
+			g.confirmTimeout = 2 * time.Second
+			err := g.Apply(context.Background(), both)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Apply = %v, want an error with %q", err, tc.wantErr)
+				}
+				if n := testutil.ToFloat64(m.ReloadFailures); n != 1 {
+					t.Errorf("reload failures = %v, want 1", n)
+				}
+				if got := get(t, fmt.Sprintf("http://127.0.0.1:%d/", webPort)); got != "a" {
+					t.Errorf("web after a failed reload: %q", got)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Apply: %v", err)
+			}
+			if got := get(t, fmt.Sprintf("http://127.0.0.1:%d/", apiPort)); got != "a" {
+				t.Errorf("the new service after reload_command: %q", got)
+			}
+			// The file already had api (the failed reloads wrote it); the
+			// mark of the last confirmed load tells it never ran.
+			if n := testutil.ToFloat64(m.Reloads.WithLabelValues("structure")); n != 1 {
+				t.Errorf("reloads = %v, want 1", n)
+			}
+		})
+	}
+}

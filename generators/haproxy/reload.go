@@ -91,14 +91,14 @@ func (g *Generator) masterReload(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("haproxy reload: master CLI %s: %w", g.cfg.MasterSocketPath, err)
 	}
-	deadline = time.Now().Add(15 * time.Second)
+	deadline = time.Now().Add(g.confirmTimeout)
 	for {
 		pid, err := g.workerPID(ctx)
 		if err == nil && pid != old {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("haproxy reload: worker PID still %d after 15s (last error: %v): the new config was not loaded", old, err)
+			return fmt.Errorf("haproxy reload: worker PID still %d after %v (last error: %v): the new config was not loaded", old, g.confirmTimeout, err)
 		}
 		select {
 		case <-ctx.Done():
@@ -170,14 +170,50 @@ func (g *Generator) workerPID(ctx context.Context) (int, error) {
 	return 0, errors.New("show proc: no current worker")
 }
 
+// commandReload runs reload_command, then waits until the process that
+// answers the stats socket has a new PID (every HAProxy reload, -sf or
+// master-worker, ends with a new process serving it), so that a command
+// that "succeeded" without loading anything is an error, not a silent no-op.
 func (g *Generator) commandReload(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	old, oldErr := g.statsPID(ctx)
+	cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "/bin/sh", "-c", g.cfg.ReloadCommand).CombinedOutput()
+	out, err := exec.CommandContext(cctx, "/bin/sh", "-c", g.cfg.ReloadCommand).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("haproxy reload: %q: %v: %s", g.cfg.ReloadCommand, err, strings.TrimSpace(string(out)))
 	}
-	return nil
+	if oldErr != nil || !on(g.cfg.DoSocket, true) {
+		return nil // nothing to confirm with
+	}
+	deadline := time.Now().Add(g.confirmTimeout)
+	for {
+		pid, err := g.statsPID(ctx)
+		if err == nil && pid != old {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("haproxy reload: %q ran, but the stats socket is still served by PID %d after %v (last error: %v): the new config was not loaded", g.cfg.ReloadCommand, old, g.confirmTimeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// statsPID is the PID of the process answering the stats socket.
+func (g *Generator) statsPID(ctx context.Context) (int, error) {
+	replies, err := g.rt.Run(ctx, "show info")
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(replies[0], "\n") {
+		if v, ok := strings.CutPrefix(l, "Pid: "); ok {
+			return strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	return 0, errors.New("show info: no Pid")
 }
 
 // WorkerPID is the PID of the current HAProxy worker (master-worker mode).

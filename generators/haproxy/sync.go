@@ -87,6 +87,11 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 	}
 	running := map[string]map[string]serverState{}
 	for i, r := range replies {
+		if strings.HasPrefix(strings.TrimSpace(r), "Can't find backend") {
+			// The running HAProxy loaded an older config than the file
+			// (a reload that failed before this synapse started, say).
+			return "backend " + g.services[names[i]].BackendName + " missing from the running HAProxy", nil
+		}
 		st, err := parseServersState(r)
 		if err != nil {
 			return "", fmt.Errorf("%s: %w", show[i], err)
