@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -89,6 +90,14 @@ func BenchmarkNerve100Services(b *testing.B) {
 		rss = append(rss, last.rssKB)
 	}
 	b.StopTimer()
+	if dir := os.Getenv("SYNCSTACK_BENCH_PPROF"); dir != "" {
+		// The heap profile in text: it ends with the runtime's MemStats.
+		if resp, err := http.Get("http://" + admin + "/debug/pprof/heap?debug=1"); err == nil {
+			data, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			os.WriteFile(filepath.Join(dir, "nerve-heap.txt"), data, 0o644)
+		}
+	}
 	cpu := cpuPercent(first, last)
 	maxRSS := slices.Max(rss)
 	b.ReportMetric(float64(maxRSS)/1024, "rss-max-MB")

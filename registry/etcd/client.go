@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -202,40 +203,90 @@ func (c *Client) setLease(id clientv3.LeaseID) {
 	c.mu.Unlock()
 }
 
-// keepLease grants a lease, keeps it alive, and grants a new one at once
-// when it is lost (expired while the cluster was out of reach, or revoked).
+// keepLease grants a lease and keeps it alive. When the keep-alive stream
+// gives up (etcd out of reach longer than the TTL), the same lease is tried
+// again first: etcd does not expire leases while it has no leader, and
+// extends them all by a TTL when it comes back, so after an outage of the
+// whole cluster the lease is usually still there and the keys never
+// vanish. Only a lease that etcd says is gone is replaced by a new one
+// (and every key put again under it).
 func (c *Client) keepLease() {
 	backoff := 100 * time.Millisecond
+	wait := func() {
+		select {
+		case <-c.ctx.Done():
+		case <-time.After(backoff):
+		}
+		// A sidecar must be back within a second of the cluster.
+		backoff = min(2*backoff, time.Second)
+	}
 	ttl := int64((c.cfg.LeaseTTL + time.Second - 1) / time.Second)
+	var id clientv3.LeaseID // the lease to keep; 0: grant one
 	for c.ctx.Err() == nil {
-		ctx, cancel := context.WithTimeout(c.ctx, c.cfg.OpTimeout)
-		grant, err := c.cli.Grant(ctx, ttl)
-		cancel()
-		c.count("writes", "grant", err)
-		if err != nil {
-			c.log.Debug("lease grant failed; retrying", "err", err, "in", backoff)
-			select {
-			case <-c.ctx.Done():
-			case <-time.After(backoff):
+		if id == 0 {
+			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.OpTimeout)
+			grant, err := c.cli.Grant(ctx, ttl)
+			cancel()
+			c.count("writes", "grant", err)
+			if err != nil {
+				c.log.Debug("lease grant failed; retrying", "err", err, "in", backoff)
+				wait()
+				continue
 			}
-			backoff = min(2*backoff, 5*time.Second)
+			id = grant.ID
+		}
+		alive, err := c.cli.KeepAlive(c.ctx, id)
+		if err != nil {
+			wait()
+			continue
+		}
+		// The first answer says whether the lease still exists.
+		first, ok := <-alive
+		if c.ctx.Err() != nil {
+			return
+		}
+		if !ok || first == nil || first.TTL <= 0 {
+			if c.leaseGone(id) {
+				c.m.SessionLosses.WithLabelValues(backendName).Inc()
+				c.log.Warn("lease lost; granting a new one and re-registering", "lease", fmt.Sprintf("%x", int64(id)))
+				c.setLease(0)
+				id = 0
+			}
+			wait()
 			continue
 		}
 		backoff = 100 * time.Millisecond
-		alive, err := c.cli.KeepAlive(c.ctx, grant.ID)
-		if err != nil {
-			continue
+		if cur, _ := c.leaseNow(); cur != id {
+			c.setLease(id)
+		} else {
+			c.log.Info("lease kept alive again after an interruption", "lease", fmt.Sprintf("%x", int64(id)))
 		}
-		c.setLease(grant.ID)
 		for range alive {
 		}
 		if c.ctx.Err() != nil {
 			return
 		}
-		c.m.SessionLosses.WithLabelValues(backendName).Inc()
-		c.log.Warn("lease lost; granting a new one and re-registering", "lease", fmt.Sprintf("%x", int64(grant.ID)))
-		c.setLease(0)
+		c.log.Warn("lease keep-alive interrupted; resuming the same lease", "lease", fmt.Sprintf("%x", int64(id)))
 	}
+}
+
+// leaseGone asks etcd whether lease id has expired or was revoked; an
+// unreachable etcd says nothing (false).
+func (c *Client) leaseGone(id clientv3.LeaseID) bool {
+	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.OpTimeout)
+	defer cancel()
+	resp, err := c.cli.TimeToLive(ctx, id)
+	c.count("reads", "lease", err)
+	if err != nil {
+		return errors.Is(err, rpctypes.ErrLeaseNotFound)
+	}
+	return resp.TTL <= 0
+}
+
+func (c *Client) leaseNow() (clientv3.LeaseID, <-chan struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lease, c.changed
 }
 
 // opContext bounds a synchronous call by OpTimeout and by the client's life.

@@ -3,6 +3,7 @@ package etcd
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/syncstack/syncstack/internal/testserver"
@@ -242,4 +244,51 @@ func TestServerRestartKeepsSet(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.WaitFor(t, 15*time.Second, "3 after the restart", hasLen(3))
+}
+
+// The whole cluster down for longer than the lease TTL: etcd keeps leases
+// while it has no leader and extends them when it is back, so the client
+// resumes the same lease and the key never leaves the registry (no delete,
+// no re-put, nothing for watchers to see).
+func TestClusterOutageKeepsLease(t *testing.T) {
+	srv := testserver.StartEtcd(t)
+	reg := newClient(t, srv.Endpoint, func(cfg *Config) { cfg.DialTimeout = time.Second })
+	ctx := context.Background()
+	if _, err := reg.Register(ctx, "/svc", inst("10.0.0.1", 80, "mine")); err != nil {
+		t.Fatal(err)
+	}
+	lease, _ := reg.leaseNow()
+	admin := newClient(t, srv.Endpoint)
+	before, err := admin.cli.Get(ctx, "/svc/", clientv3.WithPrefix())
+	if err != nil || len(before.Kvs) != 1 {
+		t.Fatalf("before the outage: %v %v", before, err)
+	}
+
+	srv.Stop()
+	time.Sleep(5 * time.Second) // 2.5 TTLs
+	srv.Start()
+
+	// Watch everything that happened to the key since before the outage.
+	wctx, cancel := context.WithTimeout(ctx, 6*time.Second)
+	defer cancel()
+	events := admin.cli.Watch(wctx, "/svc/", clientv3.WithPrefix(), clientv3.WithRev(before.Header.Revision+1))
+	registrytest.Eventually(t, 10*time.Second, "the same lease kept alive", func() bool {
+		resp, err := admin.cli.TimeToLive(ctx, lease)
+		return err == nil && resp.TTL > 0 && !errors.Is(err, rpctypes.ErrLeaseNotFound)
+	})
+	time.Sleep(4 * time.Second) // two TTLs on: still alive, still the same key
+	for resp := range events {
+		for _, ev := range resp.Events {
+			t.Errorf("the key changed after the outage: %s %s", ev.Type, ev.Kv.Key)
+		}
+	}
+	if now, _ := reg.leaseNow(); now != lease {
+		t.Errorf("lease %x replaced by %x", lease, now)
+	}
+	if n := testutil.ToFloat64(reg.m.SessionLosses.WithLabelValues(backendName)); n != 0 {
+		t.Errorf("%v lease losses counted", n)
+	}
+	if n := testutil.ToFloat64(reg.m.Reregistrations.WithLabelValues(backendName)); n != 0 {
+		t.Errorf("%v re-registrations", n)
+	}
 }
