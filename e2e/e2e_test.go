@@ -239,6 +239,8 @@ func synapseKilledRegistryDown(t *testing.T, f *fleet) {
 func registryDown(t *testing.T, f *fleet) {
 	f.t = t
 	l := startLoad(f)
+	all := map[string]int{"a": 0, "b": 0, "c": 0}
+	stopWatching := f.watchServers(all)
 	f.registryDown()
 	time.Sleep(30 * time.Second)
 	f.waitServers(map[string]int{"a": 0, "b": 0, "c": 0}, time.Second)
@@ -254,6 +256,11 @@ func registryDown(t *testing.T, f *fleet) {
 	// outage: it is written again once synapse has a new session. Nerves
 	// whose session or lease ran out register again.
 	f.waitAck(30 * time.Second)
+	// Throughout the outage and the recovery (sessions and leases resumed
+	// or renewed), HAProxy never lost a backend, not even for a moment.
+	if bad := stopWatching(); len(bad) > 0 {
+		t.Errorf("HAProxy's servers changed during the outage or the recovery:\n%s", strings.Join(bad, "\n"))
+	}
 	out := f.synctl("drain", "127.0.0.11", "--wait", "--timeout", "30s")
 	t.Log(strings.TrimSpace(out))
 	f.waitServers(map[string]int{"a": 8, "b": 0, "c": 0}, 2*time.Second)

@@ -277,6 +277,30 @@ func (f *fleet) waitServers(want map[string]int, timeout time.Duration) time.Dur
 	return 0
 }
 
+// watchServers polls HAProxy every 10ms until stop is called, and returns
+// every moment its web servers did not match want (a backend missing, or
+// not ready), at most ten.
+func (f *fleet) watchServers(want map[string]int) (stop func() []string) {
+	done := make(chan struct{})
+	out := make(chan []string, 1)
+	go func() {
+		var bad []string
+		for {
+			select {
+			case <-done:
+				out <- bad
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			got, err := testserver.TryHAProxyServers(f.stats(), "web")
+			if err == nil && !fleettest.Matches(got, want) && len(bad) < 10 {
+				bad = append(bad, fmt.Sprintf("%s: %v", time.Now().Format("15:04:05.000"), got))
+			}
+		}
+	}()
+	return func() []string { close(done); return <-out }
+}
+
 func (f *fleet) synctl(args ...string) string {
 	f.t.Helper()
 	out, err := exec.Command(filepath.Join(binDir, "synctl"), append(args, f.flag...)...).CombinedOutput()
