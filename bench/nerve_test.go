@@ -3,8 +3,8 @@ package bench
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"

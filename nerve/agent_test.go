@@ -8,6 +8,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -370,4 +373,61 @@ services:
 	}
 	wa.WaitFor(t, 5*time.Second, "a gone at shutdown", registrytest.HasLen(0))
 	wc.WaitFor(t, 5*time.Second, "c gone at shutdown", registrytest.HasLen(0))
+}
+
+// An out-of-process plugin check: its answers drive rise and fall like any
+// check's, and the plugin process ends with nerve.
+func TestPluginCheck(t *testing.T) {
+	zks := testserver.StartZooKeeper(t)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "testplugin")
+	if out, err := exec.Command("go", "build", "-o", bin, "../plugin/testdata/testplugin").CombinedOutput(); err != nil {
+		t.Fatalf("build the test plugin: %v\n%s", err, out)
+	}
+	modeFile := filepath.Join(dir, "mode")
+	setMode := func(m string) {
+		if err := os.WriteFile(modeFile, []byte(m), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setMode("ok")
+	cfg := loadConfig(t, `instance_id: host-1
+services:
+  web:
+    host: 127.0.0.1
+    port: 8080
+    check_interval: 100ms
+    rise: 2
+    fall: 2
+    checks:
+      - {type: plugin, plugin: {{.Bin}}, config: {mode_file: {{.Mode}}}, timeout: 80ms}
+    zk_hosts: [{{.ZK}}]
+    zk_path: /services/web
+`, map[string]any{"Bin": bin, "Mode": modeFile, "ZK": zks.Nodes[0].Addr})
+	w := watchZK(t, zks.Servers(), "/services/web")
+	h := startAgent(t, cfg)
+	w.WaitFor(t, 10*time.Second, "registered", registrytest.Has("host-1"))
+
+	setMode("fail")
+	w.WaitFor(t, 5*time.Second, "deregistered on the plugin's word", registrytest.HasLen(0))
+	if s := h.status(t, "web"); !strings.Contains(s.Checks[0].Error, "backend says no") || s.Checks[0].Check != "plugin:testplugin" {
+		t.Errorf("check status %+v", s.Checks[0])
+	}
+	setMode("hang") // a hung plugin is a failed check, and is replaced
+	registrytest.Eventually(t, 5*time.Second, "a timeout reported", func() bool {
+		return strings.Contains(h.status(t, "web").Checks[0].Error, "timed out")
+	})
+	setMode("ok")
+	w.WaitFor(t, 10*time.Second, "registered again", registrytest.Has("host-1"))
+
+	setMode("pid")
+	var pid int
+	registrytest.Eventually(t, 5*time.Second, "the plugin's PID", func() bool {
+		_, err := fmt.Sscanf(h.status(t, "web").Checks[0].Error, "pid %d", &pid)
+		return err == nil
+	})
+	h.cancel()
+	<-h.done
+	h.done <- nil // for the cleanup
+	registrytest.Eventually(t, 5*time.Second, "the plugin process gone with nerve", func() bool { return !testserver.Alive(pid) })
 }

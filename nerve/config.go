@@ -152,12 +152,12 @@ func (cfg *Config) Finalize() error {
 		if err := registry.ValidateName(name); err != nil {
 			p.Addf(key, "service name: %v", err)
 		}
-		svc.finalize(cfg, key, &p)
+		svc.finalize(cfg, name, key, &p)
 	}
 	return p.Err(cfg.File)
 }
 
-func (svc *ServiceConfig) finalize(cfg *Config, key string, p *confutil.Problems) {
+func (svc *ServiceConfig) finalize(cfg *Config, name, key string, p *confutil.Problems) {
 	if svc.UsePathEncoding.Set() {
 		cfg.Warnings = append(cfg.Warnings, key+".use_path_encoding: not implemented; records are written as node data")
 	}
@@ -183,6 +183,7 @@ func (svc *ServiceConfig) finalize(cfg *Config, key string, p *confutil.Problems
 	maxRise, maxFall := 0, 0
 	for i := range svc.Checks {
 		c := &svc.Checks[i]
+		c.Service = name
 		ckey := fmt.Sprintf("%s.checks[%d]", key, i)
 		if err := c.Finalize(svc.Host, svc.Port, svc.CheckInterval.D()); err != nil {
 			p.Addf(ckey, "%v", err)

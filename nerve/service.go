@@ -2,6 +2,7 @@ package nerve
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"sync"
 	"time"
@@ -74,6 +75,7 @@ func newService(name string, cfg *ServiceConfig, backend registry.Backend, log *
 	for _, cc := range cfg.Checks {
 		c, err := checks.New(cc)
 		if err != nil {
+			s.closeChecks()
 			return nil, err
 		}
 		s.checks = append(s.checks, c)
@@ -313,6 +315,7 @@ func (s *service) registeredRecord() registry.Instance {
 func (s *service) stop(ctx context.Context) error {
 	s.cancel()
 	<-s.done
+	s.closeChecks()
 	s.mu.Lock()
 	reg := s.reg
 	s.reg = nil
@@ -369,4 +372,13 @@ func b2f(b bool) float64 {
 		return 1
 	}
 	return 0
+}
+
+// closeChecks stops what checks hold (a plugin's process).
+func (s *service) closeChecks() {
+	for _, c := range s.checks {
+		if cl, ok := c.(io.Closer); ok {
+			cl.Close()
+		}
+	}
 }

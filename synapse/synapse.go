@@ -20,12 +20,14 @@ import (
 	"github.com/syncstack/syncstack/generators"
 	"github.com/syncstack/syncstack/generators/fileoutput"
 	"github.com/syncstack/syncstack/generators/haproxy"
+	"github.com/syncstack/syncstack/plugin"
 	"github.com/syncstack/syncstack/registry"
 	"github.com/syncstack/syncstack/registry/etcd"
 	"github.com/syncstack/syncstack/registry/zookeeper"
 	"github.com/syncstack/syncstack/watchers"
 	"github.com/syncstack/syncstack/watchers/dns"
 	"github.com/syncstack/syncstack/watchers/file"
+	pluginwatch "github.com/syncstack/syncstack/watchers/plugin"
 	"github.com/syncstack/syncstack/watchers/registrywatch"
 	"github.com/syncstack/syncstack/watchers/static"
 )
@@ -152,6 +154,12 @@ func (s *Synapse) watcher(name string, svc *ServiceConfig) (watchers.Watcher, er
 		return w, nil
 	case "static":
 		return &static.Watcher{Servers: d.Instances(svc.HAProxy.ServerPortOverride)}, nil
+	case "plugin":
+		c, err := plugin.NewClient(d.Plugin, s.log)
+		if err != nil {
+			return nil, fmt.Errorf("services.%s.discovery: %w", name, err)
+		}
+		return &pluginwatch.Watcher{Client: c, Service: name, Config: d.Plugin.Config, Interval: d.Interval.D(), Log: s.log, Metrics: s.rm}, nil
 	}
 	return nil, fmt.Errorf("services.%s.discovery.method %q", name, d.Method)
 }

@@ -11,6 +11,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/syncstack/syncstack/internal/confutil"
+	"github.com/syncstack/syncstack/plugin"
 	"github.com/syncstack/syncstack/registry"
 )
 
@@ -22,7 +23,7 @@ type Watcher interface {
 }
 
 // Methods lists the discovery methods.
-var Methods = []string{"zookeeper", "etcd", "file", "dns", "static"}
+var Methods = []string{"zookeeper", "etcd", "file", "dns", "static", "plugin"}
 
 // Config is a service's `discovery` section (Airbnb's keys where they
 // overlap).
@@ -49,6 +50,9 @@ type Config struct {
 	Nameserver string `yaml:"nameserver"`
 	// LabelFilters keep only instances whose labels match.
 	LabelFilters []LabelFilter `yaml:"label_filters"`
+	// Plugin: an out-of-process watcher (see package plugin), asked for
+	// the set every interval (default 10s).
+	Plugin plugin.Config `yaml:",inline"`
 
 	DiscoveryJitter confutil.Ignored `yaml:"discovery_jitter"`
 }
@@ -140,10 +144,17 @@ func (c *Config) Finalize(key string, portOverride int, p *confutil.Problems) {
 			c.Nameserver += ":53"
 		}
 	case "static":
+	case "plugin":
+		if err := c.Plugin.Validate(); err != nil {
+			p.Addf(key, "%v", err)
+		}
 	case "":
 		p.Addf(key+".method", "missing (one of %s)", strings.Join(Methods, ", "))
 	default:
 		p.Addf(key+".method", "%q is not supported (supported: %s)", c.Method, strings.Join(Methods, ", "))
+	}
+	if c.Method != "plugin" && (c.Plugin.Path != "" || len(c.Plugin.Args) > 0 || c.Plugin.SHA256 != "" || len(c.Plugin.Config) > 0) {
+		p.Addf(key, "plugin, plugin_args, plugin_sha256, config: only for method plugin")
 	}
 	switch c.Decode.Method {
 	case "", "nerve", "serverset":

@@ -58,6 +58,9 @@ services:
 	unknown := write("unknown.yaml", base("")+"bogus: 1\n")
 	badHAProxy := write("bad-haproxy.yaml", base(", listen: [no-such-directive]"))
 	badMethod := write("bad-method.yaml", strings.Replace(base(""), "method: zookeeper", "method: consul", 1))
+	pluginNoPath := write("plugin-no-path.yaml", strings.Replace(base(""), "method: zookeeper, hosts: [127.0.0.1:2181], path: /services/web", "method: plugin, config: {url: x}", 1))
+	pluginKeysElsewhere := write("plugin-keys.yaml", strings.Replace(base(""), "path: /services/web", "path: /services/web, plugin: /bin/x", 1))
+	pluginOK := write("plugin-ok.yaml", strings.Replace(base(""), "method: zookeeper, hosts: [127.0.0.1:2181], path: /services/web", "method: plugin, plugin: /usr/lib/syncstack/inventory, config: {url: x}, interval: 5s", 1))
 	for _, tc := range []struct {
 		args []string
 		code int
@@ -68,6 +71,9 @@ services:
 		{[]string{"-config", unknown}, 1, []string{unknown, "bogus"}},
 		{[]string{"-config", badHAProxy, "-check-config"}, 1, []string{"haproxy -c", "no-such-directive"}},
 		{[]string{"-config", badMethod, "-check-config"}, 1, []string{"services.web.discovery.method", "consul"}},
+		{[]string{"-config", pluginNoPath, "-check-config"}, 1, []string{"services.web.discovery", "plugin: missing"}},
+		{[]string{"-config", pluginKeysElsewhere, "-check-config"}, 1, []string{"services.web.discovery", "only for method plugin"}},
+		{[]string{"-config", pluginOK, "-check-config"}, 0, []string{"OK, 1 services"}},
 		{[]string{"-config", "../../synapse/testdata/airbnb/synapse.conf.json", "-check-config"}, 0, []string{"OK, 2 services", "statsd: not implemented"}},
 		{[]string{"-config", "../../configs/synapse.yaml", "-check-config"}, 0, []string{"OK, 3 services"}},
 		{[]string{"-nope"}, 2, []string{"nope"}},

@@ -8,11 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/syncstack/syncstack/internal/confutil"
+	"github.com/syncstack/syncstack/plugin"
 )
 
 // Check is one probe of one instance; nil means healthy. It must return
@@ -24,7 +26,7 @@ type Check interface {
 }
 
 // Types lists the check types nerve implements.
-var Types = []string{"tcp", "http", "https", "exec", "redis"}
+var Types = []string{"tcp", "http", "https", "exec", "redis", "plugin"}
 
 // DefaultTimeout is a check's timeout when none is set (capped by the
 // service's check interval).
@@ -57,6 +59,13 @@ type Config struct {
 
 	// redis: AUTH before PING when set.
 	Password string `yaml:"password"`
+
+	// plugin: an out-of-process check (see package plugin).
+	Plugin plugin.Config `yaml:",inline"`
+
+	// Service is the name of the service the check belongs to (set by
+	// nerve; plugins receive it).
+	Service string `yaml:"-"`
 
 	// Keys of Airbnb check types we do not implement; present so that the
 	// error names the type, not the key.
@@ -117,8 +126,18 @@ func (c *Config) Finalize(svcHost string, svcPort int, interval time.Duration) e
 		if strings.TrimSpace(c.Command) == "" {
 			return errors.New("command: missing")
 		}
+	case "plugin":
+		if err := c.Plugin.Validate(); err != nil {
+			return err
+		}
+		if c.Name == "plugin@"+net.JoinHostPort(c.Host, strconv.Itoa(c.Port)) {
+			c.Name = "plugin:" + filepath.Base(c.Plugin.Path)
+		}
 	}
-	if c.Type != "exec" && (c.Host == "" || c.Port == 0) {
+	if c.Type != "plugin" && (c.Plugin.Path != "" || len(c.Plugin.Args) > 0 || c.Plugin.SHA256 != "" || len(c.Plugin.Config) > 0) {
+		return errors.New("plugin, plugin_args, plugin_sha256, config: only for type plugin")
+	}
+	if c.Type != "exec" && c.Type != "plugin" && (c.Host == "" || c.Port == 0) {
 		return errors.New("host and port: missing (set them on the service or the check)")
 	}
 	return nil
@@ -157,6 +176,8 @@ func New(c Config) (Check, error) {
 		return &Exec{Command: c.Command, name: c.Name}, nil
 	case "redis":
 		return &Redis{Addr: addr, Password: c.Password, name: c.Name}, nil
+	case "plugin":
+		return newPlugin(c)
 	}
 	return nil, fmt.Errorf("check type %q is not supported", c.Type)
 }
