@@ -37,6 +37,28 @@ func StartEtcd(t testing.TB) *Etcd {
 	return e
 }
 
+// StartEtcdTLS starts an embedded etcd that serves clients over TLS with
+// pki's server certificate and requires client certificates signed by its
+// CA.
+func StartEtcdTLS(t testing.TB, pki *PKI) *Etcd {
+	t.Helper()
+	cfg := embedded.Config{
+		Dir:       t.TempDir(),
+		ClientURL: fmt.Sprintf("https://127.0.0.1:%d", FreePort(t)),
+		PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
+		Fast:      true,
+		LogLevel:  "fatal",
+		TLS:       &embedded.TLS{CertFile: pki.ServerCert, KeyFile: pki.ServerKey, ClientCAFile: pki.CA},
+		// The server runs in the (race-instrumented) test binary, where
+		// bcrypt's default cost takes seconds per login.
+		CheapPasswords: true,
+	}
+	e := &Etcd{Endpoint: cfg.ClientURL, t: t, cfg: cfg}
+	e.Start()
+	t.Cleanup(e.Stop)
+	return e
+}
+
 // Start (re)starts the server on the same ports and data and waits until it
 // is ready.
 func (e *Etcd) Start() {

@@ -6,6 +6,7 @@ package etcd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -43,6 +44,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics defaults to registry.DefaultMetrics().
 	Metrics *registry.Metrics
+	// TLS, when set, is used for every endpoint (https:// or host:port).
+	TLS *tls.Config
+	// Username and Password log in with etcd's authentication.
+	Username, Password string
 }
 
 func (cfg *Config) finalize() error {
@@ -56,6 +61,15 @@ func (cfg *Config) finalize() error {
 			}
 		} else if h, p, ok := strings.Cut(e, ":"); !ok || h == "" || p == "" {
 			return fmt.Errorf("etcd: endpoints[%d]: %q is neither a URL nor host:port", i, e)
+		}
+		if cfg.TLS == nil && strings.HasPrefix(e, "https://") {
+			// https with nothing else said: verify against the system roots.
+			cfg.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+	}
+	for i, e := range cfg.Endpoints {
+		if cfg.TLS != nil && strings.HasPrefix(e, "http://") {
+			return fmt.Errorf("etcd: endpoints[%d]: %q is plain http while TLS is in use: use https://", i, e)
 		}
 	}
 	if cfg.LeaseTTL == 0 {
@@ -106,7 +120,6 @@ func validatePrefix(p string) error {
 // override call of a process. It implements registry.Backend.
 type Client struct {
 	cfg Config
-	cli *clientv3.Client
 	log *slog.Logger
 	m   *registry.Metrics
 
@@ -121,21 +134,38 @@ type Client struct {
 	acks      map[string]*leasedKey
 	closed    bool
 	closeOnce sync.Once
+	connErr   error // why the background connection has not succeeded yet
+
+	cli       *clientv3.Client // set once connected is closed
+	connected chan struct{}
 }
 
 var _ registry.Backend = (*Client)(nil)
 
 // New validates cfg and creates the client; it does not wait for the
-// cluster, so a process can start while etcd is down.
+// cluster, so a process can start while etcd is down. (With a username,
+// etcd's client logs in as it connects: then the connection is made in the
+// background, retried until it succeeds, and calls wait for it.)
 func New(cfg Config) (*Client, error) {
 	if err := cfg.finalize(); err != nil {
 		return nil, err
 	}
-	cli, err := clientv3.New(clientv3.Config{
+	c := &Client{
+		cfg: cfg, m: cfg.Metrics,
+		log:       cfg.Logger.With("registry", backendName),
+		changed:   make(chan struct{}),
+		acks:      map[string]*leasedKey{},
+		connected: make(chan struct{}),
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	ccfg := clientv3.Config{
 		Endpoints:            cfg.Endpoints,
 		DialTimeout:          cfg.DialTimeout,
 		DialKeepAliveTime:    5 * time.Second,
 		DialKeepAliveTimeout: 3 * time.Second,
+		TLS:                  cfg.TLS,
+		Username:             cfg.Username,
+		Password:             cfg.Password,
 		Logger:               zap.NewNop(),
 		// gRPC's default reconnect backoff grows to two minutes: a sidecar
 		// must be back within a second of the cluster.
@@ -143,18 +173,92 @@ func New(cfg Config) (*Client, error) {
 			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
 			MinConnectTimeout: cfg.DialTimeout,
 		})},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("etcd: client for %v: %w", cfg.Endpoints, err)
 	}
-	c := &Client{
-		cfg: cfg, cli: cli, m: cfg.Metrics,
-		log:     cfg.Logger.With("registry", backendName),
-		changed: make(chan struct{}),
-		acks:    map[string]*leasedKey{},
+	if cfg.Username == "" {
+		cli, err := clientv3.New(ccfg) // does not wait for the cluster
+		if err != nil {
+			c.cancel()
+			return nil, fmt.Errorf("etcd: client for %v: %w", cfg.Endpoints, err)
+		}
+		c.cli = cli
+		close(c.connected)
+		return c, nil
 	}
-	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.connectLoop(ccfg)
+	}()
 	return c, nil
+}
+
+// connectLoop creates the etcd client until it succeeds or c closes.
+func (c *Client) connectLoop(ccfg clientv3.Config) {
+	backoff := 100 * time.Millisecond
+	logged := ""
+	for c.ctx.Err() == nil {
+		cli, err := clientv3.New(ccfg)
+		if err == nil {
+			c.mu.Lock()
+			c.cli, c.connErr = cli, nil
+			c.mu.Unlock()
+			close(c.connected)
+			if logged != "" {
+				c.log.Info("connected to etcd", "endpoints", c.cfg.Endpoints)
+			}
+			return
+		}
+		if c.cfg.TLS != nil {
+			if p := tlsProblem(c.cfg.Endpoints[0], c.cfg.TLS, c.cfg.DialTimeout); p != nil {
+				err = p
+			}
+		}
+		err = fmt.Errorf("etcd: client for %v: %w", c.cfg.Endpoints, err)
+		c.mu.Lock()
+		c.connErr = err
+		c.mu.Unlock()
+		if err.Error() != logged {
+			c.log.Warn("cannot connect to etcd yet; retrying", "err", err)
+			logged = err.Error()
+		}
+		select {
+		case <-c.ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// conn returns the etcd client, waiting (within ctx) for the connection
+// when it is made in the background.
+func (c *Client) conn(ctx context.Context) (*clientv3.Client, error) {
+	select {
+	case <-c.connected:
+		return c.cli, nil
+	default:
+	}
+	select {
+	case <-c.connected:
+		return c.cli, nil
+	case <-c.ctx.Done():
+		return nil, registry.ErrClosed
+	case <-ctx.Done():
+		c.mu.Lock()
+		err := c.connErr
+		c.mu.Unlock()
+		if err == nil {
+			err = ctx.Err()
+		}
+		return nil, fmt.Errorf("%w (%v)", err, ctx.Err())
+	}
+}
+
+// connectErr is why the client is not connected yet; nil once it is (or
+// while the first attempt runs).
+func (c *Client) connectErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.connErr
 }
 
 // Close deletes this client's registrations and acks, revokes its lease and
@@ -166,6 +270,11 @@ func (c *Client) Close() error {
 		c.mu.Unlock()
 		c.cancel()
 		c.wg.Wait()
+		select {
+		case <-c.connected:
+		default:
+			return // never connected: nothing to revoke or close
+		}
 		c.mu.Lock()
 		lease := c.lease
 		c.mu.Unlock()
@@ -221,11 +330,15 @@ func (c *Client) keepLease() {
 		backoff = min(2*backoff, time.Second)
 	}
 	ttl := int64((c.cfg.LeaseTTL + time.Second - 1) / time.Second)
+	cli, err := c.conn(c.ctx)
+	if err != nil {
+		return // closed before it ever connected
+	}
 	var id clientv3.LeaseID // the lease to keep; 0: grant one
 	for c.ctx.Err() == nil {
 		if id == 0 {
 			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.OpTimeout)
-			grant, err := c.cli.Grant(ctx, ttl)
+			grant, err := cli.Grant(ctx, ttl)
 			cancel()
 			c.count("writes", "grant", err)
 			if err != nil {
@@ -235,7 +348,7 @@ func (c *Client) keepLease() {
 			}
 			id = grant.ID
 		}
-		alive, err := c.cli.KeepAlive(c.ctx, id)
+		alive, err := cli.KeepAlive(c.ctx, id)
 		if err != nil {
 			wait()
 			continue
@@ -275,7 +388,11 @@ func (c *Client) keepLease() {
 func (c *Client) leaseGone(id clientv3.LeaseID) bool {
 	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.OpTimeout)
 	defer cancel()
-	resp, err := c.cli.TimeToLive(ctx, id)
+	cli, err := c.conn(ctx)
+	if err != nil {
+		return false
+	}
+	resp, err := cli.TimeToLive(ctx, id)
 	c.count("reads", "lease", err)
 	if err != nil {
 		return errors.Is(err, rpctypes.ErrLeaseNotFound)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -290,5 +291,124 @@ func TestClusterOutageKeepsLease(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(reg.m.Reregistrations.WithLabelValues(backendName)); n != 0 {
 		t.Errorf("%v re-registrations", n)
+	}
+}
+
+// A cluster that requires TLS with client certificates and etcd's own
+// authentication: the client with the right CA, certificate and password
+// registers and watches; any of them wrong or missing fails with a clear
+// error.
+func TestSecurity(t *testing.T) {
+	pki := testserver.NewPKI(t)
+	srv := testserver.StartEtcdTLS(t, pki)
+	dir := t.TempDir()
+	pwFile := filepath.Join(dir, "password")
+	os.WriteFile(pwFile, []byte("s3cret\n"), 0o600)
+	wrongPW := filepath.Join(dir, "wrong")
+	os.WriteFile(wrongPW, []byte("guess\n"), 0o600)
+	full := Security{CAFile: pki.CA, CertFile: pki.ClientCert, KeyFile: pki.ClientKey, Username: "nerve", PasswordFile: pwFile}
+
+	// Users and roles, then authentication on.
+	var admin Config
+	if err := (Security{CAFile: pki.CA, CertFile: pki.ClientCert, KeyFile: pki.ClientKey}).Apply(&admin); err != nil {
+		t.Fatal(err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint}, TLS: admin.TLS, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx := context.Background()
+	for _, step := range []func() error{
+		func() error { _, err := cli.UserAdd(ctx, "root", "rootpw"); return err },
+		func() error { _, err := cli.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := cli.RoleAdd(ctx, "syncstack"); return err },
+		func() error {
+			_, err := cli.RoleGrantPermission(ctx, "syncstack", "/", clientv3.GetPrefixRangeEnd("/"), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := cli.UserAdd(ctx, "nerve", "s3cret"); return err },
+		func() error { _, err := cli.UserGrantRole(ctx, "nerve", "syncstack"); return err },
+		func() error { _, err := cli.AuthEnable(ctx); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	connect := func(t *testing.T, s Security, endpoint string) (*Client, error) {
+		cfg := Config{Endpoints: []string{endpoint}, Metrics: registry.NewMetrics(nil), DialTimeout: time.Second, OpTimeout: 2 * time.Second}
+		if err := s.Apply(&cfg); err != nil {
+			return nil, err
+		}
+		c, err := New(cfg)
+		if err != nil {
+			return nil, err
+		}
+		t.Cleanup(func() { c.Close() })
+		return c, nil
+	}
+	t.Run("Allowed", func(t *testing.T) {
+		c, err := connect(t, full, srv.Endpoint)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Register(ctx, "/svc", inst("10.0.0.1", 80, "a")); err != nil {
+			t.Fatalf("Register: %v", err)
+		}
+		w := startWatch(t, c, "/svc")
+		w.WaitFor(t, 5*time.Second, "the registration, watched over TLS", hasLen(1))
+	})
+	// etcd's client logs in as it connects: a client made while etcd is
+	// down connects, and registers, once it is back.
+	t.Run("StartsWhileEtcdDown", func(t *testing.T) {
+		srv.Stop()
+		c, err := connect(t, full, srv.Endpoint)
+		if err != nil {
+			srv.Start()
+			t.Fatalf("New with etcd down: %v", err)
+		}
+		done := make(chan error, 1)
+		go func() {
+			rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			defer cancel()
+			_, err := c.Register(rctx, "/svc", inst("10.0.0.2", 80, "late"))
+			done <- err
+		}()
+		time.Sleep(1500 * time.Millisecond)
+		srv.Start()
+		if err := <-done; err != nil {
+			t.Fatalf("Register once etcd is back: %v", err)
+		}
+	})
+	for _, tc := range []struct {
+		name     string
+		sec      Security
+		endpoint string
+		wantErr  string
+	}{
+		{"NoClientCertificate", Security{CAFile: pki.CA, Username: "nerve", PasswordFile: pwFile}, srv.Endpoint, "certificate required"},
+		{"NoClientCertificateNoLogin", Security{CAFile: pki.CA}, srv.Endpoint, "certificate required"},
+		{"UnknownCA", Security{CAFile: pki.OtherCA, CertFile: pki.ClientCert, KeyFile: pki.ClientKey, Username: "nerve", PasswordFile: pwFile}, srv.Endpoint, "unknown authority"},
+		{"WrongPassword", Security{CAFile: pki.CA, CertFile: pki.ClientCert, KeyFile: pki.ClientKey, Username: "nerve", PasswordFile: wrongPW}, srv.Endpoint, "authentication failed"},
+		{"PlainHTTPEndpoint", full, strings.Replace(srv.Endpoint, "https://", "http://", 1), "plain http while TLS is in use"},
+		{"MissingCAFile", Security{CAFile: filepath.Join(dir, "nope.pem")}, srv.Endpoint, "ca_file"},
+		{"CertWithoutKey", Security{CAFile: pki.CA, CertFile: pki.ClientCert}, srv.Endpoint, "cert_file and key_file"},
+		{"UserWithoutPassword", Security{CAFile: pki.CA, Username: "nerve"}, srv.Endpoint, "username and password_file"},
+		{"NotACA", Security{CAFile: pwFile}, srv.Endpoint, "no PEM certificate"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := connect(t, tc.sec, tc.endpoint)
+			if err == nil {
+				_, err = c.Register(ctx, "/svc", inst("10.0.0.9", 80, "x"))
+			}
+			if err == nil {
+				t.Fatal("registered")
+			}
+			t.Logf("error: %v", err)
+			if tc.wantErr != "" && !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("error %q does not say %q", err, tc.wantErr)
+			}
+		})
 	}
 }

@@ -26,18 +26,22 @@ func (c *Client) AppendHistory(ctx context.Context, h registry.HistoryEntry) err
 	ctx, cancel := c.opContext(ctx)
 	defer cancel()
 	key := fmt.Sprintf("%s%020d", c.historyPrefix(), time.Now().UnixNano())
-	_, err = c.cli.Put(ctx, key, string(data))
+	cli, err := c.conn(ctx)
+	if err != nil {
+		return fmt.Errorf("etcd: history: %w", err)
+	}
+	_, err = cli.Put(ctx, key, string(data))
 	c.count("writes", "put", err)
 	if err != nil {
 		return fmt.Errorf("etcd: history: %w", err)
 	}
-	resp, err := c.cli.Get(ctx, c.historyPrefix(), clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	resp, err := cli.Get(ctx, c.historyPrefix(), clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
 	c.count("reads", "range", err)
 	if err != nil || len(resp.Kvs) <= registry.MaxHistory {
 		return nil
 	}
 	last := resp.Kvs[len(resp.Kvs)-registry.MaxHistory-1].Key
-	_, err = c.cli.Delete(ctx, c.historyPrefix(), clientv3.WithRange(string(last)+"\x00"))
+	_, err = cli.Delete(ctx, c.historyPrefix(), clientv3.WithRange(string(last)+"\x00"))
 	c.count("writes", "delete", err)
 	return nil
 }
@@ -50,7 +54,11 @@ func (c *Client) History(ctx context.Context, limit int) ([]registry.HistoryEntr
 	if limit > 0 {
 		opts = append(opts, clientv3.WithLimit(int64(limit)))
 	}
-	resp, err := c.cli.Get(ctx, c.historyPrefix(), opts...)
+	cli, err := c.conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("etcd: history: %w", err)
+	}
+	resp, err := cli.Get(ctx, c.historyPrefix(), opts...)
 	c.count("reads", "range", err)
 	if err != nil {
 		return nil, fmt.Errorf("etcd: history: %w", err)

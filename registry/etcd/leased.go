@@ -55,6 +55,14 @@ func (k *leasedKey) waitFirst(ctx context.Context) error {
 		if k.c.ctx.Err() != nil {
 			return registry.ErrClosed
 		}
+		if err := k.c.connectErr(); err != nil {
+			return fmt.Errorf("etcd: put %s: %w (%v)", k.key, err, ctx.Err())
+		}
+		if tc := k.c.cfg.TLS; tc != nil {
+			if p := tlsProblem(k.c.cfg.Endpoints[0], tc, time.Second); p != nil {
+				return fmt.Errorf("etcd: put %s: %w (%v)", k.key, p, ctx.Err())
+			}
+		}
 		return fmt.Errorf("etcd: put %s: %w", k.key, ctx.Err())
 	}
 }
@@ -68,8 +76,12 @@ func (k *leasedKey) kickNow() {
 
 func (k *leasedKey) run() {
 	defer close(k.done)
+	cli, err := k.c.conn(k.ctx)
+	if err != nil {
+		return // ended before etcd was ever reached: nothing was put
+	}
 	// Deletions by anybody else put the key back.
-	deletes := k.c.cli.Watch(clientv3.WithRequireLeader(k.ctx), k.key, clientv3.WithFilterPut())
+	deletes := cli.Watch(clientv3.WithRequireLeader(k.ctx), k.key, clientv3.WithFilterPut())
 	first := true
 	backoff := 100 * time.Millisecond
 	var everPut bool
@@ -82,7 +94,7 @@ func (k *leasedKey) run() {
 		k.mu.Unlock()
 		if need {
 			ctx, cancel := context.WithTimeout(k.ctx, k.c.cfg.OpTimeout)
-			_, err := k.c.cli.Put(ctx, k.key, string(data), clientv3.WithLease(lease))
+			_, err := cli.Put(ctx, k.key, string(data), clientv3.WithLease(lease))
 			cancel()
 			k.c.count("writes", "put", err)
 			if err != nil {
@@ -121,7 +133,7 @@ func (k *leasedKey) run() {
 			if !ok {
 				// Watch ended (no leader, say): watch again once this
 				// pass is done; a lease change re-puts anyway.
-				deletes = k.c.cli.Watch(clientv3.WithRequireLeader(k.ctx), k.key, clientv3.WithFilterPut())
+				deletes = cli.Watch(clientv3.WithRequireLeader(k.ctx), k.key, clientv3.WithFilterPut())
 				retry = time.After(backoff)
 				continue
 			}
@@ -138,7 +150,7 @@ func (k *leasedKey) run() {
 func (k *leasedKey) remove() {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	_, err := k.c.cli.Delete(ctx, k.key)
+	_, err := k.c.cli.Delete(ctx, k.key) // run has connected: remove follows it
 	k.c.count("writes", "delete", err)
 	k.mu.Lock()
 	k.removeErr = err
@@ -156,7 +168,7 @@ func (k *leasedKey) update(ctx context.Context, data []byte) error {
 	}
 	ctx, cancel := k.c.opContext(ctx)
 	defer cancel()
-	_, err := k.c.cli.Put(ctx, k.key, string(data), clientv3.WithLease(lease))
+	_, err := k.c.cli.Put(ctx, k.key, string(data), clientv3.WithLease(lease)) // putUnder != 0: connected
 	k.c.count("writes", "put", err)
 	if err != nil {
 		// The keeper will write it under whatever lease holds next.

@@ -34,7 +34,11 @@ func (c *Client) PutOverride(ctx context.Context, o registry.Override) (int64, e
 	ctx, cancel := c.opContext(ctx)
 	defer cancel()
 	key := c.overridesPrefix() + o.Key()
-	resp, err := c.cli.Put(ctx, key, string(data))
+	cli, err := c.conn(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("etcd: put override %s: %w", key, err)
+	}
+	resp, err := cli.Put(ctx, key, string(data))
 	c.count("writes", "put", err)
 	if err != nil {
 		return 0, fmt.Errorf("etcd: put override %s: %w", key, err)
@@ -52,7 +56,11 @@ func (c *Client) DeleteOverride(ctx context.Context, key string) (int64, error) 
 	// A deletion leaves no revision on any override key: a marker outside
 	// the overrides prefix records it, so Overrides() can tell the
 	// revision of the latest change.
-	resp, err := c.cli.Txn(ctx).Then(
+	cli, err := c.conn(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("etcd: delete override %s: %w", key, err)
+	}
+	resp, err := cli.Txn(ctx).Then(
 		clientv3.OpDelete(c.overridesPrefix()+key),
 		clientv3.OpPut(c.deletedMarker(), time.Now().UTC().Format(time.RFC3339Nano)),
 	).Commit()
@@ -73,7 +81,11 @@ func (c *Client) skip(prefix, key string, err error) {
 func (c *Client) list(ctx context.Context, prefix string) (*clientv3.GetResponse, error) {
 	ctx, cancel := c.opContext(ctx)
 	defer cancel()
-	resp, err := c.cli.Get(ctx, prefix, clientv3.WithPrefix())
+	cli, err := c.conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("etcd: read %s: %w", prefix, err)
+	}
+	resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix())
 	c.count("reads", "range", err)
 	if err != nil {
 		return nil, fmt.Errorf("etcd: read %s: %w", prefix, err)

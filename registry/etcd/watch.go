@@ -37,10 +37,14 @@ func watchPrefix[T any](ctx context.Context, c *Client, prefix string, decode fu
 	}
 	backoff := 100 * time.Millisecond
 	var entries map[string]entry[T]
+	cli, err := c.conn(ctx)
+	if err != nil {
+		return err
+	}
 	for {
 		// List.
 		gctx, cancel := context.WithTimeout(ctx, c.cfg.OpTimeout)
-		resp, err := c.cli.Get(gctx, prefix, clientv3.WithPrefix())
+		resp, err := cli.Get(gctx, prefix, clientv3.WithPrefix())
 		cancel()
 		c.count("reads", "range", err)
 		if err != nil {
@@ -71,7 +75,7 @@ func watchPrefix[T any](ctx context.Context, c *Client, prefix string, decode fu
 		// Watch from the next revision.
 		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		stop := context.AfterFunc(c.ctx, wcancel)
-		wch := c.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+		wch := cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
 		for wresp := range wch {
 			if err := wresp.Err(); err != nil {
 				if errors.Is(err, rpctypes.ErrCompacted) || wresp.CompactRevision != 0 {

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
@@ -26,6 +27,18 @@ type Config struct {
 	Fast bool
 	// LogLevel is etcd's (default "error").
 	LogLevel string
+	// CheapPasswords hashes etcd users' passwords at bcrypt's minimum
+	// cost: logins in milliseconds, for tests only.
+	CheapPasswords bool
+	// TLS serves clients over TLS (ClientURL must be https://).
+	TLS *TLS
+}
+
+// TLS is the server side of client TLS.
+type TLS struct {
+	CertFile, KeyFile string
+	// ClientCAFile, when set, requires client certificates signed by it.
+	ClientCAFile string
 }
 
 // Server is a running embedded etcd.
@@ -63,8 +76,18 @@ func Start(c Config) (*Server, error) {
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	cfg.LogLevel = c.LogLevel
+	if c.TLS != nil {
+		if client.Scheme != "https" {
+			return nil, fmt.Errorf("embedded etcd: client url %q: TLS needs https://", c.ClientURL)
+		}
+		cfg.ClientTLSInfo = transport.TLSInfo{CertFile: c.TLS.CertFile, KeyFile: c.TLS.KeyFile,
+			TrustedCAFile: c.TLS.ClientCAFile, ClientCertAuth: c.TLS.ClientCAFile != ""}
+	}
 	if c.Fast {
 		cfg.TickMs, cfg.ElectionMs = 10, 100
+	}
+	if c.CheapPasswords {
+		cfg.BcryptCost = 4 // bcrypt's minimum
 	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
