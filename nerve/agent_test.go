@@ -431,3 +431,34 @@ services:
 	h.done <- nil // for the cleanup
 	registrytest.Eventually(t, 5*time.Second, "the plugin process gone with nerve", func() bool { return !testserver.Alive(pid) })
 }
+
+// Registration in an etcd that requires TLS with client certificates.
+func TestSecuredEtcd(t *testing.T) {
+	pki := testserver.NewPKI(t)
+	srv := testserver.StartEtcdTLS(t, pki)
+	b := startBackend(t)
+	cfg := loadConfig(t, `instance_id: host-1
+etcd_security: {ca_file: {{.CA}}, cert_file: {{.Cert}}, key_file: {{.Key}}}
+services:
+  web:
+    host: 127.0.0.1
+    port: {{.Port}}
+    check_interval: 100ms
+    checks: [{type: tcp}]
+    etcd_endpoints: [{{.Etcd}}]
+    etcd_path: /services/web
+`, map[string]any{"CA": pki.CA, "Cert": pki.ClientCert, "Key": pki.ClientKey, "Port": b.port, "Etcd": srv.Endpoint})
+	var ecfg etcd.Config
+	ecfg.Endpoints, ecfg.Metrics = []string{srv.Endpoint}, registry.NewMetrics(nil)
+	if err := cfg.EtcdSecurity.Apply(&ecfg); err != nil {
+		t.Fatal(err)
+	}
+	watcher, err := etcd.New(ecfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { watcher.Close() })
+	w := registrytest.StartWatch(t, watcher, "/services/web")
+	startAgent(t, cfg)
+	w.WaitFor(t, 10*time.Second, "registered over TLS", registrytest.Has("host-1"))
+}

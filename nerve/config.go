@@ -2,6 +2,7 @@ package nerve
 
 import (
 	"fmt"
+	"net"
 	"slices"
 	"sort"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"github.com/syncstack/syncstack/internal/confutil"
 	"github.com/syncstack/syncstack/nerve/checks"
 	"github.com/syncstack/syncstack/registry"
+	"github.com/syncstack/syncstack/registry/etcd"
 )
 
 // Defaults, documented in nerve/README.md.
@@ -37,6 +39,9 @@ type Config struct {
 	// RegistryTimeout bounds one registry write; a write that fails is
 	// retried with backoff (default 5s).
 	RegistryTimeout confutil.Duration `yaml:"registry_timeout"`
+	// EtcdSecurity: TLS and authentication for every etcd cluster this
+	// nerve registers in.
+	EtcdSecurity etcd.Security `yaml:"etcd_security"`
 
 	// Accepted for Airbnb compatibility, not implemented (a warning says so).
 	MaxRepeatedReportFailures confutil.Ignored `yaml:"max_repeated_report_failures"`
@@ -123,6 +128,9 @@ func (cfg *Config) Finalize() error {
 	}
 	if cfg.Admin.Listen == "" {
 		cfg.Admin.Listen = DefaultAdminListen
+	}
+	if err := cfg.EtcdSecurity.Apply(&etcd.Config{}); err != nil {
+		p.Addf("etcd_security", "%v", err)
 	}
 	if cfg.Admin.Listen != "off" {
 		if _, port, err := splitHostPort(cfg.Admin.Listen); err != nil || port == 0 {
@@ -221,7 +229,8 @@ func (svc *ServiceConfig) finalize(cfg *Config, name, key string, p *confutil.Pr
 	case "etcd":
 		if svc.EtcdHost != "" {
 			port := cmpOr(svc.EtcdPort, 2379)
-			svc.EtcdEndpoints = append(svc.EtcdEndpoints, "http://"+svc.EtcdHost+":"+strconv.Itoa(port))
+			// No scheme: TLS or not follows etcd_security.
+			svc.EtcdEndpoints = append(svc.EtcdEndpoints, net.JoinHostPort(svc.EtcdHost, strconv.Itoa(port)))
 		}
 		if len(svc.EtcdEndpoints) == 0 {
 			p.Addf(key+".etcd_endpoints", "missing (or etcd_host and etcd_port)")

@@ -31,7 +31,7 @@ func TestLoadAirbnbJSON(t *testing.T) {
 		t.Errorf("your_http_service = %+v", web)
 	}
 	e := cfg.Services["etcd_service1"]
-	if e.ReporterType != "etcd" || len(e.EtcdEndpoints) != 1 || e.EtcdEndpoints[0] != "http://localhost:4001" || *e.Weight != 2 {
+	if e.ReporterType != "etcd" || len(e.EtcdEndpoints) != 1 || e.EtcdEndpoints[0] != "localhost:4001" || *e.Weight != 2 {
 		t.Errorf("etcd_service1 = %+v", e)
 	}
 	want := []string{"statsd", "max_repeated_report_failures"}
@@ -83,6 +83,8 @@ services:
 		{"plugin without path", strings.Replace(base, "type: tcp", "type: plugin, config: {x: y}", 1), []string{"services.web.checks[0]", "plugin: missing"}},
 		{"plugin bad checksum", strings.Replace(base, "type: tcp", "type: plugin, plugin: /bin/x, plugin_sha256: abc", 1), []string{"services.web.checks[0]", "plugin_sha256"}},
 		{"plugin keys on tcp", strings.Replace(base, "type: tcp", "type: tcp, plugin: /bin/x", 1), []string{"services.web.checks[0]", "only for type plugin"}},
+		{"etcd security", base + "etcd_security: {ca_file: /nonexistent/ca.pem}\n", []string{"etcd_security", "ca_file", "/nonexistent/ca.pem"}},
+		{"etcd security half a key pair", base + "etcd_security: {cert_file: /a.pem}\n", []string{"etcd_security", "cert_file and key_file"}},
 		{"no checks", strings.Replace(base, "    checks: [{type: tcp}]\n", "", 1), []string{"services.web.checks"}},
 		{"no registry", strings.Replace(strings.Replace(base, "    zk_hosts: [127.0.0.1:2181]\n", "", 1), "    zk_path: /services/web\n", "", 1), []string{"services.web.reporter_type"}},
 		{"relative path", strings.Replace(base, "zk_path: /services/web", "zk_path: services/web", 1), []string{"services.web.zk_path"}},

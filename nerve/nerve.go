@@ -68,7 +68,11 @@ func DefaultBackends(cfg *Config, log *slog.Logger, m *registry.Metrics) Backend
 		case "zookeeper":
 			return zookeeper.New(zookeeper.Config{Servers: svc.ZKHosts, SessionTimeout: cfg.ZKSessionTimeout.D(), OpTimeout: cfg.RegistryTimeout.D(), Logger: log, Metrics: m})
 		case "etcd":
-			return etcd.New(etcd.Config{Endpoints: svc.EtcdEndpoints, LeaseTTL: cfg.EtcdLeaseTTL.D(), OpTimeout: cfg.RegistryTimeout.D(), Logger: log, Metrics: m})
+			ecfg := etcd.Config{Endpoints: svc.EtcdEndpoints, LeaseTTL: cfg.EtcdLeaseTTL.D(), OpTimeout: cfg.RegistryTimeout.D(), Logger: log, Metrics: m}
+			if err := cfg.EtcdSecurity.Apply(&ecfg); err != nil {
+				return nil, fmt.Errorf("etcd_security: %w", err)
+			}
+			return etcd.New(ecfg)
 		}
 		return nil, fmt.Errorf("reporter_type %q", svc.ReporterType)
 	}

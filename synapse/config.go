@@ -11,6 +11,7 @@ import (
 	"github.com/syncstack/syncstack/generators/haproxy"
 	"github.com/syncstack/syncstack/internal/confutil"
 	"github.com/syncstack/syncstack/registry"
+	"github.com/syncstack/syncstack/registry/etcd"
 	"github.com/syncstack/syncstack/watchers"
 )
 
@@ -36,7 +37,10 @@ type Config struct {
 	// change is applied at once; changes arriving during an apply are
 	// merged anyway).
 	Debounce confutil.Duration `yaml:"debounce"`
-	Admin    struct {
+	// EtcdSecurity: TLS and authentication for every etcd cluster this
+	// synapse watches or writes acks to.
+	EtcdSecurity etcd.Security `yaml:"etcd_security"`
+	Admin        struct {
 		Listen string `yaml:"listen"`
 	} `yaml:"admin"`
 
@@ -109,6 +113,9 @@ func (cfg *Config) Finalize() error {
 		if cfg.StateFilePath == "" {
 			cfg.StateFilePath = cfg.HAProxy.StateFilePath
 		}
+	}
+	if err := cfg.EtcdSecurity.Apply(&etcd.Config{}); err != nil {
+		p.Addf("etcd_security", "%v", err)
 	}
 	if cfg.StateFilePath != "" && !filepath.IsAbs(cfg.StateFilePath) {
 		p.Addf("state_file_path", "%q must be absolute", cfg.StateFilePath)

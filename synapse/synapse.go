@@ -120,7 +120,11 @@ func (s *Synapse) client(method string, hosts []string, root string) (registry.B
 	case "zookeeper":
 		c, err = zookeeper.New(zookeeper.Config{Servers: hosts, Root: root, Logger: s.log, Metrics: s.rm})
 	case "etcd":
-		c, err = etcd.New(etcd.Config{Endpoints: hosts, Root: root, Logger: s.log, Metrics: s.rm})
+		ecfg := etcd.Config{Endpoints: hosts, Root: root, Logger: s.log, Metrics: s.rm}
+		if err := s.cfg.EtcdSecurity.Apply(&ecfg); err != nil {
+			return nil, fmt.Errorf("etcd_security: %w", err)
+		}
+		c, err = etcd.New(ecfg)
 	default:
 		err = fmt.Errorf("method %q", method)
 	}

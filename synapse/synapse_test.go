@@ -46,7 +46,7 @@ haproxy:
   reload_min_interval: 100ms
   global: [maxconn 2000]
   defaults: [mode http, timeout connect 1s, timeout client 10s, timeout server 10s, retries 2, option redispatch]
-{{if .Overrides}}overrides: {method: {{.Method}}, hosts: [{{.Hosts}}], root: /syncstack-test}
+{{.Extra}}{{if .Overrides}}overrides: {method: {{.Method}}, hosts: [{{.Hosts}}], root: /syncstack-test}
 {{end}}services:
 {{range .Services}}  {{.}}:
     discovery: {method: {{$.Method}}, hosts: [{{$.Hosts}}], path: /services/{{.}}}
@@ -60,6 +60,7 @@ type envOpts struct {
 	Method, Hosts string
 	Services      []string
 	Overrides     bool
+	Extra         string // top-level config lines
 	dir           string
 	ports         map[string]int
 }
@@ -83,7 +84,7 @@ func startEnv(t *testing.T, o envOpts) *env {
 	e.stats, e.master = filepath.Join(e.dir, "stats.sock"), filepath.Join(e.dir, "master.sock")
 	var buf bytes.Buffer
 	template.Must(template.New("").Parse(baseTemplate)).Execute(&buf, map[string]any{
-		"ID": "synapse-test", "Dir": e.dir, "Method": o.Method, "Hosts": o.Hosts, "Services": o.Services, "Ports": e.ports, "Overrides": o.Overrides,
+		"ID": "synapse-test", "Dir": e.dir, "Method": o.Method, "Hosts": o.Hosts, "Services": o.Services, "Ports": e.ports, "Overrides": o.Overrides, "Extra": o.Extra,
 	})
 	e.cfgFile = filepath.Join(e.dir, "synapse.yaml")
 	if err := os.WriteFile(e.cfgFile, buf.Bytes(), 0o644); err != nil {
@@ -471,4 +472,42 @@ func TestRemovalFinishesAfterRequestInFlight(t *testing.T) {
 	if got := <-done; got != "b" {
 		t.Errorf("the request in flight on b answered %q", got)
 	}
+}
+
+// A secured etcd (TLS with client certificates, and a password): synapse
+// watches and acks through etcd_security.
+func TestSecuredEtcd(t *testing.T) {
+	pki := testserver.NewPKI(t)
+	srv := testserver.StartEtcdTLS(t, pki)
+	sec := etcd.Security{CAFile: pki.CA, CertFile: pki.ClientCert, KeyFile: pki.ClientKey}
+	var ecfg etcd.Config
+	ecfg.Endpoints, ecfg.Root, ecfg.Metrics = []string{srv.Endpoint}, "/syncstack-test", registry.NewMetrics(nil)
+	if err := sec.Apply(&ecfg); err != nil {
+		t.Fatal(err)
+	}
+	reg, err := etcd.New(ecfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	a := testserver.StartBackend(t, "a", "127.0.0.11")
+	if _, err := reg.Register(context.Background(), "/services/web", inst(a, "a")); err != nil {
+		t.Fatal(err)
+	}
+	extra := fmt.Sprintf("etcd_security: {ca_file: %s, cert_file: %s, key_file: %s}\n", pki.CA, pki.ClientCert, pki.ClientKey)
+	e := startEnv(t, envOpts{Method: "etcd", Hosts: srv.Endpoint, Services: []string{"web"}, Overrides: true, Extra: extra})
+	e.waitServers(t, "web", map[string]int{"a": 0})
+	if got := get(t, e.url("web")); got != "a" {
+		t.Errorf("got %q", got)
+	}
+	// An override through the secured registry reaches HAProxy, and is acked.
+	rev, err := reg.PutOverride(context.Background(), registry.Override{Target: "127.0.0.11", State: registry.StateDrain, Reason: "tls test", At: time.Now().UTC()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitServers(t, "web", map[string]int{"a": 8})
+	registrytest.Eventually(t, 5*time.Second, "the ack over TLS", func() bool {
+		acks, err := reg.Acks(context.Background())
+		return err == nil && len(acks) == 1 && acks[0].Revision >= rev
+	})
 }

@@ -70,7 +70,8 @@ Usage:
   synctl drain|maint|add-to-lb HOST --local [--socket PATH]   (the local HAProxy, when the registry is down)
 
 The registry: --zk host:port,... or --etcd http://host:port,... (or SYNCTL_ZK, SYNCTL_ETCD,
-or --config FILE with zk/etcd/root/services), --root (default /syncstack).
+or --config FILE with zk/etcd/root/services/etcd_security), --root (default /syncstack).
+A secured etcd: --etcd-cacert, --etcd-cert, --etcd-key, --etcd-user, --etcd-password-file.
 Every command takes --output text|json and --help. Exit codes: 0 ok, 1 failed, 2 usage.
 `
 
@@ -119,6 +120,7 @@ func Main(ctx context.Context, args []string, env Env) int {
 // common are the flags every command takes.
 type common struct {
 	zk, etcd, root, config, output string
+	etcdSec                        etcd.Security
 	opTimeout                      time.Duration
 	services                       map[string]string // from --config
 }
@@ -126,6 +128,11 @@ type common struct {
 func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.zk, "zk", "", "ZooKeeper servers, host:port,... (env SYNCTL_ZK)")
 	fs.StringVar(&c.etcd, "etcd", "", "etcd endpoints, http://host:port,... (env SYNCTL_ETCD)")
+	fs.StringVar(&c.etcdSec.CAFile, "etcd-cacert", "", "etcd: CA certificate (PEM) of the servers (env SYNCTL_ETCD_CACERT)")
+	fs.StringVar(&c.etcdSec.CertFile, "etcd-cert", "", "etcd: client certificate (PEM) (env SYNCTL_ETCD_CERT)")
+	fs.StringVar(&c.etcdSec.KeyFile, "etcd-key", "", "etcd: client key (PEM) (env SYNCTL_ETCD_KEY)")
+	fs.StringVar(&c.etcdSec.Username, "etcd-user", "", "etcd: user name (env SYNCTL_ETCD_USER)")
+	fs.StringVar(&c.etcdSec.PasswordFile, "etcd-password-file", "", "etcd: file holding the password (env SYNCTL_ETCD_PASSWORD_FILE)")
 	fs.StringVar(&c.root, "root", "", "registry root of overrides, acks and history (default /syncstack)")
 	fs.StringVar(&c.config, "config", "", "config file: {zk: [...], etcd: [...], root: ..., services: {name: path}}")
 	fs.StringVar(&c.output, "output", "text", "text or json")
@@ -138,6 +145,8 @@ type fileConfig struct {
 	Etcd     []string          `yaml:"etcd"`
 	Root     string            `yaml:"root"`
 	Services map[string]string `yaml:"services"`
+	// EtcdSecurity as in synapse's and nerve's configs.
+	EtcdSecurity etcd.Security `yaml:"etcd_security"`
 }
 
 // parse parses interspersed flags and positional arguments.
@@ -208,13 +217,45 @@ func (c *common) connect(env Env) (registry.Backend, error) {
 		}
 		return b, nil
 	case et != "":
-		b, err := etcd.New(etcd.Config{Endpoints: splitList(et), Root: root, OpTimeout: c.opTimeout, Metrics: quiet, Logger: quietLogger()})
+		ecfg := etcd.Config{Endpoints: splitList(et), Root: root, OpTimeout: c.opTimeout, Metrics: quiet, Logger: quietLogger()}
+		sec := c.security(env, fc.EtcdSecurity)
+		if err := sec.Apply(&ecfg); err != nil {
+			return nil, usagef("etcd security: %v", err)
+		}
+		b, err := etcd.New(ecfg)
 		if err != nil {
 			return nil, usagef("%v", err)
 		}
 		return b, nil
 	}
 	return nil, usagef("no registry: give --zk or --etcd (or SYNCTL_ZK, SYNCTL_ETCD, --config)")
+}
+
+// security merges the etcd security settings, field by field: flags, then
+// the environment, then the config file.
+func (c *common) security(env Env, file etcd.Security) etcd.Security {
+	s := c.etcdSec
+	for _, f := range []struct {
+		dst       *string
+		env, file string
+	}{
+		{&s.CAFile, "SYNCTL_ETCD_CACERT", file.CAFile},
+		{&s.CertFile, "SYNCTL_ETCD_CERT", file.CertFile},
+		{&s.KeyFile, "SYNCTL_ETCD_KEY", file.KeyFile},
+		{&s.Username, "SYNCTL_ETCD_USER", file.Username},
+		{&s.PasswordFile, "SYNCTL_ETCD_PASSWORD_FILE", file.PasswordFile},
+	} {
+		if *f.dst == "" {
+			*f.dst = env.Getenv(f.env)
+		}
+		if *f.dst == "" {
+			*f.dst = f.file
+		}
+	}
+	if s.ServerName == "" {
+		s.ServerName = file.ServerName
+	}
+	return s
 }
 
 func splitList(s string) []string {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -262,4 +264,42 @@ func TestLocalWithRegistryDown(t *testing.T) {
 		t.Errorf("--local --dry-run: %d %s%s", code, out, errs)
 	}
 	p.WaitServers(t, "web", map[string]int{"a": 0, "b": 0, "c": 0}, 100*time.Millisecond)
+}
+
+// A secured etcd: the flags, the environment or the config file give the
+// CA, the client certificate and the password; without them synctl fails
+// with the TLS problem named, and writes nothing.
+func TestSecuredEtcd(t *testing.T) {
+	pki := testserver.NewPKI(t)
+	srv := testserver.StartEtcdTLS(t, pki)
+	dir := t.TempDir()
+	run := func(env map[string]string, args ...string) (int, string, string) {
+		var out, errb bytes.Buffer
+		e := Env{Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return env[k] }, Now: time.Now, By: "tester@test"}
+		code := Main(context.Background(), args, e)
+		return code, out.String(), errb.String()
+	}
+	flags := []string{"--etcd", srv.Endpoint, "--etcd-cacert", pki.CA, "--etcd-cert", pki.ClientCert, "--etcd-key", pki.ClientKey}
+	// A drain of a host nobody registered is refused either way; what
+	// matters is that synctl got as far as the registry's answer.
+	if code, out, errs := run(nil, append([]string{"history"}, flags...)...); code != 0 {
+		t.Fatalf("history with flags: %d %s%s", code, out, errs)
+	}
+	env := map[string]string{"SYNCTL_ETCD": srv.Endpoint, "SYNCTL_ETCD_CACERT": pki.CA, "SYNCTL_ETCD_CERT": pki.ClientCert, "SYNCTL_ETCD_KEY": pki.ClientKey}
+	if code, out, errs := run(env, "history"); code != 0 {
+		t.Fatalf("history with the environment: %d %s%s", code, out, errs)
+	}
+	cfgFile := filepath.Join(dir, "synctl.yaml")
+	os.WriteFile(cfgFile, []byte(fmt.Sprintf("etcd: [%s]\netcd_security: {ca_file: %s, cert_file: %s, key_file: %s}\n", srv.Endpoint, pki.CA, pki.ClientCert, pki.ClientKey)), 0o644)
+	if code, out, errs := run(nil, "history", "--config", cfgFile); code != 0 {
+		t.Fatalf("history with --config: %d %s%s", code, out, errs)
+	}
+	code, _, errs := run(nil, "drain", "127.0.0.12", "--force", "--etcd", srv.Endpoint, "--etcd-cacert", pki.CA, "--registry-timeout", "2s")
+	if code != 1 || !strings.Contains(errs, "certificate required") {
+		t.Errorf("without a client certificate: exit %d, %s", code, errs)
+	}
+	code, _, errs = run(nil, "history", "--etcd", srv.Endpoint, "--etcd-cacert", filepath.Join(dir, "nope.pem"))
+	if code != 2 || !strings.Contains(errs, "ca_file") {
+		t.Errorf("a missing CA file: exit %d, %s", code, errs)
+	}
 }

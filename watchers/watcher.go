@@ -6,6 +6,8 @@ package watchers
 import (
 	"context"
 	"fmt"
+	"net"
+	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -124,7 +126,8 @@ func (c *Config) Finalize(key string, portOverride int, p *confutil.Problems) {
 			if port == 0 {
 				port = 2379
 			}
-			c.Hosts = append(c.Hosts, fmt.Sprintf("http://%s:%d", c.Host, port))
+			// No scheme: TLS or not follows etcd_security.
+			c.Hosts = append(c.Hosts, net.JoinHostPort(c.Host, strconv.Itoa(port)))
 		}
 		if len(c.Hosts) == 0 {
 			p.Addf(key+".hosts", "missing: the etcd endpoints (or host and port)")

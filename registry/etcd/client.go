@@ -20,6 +20,8 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/syncstack/syncstack/registry"
 )
@@ -251,6 +253,24 @@ func (c *Client) conn(ctx context.Context) (*clientv3.Client, error) {
 		}
 		return nil, fmt.Errorf("%w (%v)", err, ctx.Err())
 	}
+}
+
+// explain adds what is known of a failed call's cause: why the client has
+// not connected, or what the TLS handshake says (gRPC reports both as a
+// deadline).
+func (c *Client) explain(err error) error {
+	if err == nil {
+		return nil
+	}
+	if cerr := c.connectErr(); cerr != nil {
+		return fmt.Errorf("%w (%v)", cerr, err)
+	}
+	if c.cfg.TLS != nil && (errors.Is(err, context.DeadlineExceeded) || status.Code(err) == codes.Unavailable || status.Code(err) == codes.DeadlineExceeded) {
+		if p := tlsProblem(c.cfg.Endpoints[0], c.cfg.TLS, time.Second); p != nil {
+			return fmt.Errorf("%w (%v)", p, err)
+		}
+	}
+	return err
 }
 
 // connectErr is why the client is not connected yet; nil once it is (or

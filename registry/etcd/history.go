@@ -33,7 +33,7 @@ func (c *Client) AppendHistory(ctx context.Context, h registry.HistoryEntry) err
 	_, err = cli.Put(ctx, key, string(data))
 	c.count("writes", "put", err)
 	if err != nil {
-		return fmt.Errorf("etcd: history: %w", err)
+		return fmt.Errorf("etcd: history: %w", c.explain(err))
 	}
 	resp, err := cli.Get(ctx, c.historyPrefix(), clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
 	c.count("reads", "range", err)
@@ -61,7 +61,7 @@ func (c *Client) History(ctx context.Context, limit int) ([]registry.HistoryEntr
 	resp, err := cli.Get(ctx, c.historyPrefix(), opts...)
 	c.count("reads", "range", err)
 	if err != nil {
-		return nil, fmt.Errorf("etcd: history: %w", err)
+		return nil, fmt.Errorf("etcd: history: %w", c.explain(err))
 	}
 	out := make([]registry.HistoryEntry, 0, len(resp.Kvs))
 	for i := len(resp.Kvs) - 1; i >= 0; i-- {

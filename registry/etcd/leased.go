@@ -55,15 +55,7 @@ func (k *leasedKey) waitFirst(ctx context.Context) error {
 		if k.c.ctx.Err() != nil {
 			return registry.ErrClosed
 		}
-		if err := k.c.connectErr(); err != nil {
-			return fmt.Errorf("etcd: put %s: %w (%v)", k.key, err, ctx.Err())
-		}
-		if tc := k.c.cfg.TLS; tc != nil {
-			if p := tlsProblem(k.c.cfg.Endpoints[0], tc, time.Second); p != nil {
-				return fmt.Errorf("etcd: put %s: %w (%v)", k.key, p, ctx.Err())
-			}
-		}
-		return fmt.Errorf("etcd: put %s: %w", k.key, ctx.Err())
+		return fmt.Errorf("etcd: put %s: %w", k.key, k.c.explain(ctx.Err()))
 	}
 }
 

@@ -41,7 +41,7 @@ func (c *Client) PutOverride(ctx context.Context, o registry.Override) (int64, e
 	resp, err := cli.Put(ctx, key, string(data))
 	c.count("writes", "put", err)
 	if err != nil {
-		return 0, fmt.Errorf("etcd: put override %s: %w", key, err)
+		return 0, fmt.Errorf("etcd: put override %s: %w", key, c.explain(err))
 	}
 	return resp.Header.Revision, nil
 }
@@ -66,7 +66,7 @@ func (c *Client) DeleteOverride(ctx context.Context, key string) (int64, error) 
 	).Commit()
 	c.count("writes", "delete", err)
 	if err != nil {
-		return 0, fmt.Errorf("etcd: delete override %s: %w", key, err)
+		return 0, fmt.Errorf("etcd: delete override %s: %w", key, c.explain(err))
 	}
 	return resp.Header.Revision, nil
 }
@@ -88,7 +88,7 @@ func (c *Client) list(ctx context.Context, prefix string) (*clientv3.GetResponse
 	resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix())
 	c.count("reads", "range", err)
 	if err != nil {
-		return nil, fmt.Errorf("etcd: read %s: %w", prefix, err)
+		return nil, fmt.Errorf("etcd: read %s: %w", prefix, c.explain(err))
 	}
 	return resp, nil
 }
