@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -145,7 +146,10 @@ type synapseProc struct {
 	admin      int
 	port       int // frontend of svc0000, when it has one
 	cmd        *exec.Cmd
+	peak       atomic.Int64 // largest RSS sampled (KB), every 100ms
 }
+
+func (p *synapseProc) peakRSS() int64 { return p.peak.Load() }
 
 // startSynapseWithFrontend runs one etcd service, svc0000, with a frontend.
 func startSynapseWithFrontend(b *testing.B, bin, endpoint string, doSocket bool) *synapseProc {
@@ -191,7 +195,20 @@ services:
 	if err := p.cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { p.cmd.Process.Signal(syscall.SIGKILL); p.cmd.Wait() })
+	stop := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			if s, err := sampleProc(p.cmd.Process.Pid); err == nil && s.rssKB > p.peak.Load() {
+				p.peak.Store(s.rssKB)
+			}
+		}
+	}()
+	b.Cleanup(func() { close(stop); p.cmd.Process.Signal(syscall.SIGKILL); p.cmd.Wait() })
 	return p
 }
 
@@ -232,6 +249,18 @@ func (p *synapseProc) heapProfile(b *testing.B, name string) {
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
 	os.WriteFile(filepath.Join(dir, name+".pb"), data, 0o644)
+	// The text form ends with the runtime's MemStats: heap in use, idle,
+	// released, stacks.
+	if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/heap?debug=1", p.admin)); err == nil {
+		data, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		os.WriteFile(filepath.Join(dir, name+".txt"), data, 0o644)
+	}
+	if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/goroutine?debug=1", p.admin)); err == nil {
+		data, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		os.WriteFile(filepath.Join(dir, name+"-goroutines.txt"), data, 0o644)
+	}
 }
 
 // metric sums a Prometheus counter's series whose line starts with prefix.
@@ -488,9 +517,14 @@ func convergence(b *testing.B, method string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	converged := time.Since(t0)
 	end, _ := sampleProc(p.cmd.Process.Pid)
+	// Steady state: the same 10k backends, nothing changing, 10s on.
+	time.Sleep(10 * time.Second)
+	settled, _ := sampleProc(p.cmd.Process.Pid)
 	report(b, "mass-churn/"+method, map[string]float64{
-		"converged-s": time.Since(t0).Seconds(), "writes-took-s": written.Seconds(), "after-last-write-s": (time.Since(t0) - written).Seconds(), "reloads": p.metric("synapse_haproxy_reloads_total") - reloads0,
-		"synapse-rss-MB": float64(end.rssKB) / 1024, "backends": float64(services * per),
+		"converged-s": converged.Seconds(), "writes-took-s": written.Seconds(), "after-last-write-s": (converged - written).Seconds(), "reloads": p.metric("synapse_haproxy_reloads_total") - reloads0,
+		"synapse-rss-MB": float64(end.rssKB) / 1024, "synapse-rss-settled-MB": float64(settled.rssKB) / 1024, "synapse-rss-peak-MB": float64(p.peakRSS()) / 1024,
+		"backends": float64(services * per),
 	})
 }

@@ -131,11 +131,7 @@ func sortOverrides(s []registry.Override) {
 // WatchOverrides implements registry.Backend.
 func (c *Client) WatchOverrides(ctx context.Context, out chan<- registry.OverrideSet) error {
 	decode := func(_ string, val []byte) (registry.Override, error) { return registry.DecodeOverride(val) }
-	ctx, cancel := context.WithCancel(ctx)
-	box := newMailbox(ctx, out)
-	defer box.wait()
-	defer cancel()
-	return watchPrefix(ctx, c, c.overridesPrefix(), decode, nil, func(entries map[string]entry[registry.Override], rev int64) bool {
+	return watchPrefix(ctx, c, c.overridesPrefix(), decode, nil, func(entries map[string]entry[registry.Override], rev int64) (registry.OverrideSet, bool) {
 		set := registry.OverrideSet{Revision: rev}
 		for _, e := range entries {
 			if e.ok {
@@ -143,9 +139,8 @@ func (c *Client) WatchOverrides(ctx context.Context, out chan<- registry.Overrid
 			}
 		}
 		sortOverrides(set.Overrides)
-		box.put(set)
-		return ctx.Err() == nil
-	})
+		return set, true
+	}, out)
 }
 
 // PutAck implements registry.Backend: a key Root/acks/<id> on the lease.

@@ -22,9 +22,15 @@ type entry[T any] struct {
 // watchPrefix keeps entries in step with the keys under prefix: a Get at
 // revision R, then a watch from R+1 whose events carry the new values (no
 // read per change). After compaction or a cancelled watch it lists again.
-// A failed read never removes an entry. emit gets the entries and the
-// revision after every change; it returns false to stop.
-func watchPrefix[T any](ctx context.Context, c *Client, prefix string, decode func(key string, val []byte) (T, error), quiet func(error) bool, emit func(map[string]entry[T], int64) bool) error {
+// A failed read never removes an entry. After every change, build turns the
+// entries and the revision into a value for out (false: nothing to send).
+//
+// Delivery is latest-wins and never blocks the loop: while the consumer is
+// busy the loop keeps draining etcd's watch stream (so etcd never parks it
+// as a slow watcher, which would delay its events by whole sync rounds), and
+// a burst of events becomes one delivery of the final value. One goroutine
+// per watch: the caller's.
+func watchPrefix[T, V any](ctx context.Context, c *Client, prefix string, decode func(key string, val []byte) (T, error), quiet func(error) bool, build func(map[string]entry[T], int64) (V, bool), out chan<- V) error {
 	log := c.log.With("prefix", prefix)
 	skipped := c.m.RecordsSkipped.WithLabelValues(backendName, strings.TrimSuffix(prefix, "/"))
 	put := func(entries map[string]entry[T], kv *mvccpb.KeyValue) {
@@ -34,6 +40,34 @@ func watchPrefix[T any](ctx context.Context, c *Client, prefix string, decode fu
 			log.Warn("skipping bad registry record", "key", string(kv.Key), "err", err)
 		}
 		entries[string(kv.Key)] = entry[T]{val: v, ok: err == nil}
+	}
+	var pending V
+	var sendTo chan<- V // out while a value waits, else nil
+	offer := func(entries map[string]entry[T], rev int64) {
+		if v, ok := build(entries, rev); ok {
+			pending, sendTo = v, out
+		}
+	}
+	sent := func() {
+		var zero V
+		pending, sendTo = zero, nil
+	}
+	// pause waits d (or until ctx ends), delivering meanwhile.
+	pause := func(d time.Duration) error {
+		timer := time.NewTimer(d)
+		defer timer.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-c.ctx.Done():
+				return registry.ErrClosed
+			case sendTo <- pending:
+				sent()
+			case <-timer.C:
+				return nil
+			}
+		}
 	}
 	backoff := 100 * time.Millisecond
 	var entries map[string]entry[T]
@@ -52,12 +86,8 @@ func watchPrefix[T any](ctx context.Context, c *Client, prefix string, decode fu
 				return ctx.Err()
 			}
 			log.Debug("list failed; keeping the last set", "err", err, "in", backoff)
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-c.ctx.Done():
-				return registry.ErrClosed
-			case <-time.After(backoff):
+			if err := pause(backoff); err != nil {
+				return err
 			}
 			backoff = min(2*backoff, 5*time.Second)
 			continue
@@ -68,22 +98,32 @@ func watchPrefix[T any](ctx context.Context, c *Client, prefix string, decode fu
 			put(entries, kv)
 		}
 		rev := resp.Header.Revision
-		if !emit(entries, rev) {
-			return ctx.Err()
-		}
+		offer(entries, rev)
 
 		// Watch from the next revision.
 		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		stop := context.AfterFunc(c.ctx, wcancel)
 		wch := cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
-		for wresp := range wch {
+	watching:
+		for {
+			var wresp clientv3.WatchResponse
+			var ok bool
+			select {
+			case sendTo <- pending:
+				sent()
+				continue
+			case wresp, ok = <-wch:
+			}
+			if !ok {
+				break
+			}
 			if err := wresp.Err(); err != nil {
 				if errors.Is(err, rpctypes.ErrCompacted) || wresp.CompactRevision != 0 {
 					log.Info("watch revision compacted; listing again", "compact_revision", wresp.CompactRevision)
 				} else {
 					log.Debug("watch ended; listing again", "err", err)
 				}
-				break
+				break watching
 			}
 			if len(wresp.Events) == 0 {
 				continue
@@ -96,9 +136,7 @@ func watchPrefix[T any](ctx context.Context, c *Client, prefix string, decode fu
 					delete(entries, string(ev.Kv.Key))
 				}
 			}
-			if !emit(entries, wresp.Header.Revision) {
-				break
-			}
+			offer(entries, wresp.Header.Revision)
 		}
 		wcancel()
 		stop()
@@ -109,10 +147,8 @@ func watchPrefix[T any](ctx context.Context, c *Client, prefix string, decode fu
 			return registry.ErrClosed
 		}
 		// Do not spin when the cluster has no leader.
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(backoff):
+		if err := pause(backoff); err != nil {
+			return err
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
@@ -128,11 +164,7 @@ func (c *Client) Watch(ctx context.Context, dir string, opts registry.DecodeOpti
 	first := true
 	decode := func(_ string, val []byte) (registry.Instance, error) { return registry.Decode(val, opts) }
 	quiet := func(err error) bool { return errors.Is(err, registry.ErrNotAlive) }
-	ctx, cancel := context.WithCancel(ctx)
-	box := newMailbox(ctx, out)
-	defer box.wait()
-	defer cancel()
-	return watchPrefix(ctx, c, dir+"/", decode, quiet, func(entries map[string]entry[registry.Instance], _ int64) bool {
+	return watchPrefix(ctx, c, dir+"/", decode, quiet, func(entries map[string]entry[registry.Instance], _ int64) ([]registry.Instance, bool) {
 		keys := make([]string, 0, len(entries))
 		for k, e := range entries {
 			if e.ok {
@@ -146,11 +178,10 @@ func (c *Client) Watch(ctx context.Context, dir string, opts registry.DecodeOpti
 		}
 		set = registry.Dedupe(set)
 		if !first && registry.EqualSets(set, last) {
-			return true
+			return nil, false
 		}
 		first, last = false, set
 		updates.Inc()
-		box.put(set)
-		return ctx.Err() == nil
-	})
+		return set, true
+	}, out)
 }
