@@ -275,6 +275,24 @@ func DecodeChildName(name string, opts DecodeOptions) (in Instance, ok bool, err
 	return in, true, nil
 }
 
+// SetOf is a watched set: the usable entries' instances taken in key order
+// (so that of two records of one server the same one wins every time),
+// then deduplicated.
+func SetOf[E any](entries map[string]E, use func(E) (Instance, bool)) []Instance {
+	keys := make([]string, 0, len(entries))
+	for k, e := range entries {
+		if _, ok := use(e); ok {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	set := make([]Instance, len(keys))
+	for i, k := range keys {
+		set[i], _ = use(entries[k])
+	}
+	return Dedupe(set)
+}
+
 // Dedupe sorts s by ID and keeps the first instance of each ID: the same server
 // registered twice (a retried create, two nerves) must be one HAProxy server.
 func Dedupe(s []Instance) []Instance {

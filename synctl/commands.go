@@ -48,6 +48,23 @@ func (f *changeFlags) register(fs *flag.FlagSet, safety bool) {
 
 func (f *changeFlags) scope() []string { return splitList(f.services) }
 
+// open connects to the registry and reads the fleet a change is planned
+// against; the caller closes b.
+func (f *changeFlags) open(ctx context.Context, env Env) (b registry.Backend, fl *fleet, now time.Time, err error) {
+	if b, err = f.connect(env); err != nil {
+		return nil, nil, now, err
+	}
+	now = env.Now()
+	if fl, err = readFleet(ctx, b, &f.common, now); err == nil {
+		err = fl.checkScope(f.scope())
+	}
+	if err != nil {
+		b.Close()
+		return nil, nil, now, err
+	}
+	return b, fl, now, nil
+}
+
 // targets validates HOST[,HOST...].
 func targets(arg string) ([]string, error) {
 	ts := splitList(arg)
@@ -107,19 +124,11 @@ func runSet(ctx context.Context, env Env, action string, state registry.Override
 	if f.local {
 		return runLocal(ctx, env, &f, string(state), ts)
 	}
-	b, err := f.connect(env)
+	b, fl, now, err := f.open(ctx, env)
 	if err != nil {
 		return err
 	}
 	defer b.Close()
-	now := env.Now()
-	fl, err := readFleet(ctx, b, &f.common, now)
-	if err != nil {
-		return err
-	}
-	if err := fl.checkScope(f.scope()); err != nil {
-		return err
-	}
 	var adds []registry.Override
 	for _, t := range ts {
 		if len(fl.matching(t, f.scope())) == 0 {
@@ -294,19 +303,11 @@ func runAddToLB(ctx context.Context, env Env, args []string) error {
 	if f.local {
 		return runLocal(ctx, env, &f, "ready", ts)
 	}
-	b, err := f.connect(env)
+	b, fl, now, err := f.open(ctx, env)
 	if err != nil {
 		return err
 	}
 	defer b.Close()
-	now := env.Now()
-	fl, err := readFleet(ctx, b, &f.common, now)
-	if err != nil {
-		return err
-	}
-	if err := fl.checkScope(f.scope()); err != nil {
-		return err
-	}
 	var del []string
 	for _, t := range ts {
 		found := false
@@ -387,19 +388,11 @@ func runWeight(ctx context.Context, env Env, args []string) error {
 	if f.local {
 		return usagef("--local does not set weights")
 	}
-	b, err := f.connect(env)
+	b, fl, now, err := f.open(ctx, env)
 	if err != nil {
 		return err
 	}
 	defer b.Close()
-	now := env.Now()
-	fl, err := readFleet(ctx, b, &f.common, now)
-	if err != nil {
-		return err
-	}
-	if err := fl.checkScope(f.scope()); err != nil {
-		return err
-	}
 	var adds []registry.Override
 	var del []string
 	for _, t := range ts {

@@ -3,7 +3,6 @@ package etcd
 import (
 	"context"
 	"errors"
-	"slices"
 	"strings"
 	"time"
 
@@ -165,18 +164,7 @@ func (c *Client) Watch(ctx context.Context, dir string, opts registry.DecodeOpti
 	decode := func(_ string, val []byte) (registry.Instance, error) { return registry.Decode(val, opts) }
 	quiet := func(err error) bool { return errors.Is(err, registry.ErrNotAlive) }
 	return watchPrefix(ctx, c, dir+"/", decode, quiet, func(entries map[string]entry[registry.Instance], _ int64) ([]registry.Instance, bool) {
-		keys := make([]string, 0, len(entries))
-		for k, e := range entries {
-			if e.ok {
-				keys = append(keys, k)
-			}
-		}
-		slices.Sort(keys)
-		set := make([]registry.Instance, len(keys))
-		for i, k := range keys {
-			set[i] = entries[k].val
-		}
-		set = registry.Dedupe(set)
+		set := registry.SetOf(entries, func(e entry[registry.Instance]) (registry.Instance, bool) { return e.val, e.ok })
 		if !first && registry.EqualSets(set, last) {
 			return nil, false
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"path"
-	"slices"
 	"sync"
 	"time"
 
@@ -318,20 +317,7 @@ func (c *Client) Watch(ctx context.Context, dir string, opts registry.DecodeOpti
 	var last []registry.Instance
 	first := true
 	return watchChildren(ctx, c, dir, cd, func(entries map[string]entry[registry.Instance], _ int64) bool {
-		names := make([]string, 0, len(entries))
-		for n, e := range entries {
-			if e.ok {
-				names = append(names, n)
-			}
-		}
-		// Child-name order first, so that of two records of one server
-		// the same one wins every time.
-		slices.Sort(names)
-		set := make([]registry.Instance, len(names))
-		for i, n := range names {
-			set[i] = entries[n].val
-		}
-		set = registry.Dedupe(set)
+		set := registry.SetOf(entries, func(e entry[registry.Instance]) (registry.Instance, bool) { return e.val, e.ok })
 		if !first && registry.EqualSets(set, last) {
 			return true
 		}
