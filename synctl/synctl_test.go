@@ -150,18 +150,22 @@ func TestDrainAndAddToLB(t *testing.T) {
 }
 
 func TestDrainForExpires(t *testing.T) {
-	w := newWorld(t, "etcd")
-	if code, out, errs := w.synctl(t, "drain", "127.0.0.11", "--for", "2s"); code != 0 {
-		t.Fatalf("drain --for: %d %s%s", code, out, errs)
-	}
-	w.pairs[0].WaitServers(t, "web", map[string]int{"a": 8, "b": 0, "c": 0}, 2*time.Second)
-	// Nobody undrains it: it heals by itself.
-	for _, p := range w.pairs {
-		p.WaitServers(t, "web", map[string]int{"a": 0, "b": 0, "c": 0}, 5*time.Second)
-	}
-	code, out, _ := w.synctl(t, "status")
-	if code != 0 || !strings.Contains(out, "synapse-1") || strings.Contains(out, "drain") {
-		t.Errorf("status after expiry:\n%s", out)
+	for _, method := range []string{"zookeeper", "etcd"} {
+		t.Run(method, func(t *testing.T) {
+			w := newWorld(t, method)
+			if code, out, errs := w.synctl(t, "drain", "127.0.0.11", "--for", "2s"); code != 0 {
+				t.Fatalf("drain --for: %d %s%s", code, out, errs)
+			}
+			w.pairs[0].WaitServers(t, "web", map[string]int{"a": 8, "b": 0, "c": 0}, 2*time.Second)
+			// Nobody undrains it: it heals by itself.
+			for _, p := range w.pairs {
+				p.WaitServers(t, "web", map[string]int{"a": 0, "b": 0, "c": 0}, 5*time.Second)
+			}
+			code, out, _ := w.synctl(t, "status")
+			if code != 0 || !strings.Contains(out, "synapse-1") || strings.Contains(out, "drain") {
+				t.Errorf("status after expiry:\n%s", out)
+			}
+		})
 	}
 }
 
@@ -215,8 +219,11 @@ func TestSafetyDryRunAndErrors(t *testing.T) {
 	// An unreachable registry: exit 1, nothing written anywhere.
 	var out2, err2 bytes.Buffer
 	env := Env{Stdout: &out2, Stderr: &err2, Getenv: func(string) string { return "" }, Now: time.Now, By: "t"}
-	if code := Main(context.Background(), []string{"drain", "127.0.0.11", "--zk", "127.0.0.1:1", "--registry-timeout", "300ms"}, env); code != 1 || !strings.Contains(err2.String(), "registry unreachable") {
-		t.Errorf("unreachable registry: exit %d %s", code, err2.String())
+	for _, reg := range [][]string{{"--zk", "127.0.0.1:1"}, {"--etcd", "http://127.0.0.1:1"}} {
+		err2.Reset()
+		if code := Main(context.Background(), append([]string{"drain", "127.0.0.11", "--registry-timeout", "300ms"}, reg...), env); code != 1 || !strings.Contains(err2.String(), "registry unreachable") {
+			t.Errorf("unreachable registry %v: exit %d %s", reg, code, err2.String())
+		}
 	}
 	if len(w.overrides(t)) != before {
 		t.Error("something was written")
