@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"reflect"
 	"runtime/debug"
@@ -379,6 +380,9 @@ func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets 
 		for _, g := range s.gens {
 			if f, ok := g.(interface{ Flush() }); ok {
 				f.Flush() // background config writes end with synapse
+			}
+			if c, ok := g.(io.Closer); ok {
+				c.Close() // a watchdog ends; HAProxy keeps running
 			}
 		}
 	}()

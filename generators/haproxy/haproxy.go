@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -43,6 +44,12 @@ type Generator struct {
 	lastReload  time.Time // zero: none yet
 	removing    map[string]time.Time
 	lastWritten string
+	last        *generators.State // the state of the latest Apply
+
+	stop        chan struct{} // ends the watchdog
+	watchOnce   sync.Once
+	watchWG     sync.WaitGroup
+	closeOnce   sync.Once
 	bootSkel    string // skeleton of the file on disk before the first write
 	bootRead    bool
 	applied     map[string]string   // backend/server → options it has
@@ -86,6 +93,7 @@ func New(cfg *Config, services map[string]*ServiceConfig, log *slog.Logger, m *M
 		cfg: cfg, services: svcs, log: log.With("generator", "haproxy"), m: m,
 		rt:             RuntimeClient{Socket: cfg.SocketFilePath, Timeout: 10 * time.Second},
 		removing:       map[string]time.Time{},
+		stop:           make(chan struct{}),
 		confirmTimeout: 15 * time.Second,
 	}
 }
@@ -106,6 +114,110 @@ func (g *Generator) serviceNames() []string {
 func (g *Generator) Apply(ctx context.Context, st generators.State) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	g.last = &st
+	err := g.apply(ctx, st)
+	if err != nil && g.attached && g.cfg.Manage && g.gone(ctx) {
+		return g.restart(ctx, st, err)
+	}
+	return err
+}
+
+// gone reports whether the managed HAProxy is not running: no answer on
+// its sockets twice, half a second apart (a master re-executing for a
+// reload refuses connections for tens of milliseconds), and its master
+// process, when the PID file names one, gone too.
+func (g *Generator) gone(ctx context.Context) bool {
+	if g.running(ctx) {
+		return false
+	}
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(500 * time.Millisecond):
+	}
+	if g.running(ctx) {
+		return false
+	}
+	if g.cfg.PIDFile != "" {
+		if b, err := os.ReadFile(g.cfg.PIDFile); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && processAlive(pid) {
+				g.log.Warn("haproxy does not answer on its sockets but its master process lives; not starting another", "pid", pid)
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// processAlive reports whether pid runs (a zombie does not).
+func processAlive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && i+2 < len(s) && s[i+2] != 'Z'
+}
+
+// restart starts the managed HAProxy again, from st, after it was found
+// gone (killed, crashed, OOM); g.mu is held.
+func (g *Generator) restart(ctx context.Context, st generators.State, why error) error {
+	g.log.Error("haproxy is not running; starting it again", "err", why)
+	g.m.Restarts.Inc()
+	g.attached, g.runningSkel, g.synced, g.lastReload = false, "", nil, time.Time{}
+	clear(g.removing)
+	g.applied = nil // the new HAProxy has the servers of the file
+	return g.apply(ctx, st)
+}
+
+// watchdogEvery is how often a managed HAProxy is checked between changes.
+const watchdogEvery = 2 * time.Second
+
+// watchdog starts the managed HAProxy again when it is gone while nothing
+// changes (a change finds out by itself). It ends with Close.
+func (g *Generator) watchdog() {
+	defer g.watchWG.Done()
+	tick := time.NewTicker(watchdogEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-g.stop:
+			return
+		case <-tick.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if !g.running(ctx) {
+			g.mu.Lock()
+			if g.attached && g.last != nil && g.gone(ctx) {
+				if err := g.restart(ctx, *g.last, errors.New("no answer on its sockets")); err != nil {
+					g.log.Error("haproxy restart failed; trying again", "err", err, "in", watchdogEvery)
+				}
+			}
+			g.mu.Unlock()
+		}
+		cancel()
+	}
+}
+
+func (g *Generator) startWatchdog() {
+	g.watchOnce.Do(func() {
+		g.watchWG.Add(1)
+		go g.watchdog()
+	})
+}
+
+// Close stops the watchdog; HAProxy keeps running.
+func (g *Generator) Close() error {
+	g.closeOnce.Do(func() {
+		close(g.stop)
+		g.watchWG.Wait()
+	})
+	return nil
+}
+
+// apply is Apply with g.mu held.
+func (g *Generator) apply(ctx context.Context, st generators.State) error {
 	var errs []error
 	if !g.bootRead {
 		content, _ := os.ReadFile(g.cfg.ConfigFilePath)
@@ -318,10 +430,14 @@ func (g *Generator) attach(ctx context.Context) error {
 		}
 		g.markLoaded(g.runningSkel)
 		g.attached = true
+		g.startWatchdog()
 		return nil
 	}
 	if !running && on(g.cfg.DoSocket, true) {
 		return fmt.Errorf("haproxy: not running (no answer on %s); set haproxy.manage to start it", g.cfg.SocketFilePath)
+	}
+	if g.cfg.Manage {
+		g.startWatchdog()
 	}
 	// We cannot ask HAProxy what config it loaded: assume the file on disk
 	// as it was before this synapse wrote it, unless the mark of the last

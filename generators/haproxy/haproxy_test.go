@@ -510,3 +510,52 @@ func TestReloadCommand(t *testing.T) {
 		})
 	}
 }
+
+// A managed HAProxy that dies (kill -9 of master and workers) is started
+// again with the current state: by the watchdog when nothing changes, at
+// once by the next Apply otherwise. Drained servers stay drained.
+func TestManagedHAProxyRestarted(t *testing.T) {
+	port := testserver.FreePort(t)
+	r := newRig(t, map[string]*ServiceConfig{"web": {Port: port, BindAddress: "127.0.0.1"}})
+	t.Cleanup(func() { r.g.Close() })
+	a := testserver.StartBackend(t, "a", "127.0.0.11")
+	b := testserver.StartBackend(t, "b", "127.0.0.12")
+	c := testserver.StartBackend(t, "c", "127.0.0.13")
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	drained := backend(b, "b")
+	drained.State = registry.StateDrain
+	st := state("web", backend(a, "a"), drained)
+	r.apply(t, st)
+	pid := r.pid(t)
+
+	// Nothing changes: the watchdog notices.
+	testserver.KillHAProxy(r.cfg.PIDFile)
+	killed := time.Now()
+	var got map[string]int
+	for time.Since(killed) < 10*time.Second {
+		if _, err := r.g.WorkerPID(context.Background()); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("HAProxy back %v after kill -9 (watchdog every %v)", time.Since(killed), watchdogEvery)
+	if got = spread(t, url, 10); got["a"] != 10 {
+		t.Errorf("after the restart: %v, want a only (b drained)", got)
+	}
+	if p := r.pid(t); p == pid {
+		t.Error("worker PID unchanged: not restarted")
+	}
+	if n := testutil.ToFloat64(r.g.m.Restarts); n != 1 {
+		t.Errorf("restarts = %v, want 1", n)
+	}
+
+	// Killed again, then a change: Apply starts it at once.
+	testserver.KillHAProxy(r.cfg.PIDFile)
+	r.apply(t, state("web", backend(a, "a"), drained, backend(c, "c")))
+	if got = spread(t, url, 20); got["a"] == 0 || got["c"] == 0 || got["b"] != 0 {
+		t.Errorf("after the second restart: %v", got)
+	}
+	if n := testutil.ToFloat64(r.g.m.Restarts); n != 2 {
+		t.Errorf("restarts = %v, want 2", n)
+	}
+}

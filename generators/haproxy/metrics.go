@@ -12,6 +12,7 @@ type Metrics struct {
 	ReloadSeconds       prometheus.Histogram
 	ConfigWrites        prometheus.Counter
 	ValidationFailures  prometheus.Counter
+	Restarts            prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them with reg (nil: not registered).
@@ -40,12 +41,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		ConfigWrites: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "synapse_haproxy_config_writes_total", Help: "haproxy.cfg files written (only when the content changed).",
 		}),
+		Restarts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "synapse_haproxy_restarts_total", Help: "Times a managed HAProxy was found gone and started again.",
+		}),
 		ValidationFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "synapse_haproxy_validation_failures_total", Help: "Rendered configs rejected by haproxy -c (the previous file was kept).",
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.RuntimeOps, m.RuntimeBatchSeconds, m.Reloads, m.ReloadFailures, m.ReloadsDeferred, m.ReloadSeconds, m.ConfigWrites, m.ValidationFailures)
+		reg.MustRegister(m.RuntimeOps, m.RuntimeBatchSeconds, m.Reloads, m.ReloadFailures, m.ReloadsDeferred, m.ReloadSeconds, m.ConfigWrites, m.ValidationFailures, m.Restarts)
 	}
 	return m
 }

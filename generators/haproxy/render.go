@@ -126,9 +126,11 @@ func (g *Generator) renderServers(b *strings.Builder, backends []generators.Back
 		switch {
 		case be.State == "maint":
 			l += " disabled"
-		case be.State == "drain" && !on(g.cfg.DoSocket, true):
-			// Without the runtime API a drain can only be written as a
-			// zero weight: no new requests, existing ones finish.
+		case be.State == "drain":
+			// A config cannot say "drain"; a zero weight does the same for
+			// a HAProxy that starts from this file (no new requests). A
+			// reload carries the real drain and weight in the server state
+			// file, and the runtime sync sets both after a fresh start.
 			l += " weight 0"
 		}
 		line(b, l)
