@@ -10,6 +10,8 @@ import (
 
 	"github.com/go-zookeeper/zk"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/syncstack/syncstack/internal/testserver"
 )
 
 func TestZooKeeper(t *testing.T) { suite(t, "zookeeper") }
@@ -32,6 +34,7 @@ func suite(t *testing.T, method string) {
 		run("LeaderKilled", leaderKilled)
 	}
 	run("MaliciousRegistrations", malicious)
+	run("HAProxyKilled", haproxyKilled)
 	run("SynapseKilledRegistryDown", synapseKilledRegistryDown)
 	run("RegistryDown30s", registryDown)
 }
@@ -201,6 +204,33 @@ func unplant(t *testing.T, f *fleet, records map[string]string) {
 			cli.Delete(context.Background(), "/services/web/"+name)
 		}
 	}
+}
+
+// 7. HAProxy itself killed with -9 (master and workers): synapse starts it
+// again from the current state, a drained host still drained.
+func haproxyKilled(t *testing.T, f *fleet) {
+	f.t = t
+	f.synctl("drain", "127.0.0.12", "--reason", "haproxy kill test", "--wait", "--timeout", "20s")
+	f.waitServers(map[string]int{"a": 0, "b": 8, "c": 0}, 2*time.Second)
+	pid := f.workerPID()
+	testserver.KillHAProxy(filepath.Join(f.dir, "haproxy.pid"))
+	killed := time.Now()
+	for {
+		if p, err := testserver.TryHAProxyWorkerPID(filepath.Join(f.dir, "master.sock")); err == nil && p != pid {
+			break
+		}
+		if time.Since(killed) > 15*time.Second {
+			t.Fatalf("HAProxy not started again 15s after kill -9\nsynapse log:\n%s", tail(filepath.Join(f.dir, "synapse.log"), 20))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("HAProxy serving again %v after kill -9", time.Since(killed))
+	f.waitServers(map[string]int{"a": 0, "b": 8, "c": 0}, 5*time.Second)
+	if m := f.metric("synapse_haproxy_restarts_total"); m != "synapse_haproxy_restarts_total 1" {
+		t.Errorf("restarts: %q", m)
+	}
+	f.synctl("add-to-lb", "127.0.0.12", "--wait", "--timeout", "20s")
+	f.waitServers(map[string]int{"a": 0, "b": 0, "c": 0}, 2*time.Second)
 }
 
 // 5. synapse killed with -9, restarted while the registry is down: HAProxy

@@ -1,6 +1,7 @@
 package testserver
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -106,15 +107,25 @@ func HAProxyCommand(socket, cmd string) (string, error) {
 // (retrying for a second: the master refuses connections while it reloads).
 func HAProxyWorkerPID(t testing.TB, masterSocket string) int {
 	t.Helper()
-	var out string
+	var pid int
 	var err error
 	for deadline := time.Now().Add(time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if out, err = HAProxyCommand(masterSocket, "show proc"); err == nil || time.Now().After(deadline) {
+		if pid, err = TryHAProxyWorkerPID(masterSocket); err == nil || time.Now().After(deadline) {
 			break
 		}
 	}
 	if err != nil {
-		t.Fatalf("show proc: %v", err)
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// TryHAProxyWorkerPID is the current worker's PID from the master CLI's
+// `show proc`, once.
+func TryHAProxyWorkerPID(masterSocket string) (int, error) {
+	out, err := HAProxyCommand(masterSocket, "show proc")
+	if err != nil {
+		return 0, fmt.Errorf("show proc: %w", err)
 	}
 	inWorkers := false
 	for _, l := range strings.Split(out, "\n") {
@@ -125,13 +136,11 @@ func HAProxyWorkerPID(t testing.TB, masterSocket string) int {
 			inWorkers = false
 		case inWorkers:
 			if f := strings.Fields(l); len(f) >= 2 && f[1] == "worker" {
-				pid, _ := strconv.Atoi(f[0])
-				return pid
+				return strconv.Atoi(f[0])
 			}
 		}
 	}
-	t.Fatalf("show proc: no worker in %q", out)
-	return 0
+	return 0, fmt.Errorf("show proc: no worker in %q", out)
 }
 
 // ServerState is one server of `show servers state`.
