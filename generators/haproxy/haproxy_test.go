@@ -559,3 +559,33 @@ func TestManagedHAProxyRestarted(t *testing.T) {
 		t.Errorf("restarts = %v, want 2", n)
 	}
 }
+
+// The options read back from a rendered file are those the servers were
+// added with, whatever their state: a restarted synapse must not replace
+// (delete and add, cutting connections) a drained or maint server.
+func TestServerOptionsRoundTrip(t *testing.T) {
+	w := 3
+	ready := generators.Backend{Instance: registry.Instance{Host: "10.0.0.1", Port: 80, Name: "a", Weight: &w, HAProxyServerOptions: "maxconn 10"}, State: registry.StateReady}
+	drained, maint := ready, ready
+	drained.Name, drained.State = "b", registry.StateDrain
+	maint.Name, maint.State = "c", registry.StateMaint
+	zero := 0
+	zeroWeight := ready
+	zeroWeight.Name, zeroWeight.Weight, zeroWeight.HAProxyServerOptions = "d", &zero, ""
+	zeroDrained := zeroWeight
+	zeroDrained.Name, zeroDrained.State = "e", registry.StateDrain
+	svc := &ServiceConfig{Port: 8080, BindAddress: "127.0.0.1", ServerOptions: confutil.StringOrList{"check"}}
+	cfg := &Config{ConfigFilePath: "/tmp/x.cfg"}
+	var p confutil.Problems
+	cfg.Finalize(&p)
+	svc.Finalize("web", cfg, &p)
+	g := New(cfg, map[string]*ServiceConfig{"web": svc}, nil, nil)
+	st := state("web", ready, drained, maint, zeroWeight, zeroDrained)
+	opts, _ := serverOptsOf(g.render(st, true))
+	for _, b := range st.Services["web"].Backends {
+		id := "web/" + b.ServerName()
+		if want := serverParams(b, svc.ServerOptions.String()); opts[id] != want {
+			t.Errorf("%s (%s): read back %q, added with %q", id, b.State, opts[id], want)
+		}
+	}
+}

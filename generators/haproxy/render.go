@@ -9,6 +9,9 @@ import (
 	"github.com/syncstack/syncstack/generators"
 )
 
+// drainSuffix ends the server line of a drained server.
+const drainSuffix = " weight 0 # drained"
+
 const header = "# Written by syncstack synapse. Edits are overwritten: change synapse's config instead.\n"
 
 // render writes the whole haproxy.cfg for st: global, defaults, extra
@@ -131,7 +134,8 @@ func (g *Generator) renderServers(b *strings.Builder, backends []generators.Back
 			// a HAProxy that starts from this file (no new requests). A
 			// reload carries the real drain and weight in the server state
 			// file, and the runtime sync sets both after a fresh start.
-			l += " weight 0"
+			// The comment tells serverOptsOf this weight is not an option.
+			l += drainSuffix
 		}
 		line(b, l)
 	}

@@ -3,6 +3,7 @@ package haproxy
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -336,6 +337,13 @@ func serverOptsOf(cfg string) (opts map[string]string, lines map[string][]string
 			continue
 		}
 		params := f[3:]
+		if i := slices.Index(params, "#"); i >= 0 {
+			// "weight 0 # drained" is how render writes a drain.
+			if strings.Join(params[i:], " ") == "# drained" && i >= 2 && params[i-2] == "weight" && params[i-1] == "0" {
+				i -= 2
+			}
+			params = params[:i]
+		}
 		if n := len(params); n > 0 && params[n-1] == "disabled" {
 			params = params[:n-1]
 		}
