@@ -247,7 +247,7 @@ haproxy:
   master_socket_path: %[1]s/master.sock
   pid_file: %[1]s/haproxy.pid
   removal_grace: 5s
-  defaults: [mode http, timeout connect 500ms, timeout client 10s, timeout server 10s, retries 3, option redispatch]
+  defaults: [mode http, timeout connect 500ms, timeout client 10s, timeout server 10s, retries 3, option redispatch, "retry-on conn-failure empty-response response-timeout"]
 services:
   web:
     discovery: {method: %[2]s, hosts: [%[3]s], path: /services/web}

@@ -165,7 +165,7 @@ haproxy:
   socket_file_path: %[1]s/haproxy.sock
   master_socket_path: %[1]s/master.sock
   pid_file: %[1]s/haproxy.pid
-  defaults: [mode http, timeout connect 1s, timeout client 30s, timeout server 30s, retries 2, option redispatch]
+  defaults: [mode http, timeout connect 1s, timeout client 30s, timeout server 30s, retries 2, option redispatch, "retry-on conn-failure empty-response response-timeout"]
 services:
   web:
     discovery: {method: etcd, hosts: [%[2]s], path: /services/web/services}
