@@ -37,6 +37,12 @@ type Backend interface {
 	// Acks lists the acks of the live synapses.
 	Acks(ctx context.Context) ([]Ack, error)
 
+	// PutCatalog writes (or replaces) a synapse's persistent catalog of
+	// the services it serves; it outlives the session.
+	PutCatalog(ctx context.Context, c Catalog) error
+	// Catalogs lists every catalog; bad ones are skipped and counted.
+	Catalogs(ctx context.Context) ([]Catalog, error)
+
 	// AppendHistory adds an entry to the audit trail, dropping the oldest
 	// beyond MaxHistory.
 	AppendHistory(ctx context.Context, h HistoryEntry) error

@@ -241,10 +241,14 @@ func (s *Synapse) Run(ctx context.Context) error {
 	}
 	acks := make(chan int64, 1)
 	if s.overrides != nil {
-		wg.Add(1)
+		wg.Add(2)
 		go func() {
 			defer wg.Done()
 			s.ackLoop(ctx, acks)
+		}()
+		go func() {
+			defer wg.Done()
+			s.publishCatalog(ctx)
 		}()
 	}
 	return s.loop(ctx, updates, overrideSets, acks)
@@ -332,6 +336,29 @@ func (s *Synapse) ackLoop(ctx context.Context, acks <-chan int64) {
 				}
 			}
 		}
+	}
+}
+
+// publishCatalog writes this synapse's persistent catalog of services once
+// (retrying until it lands), so synctl finds their backends even while no
+// synapse is connected.
+func (s *Synapse) publishCatalog(ctx context.Context) {
+	services := s.ackServices()
+	if len(services) == 0 {
+		return
+	}
+	backoff := time.Second
+	for ctx.Err() == nil {
+		err := s.overrides.PutCatalog(ctx, registry.Catalog{ID: s.cfg.ID, At: time.Now().UTC(), Services: services})
+		if err == nil {
+			return
+		}
+		s.log.Warn("catalog not written; retrying", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Minute)
 	}
 }
 

@@ -30,10 +30,22 @@ func readFleet(ctx context.Context, b registry.Backend, c *common, now time.Time
 	if f.acks, err = b.Acks(ctx); err != nil {
 		return nil, fmt.Errorf("registry unreachable: %w", err)
 	}
+	// The services come from the synapses' catalogs, which stay in the
+	// registry, and from their acks and synctl's config.
+	catalogs, err := b.Catalogs(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("registry unreachable: %w", err)
+	}
+	for _, cat := range catalogs {
+		for name, path := range cat.Services {
+			f.services[name] = path
+		}
+	}
 	// Acks live with their synapse's session: right after a registry
 	// outage they may be missing for a moment while synapses re-create
-	// them. Give them a few seconds before concluding there are none.
-	for deadline := time.Now().Add(2 * c.opTimeout); len(f.acks) == 0 && len(c.services) == 0 && time.Now().Before(deadline); {
+	// them. With no catalog either, give them a few seconds before
+	// concluding there are none.
+	for deadline := time.Now().Add(2 * c.opTimeout); len(f.acks) == 0 && len(f.services) == 0 && len(c.services) == 0 && time.Now().Before(deadline); {
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()

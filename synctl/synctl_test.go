@@ -310,3 +310,36 @@ func TestSecuredEtcd(t *testing.T) {
 		t.Errorf("a missing CA file: exit %d, %s", code, errs)
 	}
 }
+
+// With every synapse gone (their acks with them), synctl still finds the
+// services, from the catalogs the synapses left in the registry, and a
+// drain is planned and written; the synapses apply it when they are back.
+func TestCatalogWithoutSynapses(t *testing.T) {
+	for _, method := range []string{"zookeeper", "etcd"} {
+		t.Run(method, func(t *testing.T) {
+			w := newWorld(t, method)
+			registrytest.Eventually(t, 10*time.Second, "two catalogs", func() bool {
+				cats, err := w.reg.Catalogs(context.Background())
+				return err == nil && len(cats) == 2
+			})
+			for _, p := range w.pairs {
+				p.Stop()
+			}
+			registrytest.Eventually(t, 10*time.Second, "the acks gone", func() bool {
+				acks, err := w.reg.Acks(context.Background())
+				return err == nil && len(acks) == 0
+			})
+			start := time.Now()
+			code, out, errs := w.synctl(t, "drain", "127.0.0.12", "--reason", "no synapse up")
+			if code != 0 || !strings.Contains(out, "web") {
+				t.Fatalf("drain with no synapse up: exit %d\n%s%s", code, out, errs)
+			}
+			if d := time.Since(start); d > 3*time.Second {
+				t.Errorf("drain took %v: it waited for acks although catalogs named the services", d)
+			}
+			if o := w.overrides(t); len(o) != 1 || o[0].Target != "127.0.0.12" {
+				t.Errorf("overrides = %+v", o)
+			}
+		})
+	}
+}

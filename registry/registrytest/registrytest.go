@@ -36,6 +36,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("BadRecordsSkippedAndCounted", func(t *testing.T) { badRecords(t, h) })
 	t.Run("OverridesAndAcks", func(t *testing.T) { overridesAndAcks(t, h) })
 	t.Run("History", func(t *testing.T) { history(t, h) })
+	t.Run("CatalogOutlivesSession", func(t *testing.T) { catalog(t, h) })
 }
 
 // Inst is a short constructor for tests.
@@ -389,5 +390,43 @@ func history(t *testing.T, h Harness) {
 	}
 	if err := c.AppendHistory(ctx, registry.HistoryEntry{At: time.Now(), Action: "drain", Reason: "a\nb"}); err == nil {
 		t.Error("AppendHistory accepted a newline in the reason")
+	}
+}
+
+func catalog(t *testing.T, h Harness) {
+	ctx := context.Background()
+	c := h.New(t)
+	id := fmt.Sprintf("synapse-%d", time.Now().UnixNano())
+	for _, services := range []map[string]string{
+		{"web": "/services/web"},
+		{"web": "/services/web", "api": "/services/api"}, // replaces the first
+	} {
+		if err := c.PutCatalog(ctx, registry.Catalog{ID: id, At: time.Now().UTC(), Services: services}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Close()
+	// Read through another session, the first one gone.
+	got, err := h.New(t).Catalogs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mine *registry.Catalog
+	for i := range got {
+		if got[i].ID == id {
+			mine = &got[i]
+		}
+	}
+	if mine == nil || len(mine.Services) != 2 || mine.Services["api"] != "/services/api" {
+		t.Errorf("catalog after its writer closed: %+v (all: %+v)", mine, got)
+	}
+	for _, bad := range []registry.Catalog{
+		{ID: "bad id", At: time.Now(), Services: map[string]string{"web": "/x"}},
+		{ID: "ok", At: time.Now(), Services: map[string]string{"web": "relative"}},
+		{ID: "ok", Services: map[string]string{"web": "/x"}},
+	} {
+		if err := h.New(t).PutCatalog(ctx, bad); err == nil {
+			t.Errorf("PutCatalog accepted %+v", bad)
+		}
 	}
 }
