@@ -20,6 +20,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -81,9 +82,9 @@ func run(args []string) int {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	opts := synapse.Options{Logger: log, Metrics: synapse.NewMetrics(reg), HAProxyMetrics: haproxy.NewMetrics(reg), RegistryMetrics: registry.NewMetrics(reg)}
 
-	var current *synapse.Synapse
+	var current atomic.Pointer[synapse.Synapse] // swapped on SIGHUP, read by the admin API
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s := current; s != nil {
+		if s := current.Load(); s != nil {
 			s.AdminHandler(reg).ServeHTTP(w, r)
 			return
 		}
@@ -109,7 +110,7 @@ func run(args []string) int {
 			log.Error("synapse", "err", err)
 			return 1
 		}
-		current = s
+		current.Store(s)
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- s.Run(ctx) }()
