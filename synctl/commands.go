@@ -48,6 +48,21 @@ func (f *changeFlags) register(fs *flag.FlagSet, safety bool) {
 
 func (f *changeFlags) scope() []string { return splitList(f.services) }
 
+// parseTargets parses the flags of command and its one HOST[,HOST...]
+// argument.
+func (f *changeFlags) parseTargets(env Env, command string, safety bool, args []string) ([]string, error) {
+	fs := newFlagSet(env, command, command+" HOST[,HOST...] [flags]")
+	f.register(fs, safety)
+	pos, err := parse(fs, args)
+	if err != nil {
+		return nil, err
+	}
+	if len(pos) != 1 {
+		return nil, usagef("want exactly one HOST[,HOST...] argument, got %d", len(pos))
+	}
+	return targets(pos[0])
+}
+
 // open connects to the registry and reads the fleet a change is planned
 // against; the caller closes b.
 func (f *changeFlags) open(ctx context.Context, env Env) (b registry.Backend, fl *fleet, now time.Time, err error) {
@@ -94,16 +109,7 @@ type result struct {
 
 func runSet(ctx context.Context, env Env, action string, state registry.OverrideState, args []string) error {
 	var f changeFlags
-	fs := newFlagSet(env, action, action+" HOST[,HOST...] [flags]")
-	f.register(fs, true)
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return usagef("want exactly one HOST[,HOST...] argument, got %d", len(pos))
-	}
-	ts, err := targets(pos[0])
+	ts, err := f.parseTargets(env, action, true, args)
 	if err != nil {
 		return err
 	}
@@ -287,16 +293,7 @@ func waitAcks(ctx context.Context, env Env, b registry.Backend, rev int64, timeo
 
 func runAddToLB(ctx context.Context, env Env, args []string) error {
 	var f changeFlags
-	fs := newFlagSet(env, "add-to-lb", "add-to-lb HOST[,HOST...] [flags]")
-	f.register(fs, false)
-	pos, err := parse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return usagef("want exactly one HOST[,HOST...] argument, got %d", len(pos))
-	}
-	ts, err := targets(pos[0])
+	ts, err := f.parseTargets(env, "add-to-lb", false, args)
 	if err != nil {
 		return err
 	}

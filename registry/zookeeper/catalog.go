@@ -4,7 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
+	"slices"
+	"strings"
 
 	"github.com/go-zookeeper/zk"
 
@@ -51,43 +52,19 @@ func (c *Client) PutCatalog(ctx context.Context, cat registry.Catalog) error {
 
 // Catalogs implements registry.Backend.
 func (c *Client) Catalogs(ctx context.Context) ([]registry.Catalog, error) {
-	ctx, cancel := c.opContext(ctx)
-	defer cancel()
-	if _, err := c.waitSession(ctx); err != nil {
-		return nil, err
-	}
-	dir := c.catalogDir()
 	var out []registry.Catalog
-	err := call(ctx, func() error {
-		names, _, err := c.conn.Children(dir)
-		c.countRead("children", err)
-		if errors.Is(err, zk.ErrNoNode) {
-			return nil
-		}
+	var pzxid int64
+	err := c.readAll(ctx, c.catalogDir(), func(name string, data []byte, _ *zk.Stat) {
+		cat, err := registry.DecodeCatalog(data)
 		if err != nil {
-			return err
+			c.skip(c.catalogDir(), name, err)
+			return
 		}
-		sort.Strings(names)
-		for _, n := range names {
-			data, _, err := c.conn.Get(dir + "/" + n)
-			c.countRead("get", err)
-			if errors.Is(err, zk.ErrNoNode) {
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			cat, err := registry.DecodeCatalog(data)
-			if err != nil {
-				c.skip(dir, n, err)
-				continue
-			}
-			out = append(out, cat)
-		}
-		return nil
-	})
+		out = append(out, cat)
+	}, &pzxid)
 	if err != nil {
 		return nil, fmt.Errorf("zookeeper: catalogs: %w", err)
 	}
+	slices.SortFunc(out, func(a, b registry.Catalog) int { return strings.Compare(a.ID, b.ID) })
 	return out, nil
 }
