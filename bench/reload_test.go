@@ -38,8 +38,17 @@ func BenchmarkReloadPerChange(b *testing.B) {
 			if _, err := p.waitFor(120*time.Second, "svc0000", func(m map[string]testserver.ServerState) bool { return len(m) == per }); err != nil {
 				b.Fatal(err)
 			}
-			time.Sleep(mode.spacing)
+			// The other services' initial load may still be reloading:
+			// start timing once the reload count has settled.
 			reloads0 := p.metric("synapse_haproxy_reloads_total")
+			for {
+				time.Sleep(mode.spacing + time.Second)
+				r := p.metric("synapse_haproxy_reloads_total")
+				if r == reloads0 {
+					break
+				}
+				reloads0 = r
+			}
 			b.ResetTimer()
 			var lat []time.Duration
 			for i := range mode.changes {
