@@ -72,6 +72,7 @@ Usage:
 The registry: --zk host:port,... or --etcd http://host:port,... (or SYNCTL_ZK, SYNCTL_ETCD,
 or --config FILE with zk/etcd/root/services/etcd_security), --root (default /syncstack).
 A secured etcd: --etcd-cacert, --etcd-cert, --etcd-key, --etcd-user, --etcd-password-file.
+The services and their paths come from the catalogs every synapse leaves in the registry.
 Every command takes --output text|json and --help. Exit codes: 0 ok, 1 failed, 2 usage.
 `
 
