@@ -2,7 +2,6 @@ package nerve
 
 import (
 	"fmt"
-	"net"
 	"slices"
 	"sort"
 	"strconv"
@@ -208,13 +207,13 @@ func (svc *ServiceConfig) finalize(cfg *Config, name, key string, p *confutil.Pr
 		p.Addf(key, "rise and fall must be at least 1")
 	}
 
-	zk := len(svc.ZKHosts) > 0 || svc.ZKPath != ""
-	etcd := len(svc.EtcdEndpoints) > 0 || svc.EtcdHost != "" || svc.EtcdPath != ""
+	usesZK := len(svc.ZKHosts) > 0 || svc.ZKPath != ""
+	usesEtcd := len(svc.EtcdEndpoints) > 0 || svc.EtcdHost != "" || svc.EtcdPath != ""
 	if svc.ReporterType == "" {
 		switch {
-		case zk && !etcd:
+		case usesZK && !usesEtcd:
 			svc.ReporterType = "zookeeper"
-		case etcd && !zk:
+		case usesEtcd && !usesZK:
 			svc.ReporterType = "etcd"
 		}
 	}
@@ -228,9 +227,7 @@ func (svc *ServiceConfig) finalize(cfg *Config, name, key string, p *confutil.Pr
 		}
 	case "etcd":
 		if svc.EtcdHost != "" {
-			port := cmpOr(svc.EtcdPort, 2379)
-			// No scheme: TLS or not follows etcd_security.
-			svc.EtcdEndpoints = append(svc.EtcdEndpoints, net.JoinHostPort(svc.EtcdHost, strconv.Itoa(port)))
+			svc.EtcdEndpoints = append(svc.EtcdEndpoints, etcd.HostEndpoint(svc.EtcdHost, svc.EtcdPort))
 		}
 		if len(svc.EtcdEndpoints) == 0 {
 			p.Addf(key+".etcd_endpoints", "missing (or etcd_host and etcd_port)")

@@ -6,8 +6,6 @@ package watchers
 import (
 	"context"
 	"fmt"
-	"net"
-	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -15,6 +13,7 @@ import (
 	"github.com/syncstack/syncstack/internal/confutil"
 	"github.com/syncstack/syncstack/plugin"
 	"github.com/syncstack/syncstack/registry"
+	"github.com/syncstack/syncstack/registry/etcd"
 )
 
 // Watcher sends the full set of a service's backends, then the full set
@@ -122,12 +121,7 @@ func (c *Config) Finalize(key string, portOverride int, p *confutil.Problems) {
 		}
 	case "etcd":
 		if c.Host != "" {
-			port := c.Port
-			if port == 0 {
-				port = 2379
-			}
-			// No scheme: TLS or not follows etcd_security.
-			c.Hosts = append(c.Hosts, net.JoinHostPort(c.Host, strconv.Itoa(port)))
+			c.Hosts = append(c.Hosts, etcd.HostEndpoint(c.Host, c.Port))
 		}
 		if len(c.Hosts) == 0 {
 			p.Addf(key+".hosts", "missing: the etcd endpoints (or host and port)")

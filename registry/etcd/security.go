@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -122,4 +123,14 @@ func tlsProblem(endpoint string, tc *tls.Config, timeout time.Duration) error {
 		}
 	}
 	return nil
+}
+
+// HostEndpoint is the endpoint for Airbnb's separate etcd host and port
+// keys (port 0: 2379). It has no scheme: TLS or not follows the client's
+// Security.
+func HostEndpoint(host string, port int) string {
+	if port == 0 {
+		port = 2379
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port))
 }
