@@ -40,10 +40,16 @@ func (f *changeFlags) register(fs *flag.FlagSet, safety bool) {
 	fs.StringVar(&f.socket, "socket", "/run/haproxy/admin.sock", "with --local: the HAProxy stats socket")
 	if safety {
 		fs.DurationVar(&f.forDur, "for", 0, "expire the override after this long (a forgotten drain heals itself)")
-		fs.BoolVar(&f.force, "force", false, "skip the safety limits")
-		fs.IntVar(&f.minUp, "min-up", 1, "refuse when a service would keep fewer ready backends")
-		fs.IntVar(&f.maxDrained, "max-drained", 50, "refuse when more than this % of a service's backends would be out")
+		f.registerSafety(fs)
 	}
+}
+
+// registerSafety adds the safety limits: every command that can take a
+// backend out of traffic (drain, maint, and a weight of 0) has them.
+func (f *changeFlags) registerSafety(fs *flag.FlagSet) {
+	fs.BoolVar(&f.force, "force", false, "skip the safety limits")
+	fs.IntVar(&f.minUp, "min-up", 1, "refuse when a service would keep fewer ready backends")
+	fs.IntVar(&f.maxDrained, "max-drained", 50, "refuse when more than this % of a service's backends would be out")
 }
 
 func (f *changeFlags) scope() []string { return splitList(f.services) }
@@ -59,6 +65,16 @@ func (f *changeFlags) parseTargets(env Env, command string, safety bool, args []
 	}
 	if len(pos) != 1 {
 		return nil, usagef("want exactly one HOST[,HOST...] argument, got %d", len(pos))
+	}
+	var forErr error
+	fs.Visit(func(fl *flag.Flag) {
+		// --for 0s would read as "no expiry": a permanent drain by accident.
+		if fl.Name == "for" && f.forDur <= 0 {
+			forErr = usagef("--for %v: want a positive duration such as 30m or 2h (leave --for out for no expiry)", f.forDur)
+		}
+	})
+	if forErr != nil {
+		return nil, forErr
 	}
 	return targets(pos[0])
 }
@@ -113,11 +129,8 @@ func runSet(ctx context.Context, env Env, action string, state registry.Override
 	if err != nil {
 		return err
 	}
-	if f.forDur < 0 {
-		return usagef("--for %v is negative", f.forDur)
-	}
-	if f.maxDrained < 0 || f.maxDrained > 100 || f.minUp < 0 {
-		return usagef("--max-drained takes 0..100 and --min-up a count")
+	if err := f.checkLimits(); err != nil {
+		return err
 	}
 	if err := registry.ValidateText(f.reason, registry.MaxReasonLen); err != nil {
 		return usagef("--reason: %v", err)
@@ -149,12 +162,8 @@ func runSet(ctx context.Context, env Env, action string, state registry.Override
 	}
 	after := replaceKeys(fl.overrides.Overrides, adds, nil)
 	res := result{Action: action, Targets: ts, DryRun: f.dryRun, Plan: fl.plan(fl.overrides.Overrides, after, nil, now)}
-	if refusal := safety(res.Plan, f.minUp, f.maxDrained); refusal != "" && !f.force {
-		emit(env, &f.common, res, func(w io.Writer) {
-			fmt.Fprintf(w, "%s %s would change:\n", action, strings.Join(ts, ","))
-			printPlan(w, res.Plan)
-		})
-		return fmt.Errorf("refused: %s (use --force to override); nothing written", refusal)
+	if err := refuse(env, &f, res, action+" "+strings.Join(ts, ",")); err != nil {
+		return err
 	}
 	if f.dryRun {
 		reportDryRun(env, &f, res, fmt.Sprintf("%s %s would change", action, strings.Join(ts, ",")))
@@ -175,6 +184,26 @@ func runSet(ctx context.Context, env Env, action string, state registry.Override
 	return finish(ctx, env, b, &f, res, h)
 }
 
+func (f *changeFlags) checkLimits() error {
+	if f.maxDrained < 0 || f.maxDrained > 100 || f.minUp < 0 {
+		return usagef("--max-drained takes 0..100 and --min-up a count")
+	}
+	return nil
+}
+
+// refuse reports a plan the safety limits refuse (printing it), or nil.
+func refuse(env Env, f *changeFlags, res result, what string) error {
+	refusal := safety(res.Plan, f.minUp, f.maxDrained)
+	if refusal == "" || f.force {
+		return nil
+	}
+	if f.output != "json" { // JSON carries the plan in the error object
+		fmt.Fprintf(env.Stdout, "%s would change:\n", what)
+		printPlan(env.Stdout, res.Plan)
+	}
+	return refusalError{fmt.Sprintf("refused: %s (use --force to override); nothing written", refusal), res.Plan}
+}
+
 // reportDryRun prints a plan that was not written.
 func reportDryRun(env Env, f *changeFlags, res result, what string) {
 	emit(env, &f.common, res, func(w io.Writer) {
@@ -188,7 +217,9 @@ func reportDryRun(env Env, f *changeFlags, res result, what string) {
 func safety(plan []capacity, minUp, maxDrained int) string {
 	var why []string
 	for _, c := range plan {
-		if len(c.Changed) == 0 || c.Total == 0 {
+		// Only a change that takes backends out can be refused: restoring
+		// one (or a weight change among serving ones) is always allowed.
+		if len(c.Changed) == 0 || c.Total == 0 || c.ReadyAfter >= c.ReadyBefore {
 			continue
 		}
 		if c.ReadyAfter < minUp {
@@ -363,6 +394,7 @@ func runWeight(ctx context.Context, env Env, args []string) error {
 	var f changeFlags
 	fs := newFlagSet(env, "weight", "weight HOST[,HOST...] N|reset [flags]")
 	f.register(fs, false)
+	f.registerSafety(fs)
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -384,6 +416,9 @@ func runWeight(ctx context.Context, env Env, args []string) error {
 	}
 	if f.local {
 		return usagef("--local does not set weights")
+	}
+	if err := f.checkLimits(); err != nil {
+		return err
 	}
 	b, fl, now, err := f.open(ctx, env)
 	if err != nil {
@@ -408,6 +443,10 @@ func runWeight(ctx context.Context, env Env, args []string) error {
 		action = "weight-reset"
 	}
 	res := result{Action: action, Targets: ts, DryRun: f.dryRun, Plan: fl.plan(fl.overrides.Overrides, after, nil, now), Deleted: del}
+	// A weight of 0 takes servers out of traffic: the same limits as a drain.
+	if err := refuse(env, &f, res, action+" "+strings.Join(ts, ",")); err != nil {
+		return err
+	}
 	if f.dryRun {
 		reportDryRun(env, &f, res, fmt.Sprintf("%s %s would change", action, strings.Join(ts, ",")))
 		return nil

@@ -92,12 +92,15 @@ func readOnce(ctx context.Context, b registry.Backend, path string, timeout time
 
 // backendState is one backend as the fleet will have it.
 type backendState struct {
-	Service string  `json:"service"`
-	Host    string  `json:"host"`
-	Port    int     `json:"port"`
-	Name    string  `json:"name,omitempty"`
-	State   string  `json:"state"` // ready, drain, maint
-	Weight  *int    `json:"weight,omitempty"`
+	Service string `json:"service"`
+	Host    string `json:"host"`
+	Port    int    `json:"port"`
+	Name    string `json:"name,omitempty"`
+	State   string `json:"state"` // ready, drain, maint
+	Weight  *int   `json:"weight,omitempty"`
+	// Serving is whether HAProxy sends the backend new requests: ready and
+	// not at weight 0 (a weight of 0 takes a server out as surely as a drain).
+	Serving bool    `json:"serving"`
 	Reason  string  `json:"reason,omitempty"`
 	Expires *string `json:"expires_at,omitempty"`
 }
@@ -125,6 +128,7 @@ func stateOf(service string, in registry.Instance, ovr []registry.Override, now 
 		}
 	}
 	st.State = string(cur)
+	st.Serving = cur == registry.StateReady && (st.Weight == nil || *st.Weight > 0)
 	return st
 }
 
@@ -148,10 +152,10 @@ func (f *fleet) plan(before, after []registry.Override, scope []string, now time
 		c := capacity{Service: name, Total: len(f.backends[name])}
 		for _, in := range f.backends[name] {
 			b, a := stateOf(name, in, before, now), stateOf(name, in, after, now)
-			if b.State == "ready" {
+			if b.Serving {
 				c.ReadyBefore++
 			}
-			if a.State == "ready" {
+			if a.Serving {
 				c.ReadyAfter++
 			}
 			if b.State != a.State || !sameWeight(b.Weight, a.Weight) {

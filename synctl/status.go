@@ -83,7 +83,11 @@ func runStatus(ctx context.Context, env Env, args []string) error {
 				if s.Expires != nil {
 					reason += " (until " + *s.Expires + ")"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", name, s.Host, s.Port, s.Name, s.State, weight, strings.TrimSpace(reason))
+				state := s.State
+				if state == string(registry.StateReady) && !s.Serving {
+					state = "out (weight 0)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", name, s.Host, s.Port, s.Name, state, weight, strings.TrimSpace(reason))
 			}
 		}
 		tw.Flush()

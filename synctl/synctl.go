@@ -85,8 +85,11 @@ func Main(ctx context.Context, args []string, env Env) int {
 		}
 		return ExitOK
 	}
-	cmd, rest := args[0], args[1:]
-	var err error
+	cmd, rest, err := hoistCommand(args)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "synctl: %v\nRun 'synctl --help'.\n", err)
+		return ExitUsage
+	}
 	switch cmd {
 	case "drain":
 		err = runSet(ctx, env, cmd, registry.StateDrain, rest)
@@ -104,18 +107,80 @@ func Main(ctx context.Context, args []string, env Env) int {
 		err = usagef("unknown command %q (drain, maint, add-to-lb, weight, status, history)", cmd)
 	}
 	var ue usageError
+	code := ExitFailed
 	switch {
 	case err == nil:
 		return ExitOK
 	case errors.Is(err, flag.ErrHelp):
 		return ExitOK
 	case errors.As(err, &ue):
+		code = ExitUsage
 		fmt.Fprintf(env.Stderr, "synctl %s: %v\nRun 'synctl %s --help'.\n", cmd, err, cmd)
-		return ExitUsage
 	default:
 		fmt.Fprintf(env.Stderr, "synctl %s: %v\n", cmd, err)
-		return ExitFailed
 	}
+	if wantsJSON(rest) {
+		// A script that asked for JSON gets JSON for failures too.
+		je := jsonError{Error: err.Error(), Code: code}
+		var re refusalError
+		if errors.As(err, &re) {
+			je.Plan = re.plan
+		}
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(je)
+	}
+	return code
+}
+
+// jsonError is what --output json prints on stdout for a failed command.
+type jsonError struct {
+	Error string     `json:"error"`
+	Code  int        `json:"code"`
+	Plan  []capacity `json:"plan,omitempty"` // a refused change: what it would have done
+}
+
+// refusalError is a change the safety limits refused, with its plan.
+type refusalError struct {
+	msg  string
+	plan []capacity
+}
+
+func (e refusalError) Error() string { return e.msg }
+
+// wantsJSON reports whether the command line asks for --output json.
+func wantsJSON(args []string) bool {
+	for i, a := range args {
+		a = strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-")
+		if a == "output=json" || (a == "output" && i+1 < len(args) && args[i+1] == "json") {
+			return true
+		}
+	}
+	return false
+}
+
+// hoistCommand finds the command in a command line whose global flags may
+// come before it (synctl --zk zk1:2181 drain H, as in kubectl, git and
+// etcdctl) and returns it with every other argument, the leading flags
+// first.
+func hoistCommand(args []string) (cmd string, rest []string, err error) {
+	if !strings.HasPrefix(args[0], "-") {
+		return args[0], args[1:], nil
+	}
+	var c common
+	fs := flag.NewFlagSet("synctl", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	c.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return "", nil, fmt.Errorf("before the command only the registry flags (--zk, --etcd, --config, --root, --output, ...) may come: %v", err)
+	}
+	after := fs.Args()
+	if len(after) == 0 {
+		return "", nil, errors.New("no command given (drain, maint, add-to-lb, weight, status, history)")
+	}
+	leading := args[:len(args)-len(after)]
+	rest = append(append([]string{}, leading...), after[1:]...)
+	return after[0], rest, nil
 }
 
 // common are the flags every command takes.

@@ -343,3 +343,90 @@ func TestCatalogWithoutSynapses(t *testing.T) {
 		})
 	}
 }
+
+// A weight of 0 takes a server out of traffic as surely as a drain: the
+// safety limits, the plan and status treat it so.
+func TestWeightZeroIsOut(t *testing.T) {
+	w := newWorld(t, "zookeeper")
+	// All three at weight 0 would leave web nothing: refused by --min-up,
+	// and by --max-drained.
+	code, out, errs := w.synctl(t, "weight", "127.0.0.11,127.0.0.12,127.0.0.13", "0")
+	if code != 1 || !strings.Contains(errs, "refused") || !strings.Contains(errs, "--min-up") || !strings.Contains(errs, "--max-drained") {
+		t.Errorf("weight 0 on every backend: exit %d\n%s%s", code, out, errs)
+	}
+	if !strings.Contains(out, "web: 3 → 0 of 3 backends ready") {
+		t.Errorf("refusal plan:\n%s", out)
+	}
+	if o := w.overrides(t); len(o) != 0 {
+		t.Fatalf("a refused weight wrote %+v", o)
+	}
+	code, out, errs = w.synctl(t, "weight", "127.0.0.11", "0", "--dry-run")
+	if code != 0 || !strings.Contains(out, "web: 3 → 2 of 3 backends ready") {
+		t.Errorf("dry run of weight 0: exit %d\n%s%s", code, out, errs)
+	}
+	if code, out, errs = w.synctl(t, "weight", "127.0.0.11", "0", "--wait", "--timeout", "10s"); code != 0 {
+		t.Fatalf("weight 0 on one of three: exit %d\n%s%s", code, out, errs)
+	}
+	code, out, _ = w.synctl(t, "status", "--output", "json")
+	var rep statusReport
+	if code != 0 || json.Unmarshal([]byte(out), &rep) != nil {
+		t.Fatalf("status: %d %s", code, out)
+	}
+	for _, b := range rep.Services["web"] {
+		if want := b.Host != "127.0.0.11"; b.Serving != want {
+			t.Errorf("status: %s serving=%v, want %v", b.Host, b.Serving, want)
+		}
+	}
+	if _, out, _ = w.synctl(t, "status"); !strings.Contains(out, "out (weight 0)") {
+		t.Errorf("status text does not show the weight-0 backend as out:\n%s", out)
+	}
+	// The README's form: global flags before the command.
+	var out2, err2 bytes.Buffer
+	env := Env{Stdout: &out2, Stderr: &err2, Getenv: func(string) string { return "" }, Now: time.Now, By: "t"}
+	if code := Main(context.Background(), append(append([]string{}, w.flag...), "status", "web"), env); code != 0 || !strings.Contains(out2.String(), "out (weight 0)") {
+		t.Errorf("synctl %s status web: exit %d\n%s%s", strings.Join(w.flag, " "), code, out2.String(), err2.String())
+	}
+	// With a out at weight 0, draining b leaves 1 of 3: over --max-drained.
+	if code, _, errs = w.synctl(t, "drain", "127.0.0.12"); code != 1 || !strings.Contains(errs, "--max-drained") {
+		t.Errorf("drain with a weight-0 backend already out: exit %d %s", code, errs)
+	}
+	// Restoring a weight is never refused, whatever the limits.
+	if code, out, errs = w.synctl(t, "weight", "127.0.0.11", "5", "--min-up", "3"); code != 0 {
+		t.Errorf("restoring a weight was refused: exit %d\n%s%s", code, out, errs)
+	}
+	// --output json: failures are JSON on stdout too, a refusal with its plan.
+	code, out, _ = w.synctl(t, "drain", "127.0.0.12,127.0.0.13", "--output", "json")
+	var je jsonError
+	if code != 1 || json.Unmarshal([]byte(out), &je) != nil || je.Code != 1 || !strings.Contains(je.Error, "refused") || len(je.Plan) != 1 || je.Plan[0].ReadyAfter != 1 {
+		t.Errorf("refused drain with --output json: exit %d, stdout %q", code, out)
+	}
+	code, out, _ = w.synctl(t, "drain", "10.9.9.9", "--output=json")
+	if je = (jsonError{}); code != 1 || json.Unmarshal([]byte(out), &je) != nil || !strings.Contains(je.Error, "unknown host") {
+		t.Errorf("unknown host with --output=json: exit %d, stdout %q", code, out)
+	}
+	// --for 0s would be a permanent drain: a usage error.
+	if code, _, errs = w.synctl(t, "drain", "127.0.0.12", "--for", "0s"); code != 2 || !strings.Contains(errs, "positive duration") {
+		t.Errorf("drain --for 0s: exit %d %s", code, errs)
+	}
+}
+
+func TestGlobalFlagsBeforeTheCommand(t *testing.T) {
+	tests := []struct {
+		args     []string
+		cmd      string
+		rest     []string
+		wantFail bool
+	}{
+		{[]string{"drain", "h", "--zk", "z:1"}, "drain", []string{"h", "--zk", "z:1"}, false},
+		{[]string{"--zk", "z:1,z:2", "drain", "h", "--wait"}, "drain", []string{"--zk", "z:1,z:2", "h", "--wait"}, false},
+		{[]string{"--zk=z:1", "--output", "json", "status"}, "status", []string{"--zk=z:1", "--output", "json"}, false},
+		{[]string{"--service", "web", "drain", "h"}, "", nil, true}, // not a global flag
+		{[]string{"--zk", "z:1"}, "", nil, true},                    // no command
+	}
+	for _, tt := range tests {
+		cmd, rest, err := hoistCommand(tt.args)
+		if (err != nil) != tt.wantFail || cmd != tt.cmd || strings.Join(rest, " ") != strings.Join(tt.rest, " ") {
+			t.Errorf("hoistCommand(%q) = %q %q %v", tt.args, cmd, rest, err)
+		}
+	}
+}
