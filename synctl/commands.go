@@ -336,24 +336,9 @@ func runAddToLB(ctx context.Context, env Env, args []string) error {
 		return err
 	}
 	defer b.Close()
-	var del []string
-	for _, t := range ts {
-		found := false
-		for _, o := range fl.overrides.Overrides {
-			if o.Target != t || o.State == registry.StateReady {
-				continue
-			}
-			if len(f.scope()) > 0 && !slices.Equal(sortedCopy(o.Services), sortedCopy(f.scope())) {
-				if len(o.Services) == 0 {
-					return fmt.Errorf("%s has a %s override on every service; run add-to-lb without --service", t, o.State)
-				}
-				continue
-			}
-			del, found = append(del, o.Key()), true
-		}
-		if !found && len(fl.matching(t, f.scope())) == 0 {
-			return fmt.Errorf("unknown host %q: no backend of %s and no override has that host or name; nothing written", t, scopeName(f.scope(), fl))
-		}
+	del, err := fl.holdingOut(ts, f.scope())
+	if err != nil {
+		return err
 	}
 	after := replaceKeys(fl.overrides.Overrides, nil, del)
 	res := result{Action: "add-to-lb", Targets: ts, DryRun: f.dryRun, Plan: fl.plan(fl.overrides.Overrides, after, nil, now), Deleted: del}
@@ -375,6 +360,94 @@ func runAddToLB(ctx context.Context, env Env, args []string) error {
 		res.Revision = max(res.Revision, rev)
 	}
 	return finish(ctx, env, b, &f, res, registry.HistoryEntry{At: now.UTC(), By: env.By, Action: "add-to-lb", Targets: ts, Services: f.scope(), Reason: f.reason, Revision: res.Revision})
+}
+
+// holdingOut returns the keys of every override that holds the backends
+// of targets (within scope) out of traffic, however the override named
+// them: a drain on a host's address also holds the backend registered
+// under its instance name, and the other way round. An override that also
+// covers services outside scope cannot be cleared without touching them: it
+// is named in the error and nothing is cleared.
+func (f *fleet) holdingOut(targets, scope []string) ([]string, error) {
+	type backend struct {
+		service string
+		in      registry.Instance
+	}
+	var del []string
+	seen := map[string]bool{}
+	for _, t := range targets {
+		var held []backend
+		for _, svc := range sortedKeys(f.backends) {
+			if len(scope) > 0 && !slices.Contains(scope, svc) {
+				continue
+			}
+			for _, in := range f.backends[svc] {
+				if in.Host == t || in.Name == t {
+					held = append(held, backend{svc, in})
+				}
+			}
+		}
+		found := false
+		for _, o := range f.overrides.Overrides {
+			if !holdsOut(o) {
+				continue
+			}
+			hits := o.Target == t // an override on a host with no backend left
+			for _, b := range held {
+				hits = hits || o.Matches(b.service, b.in)
+			}
+			if !hits {
+				continue
+			}
+			found = true
+			if len(scope) > 0 && !subset(o.Services, scope) {
+				return nil, fmt.Errorf("%s is held out by override %s (%s by %s, reason %q) on %s, wider than --service %s: run add-to-lb with a --service covering them, or without --service; nothing written",
+					t, o.Key(), describe(o), o.By, o.Reason, servicesOf(o), strings.Join(scope, ","))
+			}
+			if !seen[o.Key()] {
+				seen[o.Key()] = true
+				del = append(del, o.Key())
+			}
+		}
+		if !found && len(held) == 0 {
+			return nil, fmt.Errorf("unknown host %q: no backend of %s and no override has that host or name; nothing written", t, scopeName(scope, f))
+		}
+	}
+	return del, nil
+}
+
+// holdsOut reports whether an override takes backends out of traffic: a
+// drain, a maint, or a weight of 0.
+func holdsOut(o registry.Override) bool {
+	return o.State != registry.StateReady || (o.Weight != nil && *o.Weight == 0)
+}
+
+func describe(o registry.Override) string {
+	if o.State == registry.StateReady && o.Weight != nil {
+		return fmt.Sprintf("weight %d", *o.Weight)
+	}
+	return string(o.State)
+}
+
+func servicesOf(o registry.Override) string {
+	if len(o.Services) == 0 {
+		return "every service"
+	}
+	return "services " + strings.Join(o.Services, ",")
+}
+
+// subset reports whether every element of a is in b (an empty a is "all
+// services", a subset of no scope).
+func subset(a, b []string) bool {
+	if len(a) == 0 {
+		return false
+	}
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			return false
+		}
+	}
+	return true
 }
 
 func orNone(s []string) string {

@@ -103,6 +103,10 @@ type backendState struct {
 	Serving bool    `json:"serving"`
 	Reason  string  `json:"reason,omitempty"`
 	Expires *string `json:"expires_at,omitempty"`
+	// HeldBy is the key of the override that holds the backend out (its
+	// state, or a weight of 0), and By who wrote it.
+	HeldBy string `json:"held_by,omitempty"`
+	By     string `json:"by,omitempty"`
 }
 
 // stateOf applies the active overrides to one backend as synapse does.
@@ -116,20 +120,29 @@ func stateOf(service string, in registry.Instance, ovr []registry.Override, now 
 			continue
 		}
 		if rank[o.State] > rank[cur] {
-			cur, st.Reason = o.State, o.Reason
-			if o.ExpiresAt != nil {
-				e := o.ExpiresAt.Format(time.RFC3339)
-				st.Expires = &e
-			}
+			cur = o.State
+			held(&st, o)
 		}
 		if o.Weight != nil && !o.At.Before(weightAt) {
 			w := *o.Weight
 			st.Weight, weightAt = &w, o.At
+			if w == 0 && cur == registry.StateReady {
+				held(&st, o)
+			}
 		}
 	}
 	st.State = string(cur)
 	st.Serving = cur == registry.StateReady && (st.Weight == nil || *st.Weight > 0)
 	return st
+}
+
+// held records o as the override holding st out.
+func held(st *backendState, o registry.Override) {
+	st.Reason, st.HeldBy, st.By, st.Expires = o.Reason, o.Key(), o.By, nil
+	if o.ExpiresAt != nil {
+		e := o.ExpiresAt.Format(time.RFC3339)
+		st.Expires = &e
+	}
 }
 
 // capacity is one service before and after a change.

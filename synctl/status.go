@@ -69,10 +69,10 @@ func runStatus(ctx context.Context, env Env, args []string) error {
 	}
 	emit(env, &c, rep, func(w io.Writer) {
 		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "SERVICE\tHOST\tPORT\tNAME\tSTATE\tWEIGHT\tREASON")
+		fmt.Fprintln(tw, "SERVICE\tHOST\tPORT\tNAME\tSTATE\tWEIGHT\tHELD BY\tREASON")
 		for _, name := range sortedKeys(rep.Services) {
 			if len(rep.Services[name]) == 0 {
-				fmt.Fprintf(tw, "%s\t-\t-\t-\tno backends\t\t\n", name)
+				fmt.Fprintf(tw, "%s\t-\t-\t-\tno backends\t\t\t\n", name)
 			}
 			for _, s := range rep.Services[name] {
 				weight := "-"
@@ -87,7 +87,11 @@ func runStatus(ctx context.Context, env Env, args []string) error {
 				if state == string(registry.StateReady) && !s.Serving {
 					state = "out (weight 0)"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", name, s.Host, s.Port, s.Name, state, weight, strings.TrimSpace(reason))
+				heldBy := "-"
+				if s.HeldBy != "" {
+					heldBy = s.HeldBy + " (" + s.By + ")"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", name, s.Host, s.Port, s.Name, state, weight, heldBy, strings.TrimSpace(reason))
 			}
 		}
 		tw.Flush()

@@ -430,3 +430,42 @@ func TestGlobalFlagsBeforeTheCommand(t *testing.T) {
 		}
 	}
 }
+
+// An override targets backends, however it named them: add-to-lb by
+// address clears a drain written by instance name too.
+func TestAddToLBClearsEveryOverrideHoldingTheBackend(t *testing.T) {
+	w := newWorld(t, "zookeeper")
+	if code, out, errs := w.synctl(t, "drain", "127.0.0.12", "--reason", "by address"); code != 0 {
+		t.Fatalf("drain by address: %d %s%s", code, out, errs)
+	}
+	if code, out, errs := w.synctl(t, "drain", "b", "--reason", "by name", "--wait", "--timeout", "10s"); code != 0 {
+		t.Fatalf("drain by name: %d %s%s", code, out, errs)
+	}
+	w.pairs[0].WaitServers(t, "web", map[string]int{"a": 0, "b": 8, "c": 0}, 5*time.Second)
+	code, out, _ := w.synctl(t, "status", "--output", "json")
+	var rep statusReport
+	if code != 0 || json.Unmarshal([]byte(out), &rep) != nil {
+		t.Fatalf("status: %d %s", code, out)
+	}
+	for _, b := range rep.Services["web"] {
+		if b.Name == "b" && (b.HeldBy == "" || b.By != "tester@test" || b.Reason == "") {
+			t.Errorf("status does not say what holds b out: %+v", b)
+		}
+	}
+	// A scoped add-to-lb cannot clear a drain on every service: it says
+	// which override holds the host, and writes nothing.
+	code, _, errs := w.synctl(t, "add-to-lb", "127.0.0.12", "--service", "web")
+	if code != 1 || !strings.Contains(errs, "held out by override") {
+		t.Errorf("scoped add-to-lb of an every-service drain: exit %d %s", code, errs)
+	}
+	code, out, errs = w.synctl(t, "add-to-lb", "127.0.0.12", "--wait", "--timeout", "10s")
+	if code != 0 {
+		t.Fatalf("add-to-lb: exit %d\n%s%s", code, out, errs)
+	}
+	if o := w.overrides(t); len(o) != 0 {
+		t.Errorf("overrides left after add-to-lb: %+v", o)
+	}
+	for _, p := range w.pairs {
+		p.WaitServers(t, "web", map[string]int{"a": 0, "b": 0, "c": 0}, 5*time.Second)
+	}
+}
