@@ -93,7 +93,32 @@ func (f *changeFlags) open(ctx context.Context, env Env) (b registry.Backend, fl
 		b.Close()
 		return nil, nil, now, err
 	}
+	fl.expire(ctx, env, b, now)
 	return b, fl, now, nil
+}
+
+// expire removes the overrides whose --for has run out and records each
+// expiry in the audit trail, dated when it expired. Every synapse already
+// ignores them; this is bookkeeping, done by the next change made with
+// synctl, so it never fails that change.
+func (f *fleet) expire(ctx context.Context, env Env, b registry.Backend, now time.Time) {
+	var kept []registry.Override
+	for _, o := range f.overrides.Overrides {
+		if o.Active(now) {
+			kept = append(kept, o)
+			continue
+		}
+		rev, err := b.DeleteOverride(ctx, o.Key())
+		if err == nil {
+			err = b.AppendHistory(ctx, registry.HistoryEntry{At: o.ExpiresAt.UTC(), By: o.By, Action: "expired",
+				Targets: []string{o.Target}, Services: o.Services, Weight: o.Weight, Reason: o.Reason, ExpiresAt: o.ExpiresAt, Revision: rev})
+		}
+		if err != nil {
+			fmt.Fprintf(env.Stderr, "synctl: warning: expired override %s not cleaned up: %v\n", o.Key(), err)
+			kept = append(kept, o)
+		}
+	}
+	f.overrides.Overrides = kept
 }
 
 // targets validates HOST[,HOST...].

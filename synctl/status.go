@@ -53,7 +53,12 @@ func runStatus(ctx context.Context, env Env, args []string) error {
 			return err
 		}
 	}
-	rep := statusReport{OverrideRevision: fl.overrides.Revision, Services: map[string][]backendState{}, Overrides: fl.overrides.Overrides}
+	rep := statusReport{OverrideRevision: fl.overrides.Revision, Services: map[string][]backendState{}, Overrides: []registry.Override{}}
+	for _, o := range fl.overrides.Overrides {
+		if o.Active(now) { // an expired one holds nothing: every synapse ignores it
+			rep.Overrides = append(rep.Overrides, o)
+		}
+	}
 	for name, set := range fl.backends {
 		if len(scope) > 0 && name != scope[0] {
 			continue

@@ -165,6 +165,19 @@ func TestDrainForExpires(t *testing.T) {
 			if code != 0 || !strings.Contains(out, "synapse-1") || strings.Contains(out, "drain") {
 				t.Errorf("status after expiry:\n%s", out)
 			}
+			var rep statusReport
+			if code, out, _ = w.synctl(t, "status", "--output", "json"); code != 0 || json.Unmarshal([]byte(out), &rep) != nil || len(rep.Overrides) != 0 {
+				t.Errorf("status --output json lists an expired override:\n%s", out)
+			}
+			// The next change cleans it up and writes the expiry to history.
+			if code, out, errs := w.synctl(t, "drain", "127.0.0.12", "--for", "1h"); code != 0 {
+				t.Fatalf("drain: %d %s%s", code, out, errs)
+			}
+			var hist []registry.HistoryEntry
+			code, out, _ = w.synctl(t, "history", "--output", "json")
+			if code != 0 || json.Unmarshal([]byte(out), &hist) != nil || len(hist) != 3 || hist[1].Action != "expired" || hist[1].Targets[0] != "127.0.0.11" {
+				t.Errorf("history after an expiry:\n%s", out)
+			}
 		})
 	}
 }
