@@ -493,6 +493,11 @@ func runWeight(ctx context.Context, env Env, args []string) error {
 	fs := newFlagSet(env, "weight", "weight HOST[,HOST...] N|reset [flags]")
 	f.register(fs, false)
 	f.registerSafety(fs)
+	for _, a := range args {
+		if _, err := strconv.Atoi(a); err == nil && strings.HasPrefix(a, "-") {
+			return usagef("weight %s: want 0..%d or reset", a, registry.MaxWeight)
+		}
+	}
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err

@@ -15,6 +15,7 @@ import (
 	"os/user"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/syncstack/syncstack/internal/confutil"
@@ -217,13 +218,17 @@ type fileConfig struct {
 
 // parse parses interspersed flags and positional arguments.
 func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	defer helpers.Delete(fs)
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
+				if help, ok := helpers.Load(fs); ok {
+					help.(func())()
+				}
 				return nil, err
 			}
-			return nil, usageError{err.Error()}
+			return nil, usageError{err.Error() + hint(fs, err)}
 		}
 		args = fs.Args()
 		if len(args) == 0 {
@@ -234,15 +239,42 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
+// hint says in one line what a flag whose value did not parse wants.
+func hint(fs *flag.FlagSet, err error) string {
+	var name string
+	fs.VisitAll(func(f *flag.Flag) {
+		if strings.Contains(err.Error(), " -"+f.Name+":") {
+			name = f.Name
+		}
+	})
+	if name == "" {
+		return ""
+	}
+	switch fs.Lookup(name).Value.(flag.Getter).Get().(type) {
+	case time.Duration:
+		return " (want a duration such as 30m or 2h)"
+	case int:
+		return " (want a whole number)"
+	case bool:
+		return " (want true or false)"
+	}
+	return ""
+}
+
+// helpers holds each flag set's full usage, printed only for --help: an
+// error gets one line and a pointer to it, not fifty lines of flags.
+var helpers sync.Map // *flag.FlagSet → func()
+
 func newFlagSet(env Env, name, usage string) *flag.FlagSet {
 	fs := flag.NewFlagSet("synctl "+name, flag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
-	fs.Usage = func() {
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	helpers.Store(fs, func() {
 		fmt.Fprintf(env.Stdout, "Usage: synctl %s\n\nFlags:\n", usage)
 		fs.SetOutput(env.Stdout)
 		fs.PrintDefaults()
-		fs.SetOutput(env.Stderr)
-	}
+		fs.SetOutput(io.Discard)
+	})
 	return fs
 }
 

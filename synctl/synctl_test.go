@@ -216,7 +216,8 @@ func TestSafetyDryRunAndErrors(t *testing.T) {
 	}{
 		{[]string{"drain", "10.9.9.9"}, 1, `unknown host "10.9.9.9"`},
 		{[]string{"drain", "127.0.0.11", "--service", "nope"}, 1, `unknown service "nope"`},
-		{[]string{"drain", "127.0.0.11", "--for", "soon"}, 2, "invalid value"},
+		{[]string{"drain", "127.0.0.11", "--for", "soon"}, 2, "want a duration such as 30m or 2h"},
+		{[]string{"weight", "127.0.0.11", "-1"}, 2, "want 0..256"},
 		{[]string{"drain", "bad host!"}, 2, "not a host name"},
 		{[]string{"drain"}, 2, "want exactly one"},
 		{[]string{"weight", "127.0.0.11", "999"}, 2, "want 0..256"},
@@ -226,6 +227,10 @@ func TestSafetyDryRunAndErrors(t *testing.T) {
 		code, out, errs := w.synctl(t, tc.args...)
 		if code != tc.code || !strings.Contains(errs, tc.want) {
 			t.Errorf("synctl %v: exit %d, want %d and %q\n%s%s", tc.args, code, tc.code, tc.want, out, errs)
+		}
+		// An error is the error and where to read more, not fifty lines of flags.
+		if n := strings.Count(out+errs, "\n"); code == 2 && n > 3 {
+			t.Errorf("synctl %v printed %d lines for a usage error:\n%s%s", tc.args, n, out, errs)
 		}
 	}
 	before := len(w.overrides(t))
