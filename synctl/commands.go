@@ -27,6 +27,7 @@ type changeFlags struct {
 	force      bool
 	minUp      int
 	maxDrained int
+	notify     *notifier // nil: no webhooks
 }
 
 func (f *changeFlags) register(fs *flag.FlagSet, safety bool) {
@@ -93,7 +94,10 @@ func (f *changeFlags) open(ctx context.Context, env Env) (b registry.Backend, fl
 		b.Close()
 		return nil, nil, now, err
 	}
-	fl.expire(ctx, env, b, now)
+	if len(f.webhooks) > 0 && !f.dryRun {
+		f.notify = newNotifier(f.webhooks, env.Stderr)
+	}
+	fl.expire(ctx, env, b, now, f.notify)
 	return b, fl, now, nil
 }
 
@@ -101,7 +105,7 @@ func (f *changeFlags) open(ctx context.Context, env Env) (b registry.Backend, fl
 // expiry in the audit trail, dated when it expired. Every synapse already
 // ignores them; this is bookkeeping, done by the next change made with
 // synctl, so it never fails that change.
-func (f *fleet) expire(ctx context.Context, env Env, b registry.Backend, now time.Time) {
+func (f *fleet) expire(ctx context.Context, env Env, b registry.Backend, now time.Time, notify *notifier) {
 	var kept []registry.Override
 	for _, o := range f.overrides.Overrides {
 		if o.Active(now) {
@@ -109,9 +113,12 @@ func (f *fleet) expire(ctx context.Context, env Env, b registry.Backend, now tim
 			continue
 		}
 		rev, err := b.DeleteOverride(ctx, o.Key())
+		h := registry.HistoryEntry{At: o.ExpiresAt.UTC(), By: o.By, Action: "expired",
+			Targets: []string{o.Target}, Services: o.Services, Weight: o.Weight, Reason: o.Reason, ExpiresAt: o.ExpiresAt, Revision: rev}
 		if err == nil {
-			err = b.AppendHistory(ctx, registry.HistoryEntry{At: o.ExpiresAt.UTC(), By: o.By, Action: "expired",
-				Targets: []string{o.Target}, Services: o.Services, Weight: o.Weight, Reason: o.Reason, ExpiresAt: o.ExpiresAt, Revision: rev})
+			err = b.AppendHistory(ctx, h)
+			h.Action = string(o.State)
+			notify.post(newEvent("expired", h, result{}))
 		}
 		if err != nil {
 			fmt.Fprintf(env.Stderr, "synctl: warning: expired override %s not cleaned up: %v\n", o.Key(), err)
@@ -292,9 +299,16 @@ func finish(ctx context.Context, env Env, b registry.Backend, f *changeFlags, re
 	if err := b.AppendHistory(ctx, h); err != nil {
 		fmt.Fprintf(env.Stderr, "synctl: warning: the change is written but the audit trail is not: %v\n", err)
 	}
+	defer f.notify.wait()
+	f.notify.post(newEvent("written", h, res))
 	var waitErr error
 	if f.wait {
 		res.Acked, res.Missing, waitErr = waitAcks(ctx, env, b, res.Revision, f.timeout, f.output == "text")
+		kind := "applied"
+		if waitErr != nil {
+			kind = "not_applied"
+		}
+		f.notify.post(newEvent(kind, h, res))
 	}
 	emit(env, &f.common, res, func(w io.Writer) {
 		fmt.Fprintf(w, "%s %s: written at revision %d\n", res.Action, strings.Join(res.Targets, ","), res.Revision)

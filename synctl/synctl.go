@@ -74,6 +74,8 @@ The registry: --zk host:port,... or --etcd http://host:port,... (or SYNCTL_ZK, S
 or --config FILE with zk/etcd/root/services/etcd_security), --root (default /syncstack).
 A secured etcd: --etcd-cacert, --etcd-cert, --etcd-key, --etcd-user, --etcd-password-file.
 The services and their paths come from the catalogs every synapse leaves in the registry.
+Every change is posted to --webhook [json=|slack=]URL (repeatable; SYNCTL_WEBHOOKS, or webhooks
+in the config file): when written, with its plan, and when the fleet has applied it (with --wait).
 Every command takes --output text|json and --help. Exit codes: 0 ok, 1 failed, 2 usage.
 `
 
@@ -190,6 +192,7 @@ type common struct {
 	etcdSec                        etcd.Security
 	opTimeout                      time.Duration
 	services                       map[string]string // from --config
+	webhooks                       []webhook         // --webhook, SYNCTL_WEBHOOKS, or the config's
 }
 
 func (c *common) register(fs *flag.FlagSet) {
@@ -204,6 +207,11 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.config, "config", "", "config file: {zk: [...], etcd: [...], root: ..., services: {name: path}}")
 	fs.StringVar(&c.output, "output", "text", "text or json")
 	fs.DurationVar(&c.opTimeout, "registry-timeout", 5*time.Second, "bound on each registry call")
+	fs.Func("webhook", "tell a webhook of every change: [json=|slack=]URL, repeatable (env SYNCTL_WEBHOOKS, space-separated)", func(s string) error {
+		h, err := parseWebhook(s)
+		c.webhooks = append(c.webhooks, h)
+		return err
+	})
 }
 
 // fileConfig is synctl's optional config file.
@@ -214,6 +222,8 @@ type fileConfig struct {
 	Services map[string]string `yaml:"services"`
 	// EtcdSecurity as in synapse's and nerve's configs.
 	EtcdSecurity etcd.Security `yaml:"etcd_security"`
+	// Webhooks are told of every change.
+	Webhooks []webhook `yaml:"webhooks"`
 }
 
 // parse parses interspersed flags and positional arguments.
@@ -289,6 +299,23 @@ func (c *common) connect(env Env) (registry.Backend, error) {
 			return nil, usagef("%v", err)
 		}
 		c.services = fc.Services
+		for i := range fc.Webhooks {
+			if err := fc.Webhooks[i].validate(); err != nil {
+				return nil, usagef("%s: webhooks[%d]: %v", c.config, i, err)
+			}
+		}
+	}
+	if len(c.webhooks) == 0 {
+		for _, s := range strings.Fields(env.Getenv("SYNCTL_WEBHOOKS")) {
+			h, err := parseWebhook(s)
+			if err != nil {
+				return nil, usagef("SYNCTL_WEBHOOKS: %v", err)
+			}
+			c.webhooks = append(c.webhooks, h)
+		}
+	}
+	if len(c.webhooks) == 0 {
+		c.webhooks = fc.Webhooks
 	}
 	zk, et := c.zk, c.etcd
 	if zk == "" && et == "" {
