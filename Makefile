@@ -5,7 +5,8 @@ BIN   := bin
 
 # Debian packages the tests run for real: HAProxy, ZooKeeper (brings a JRE),
 # etcd, redis (nerve's redis check), and socat for poking HAProxy's sockets by hand.
-DEB_PACKAGES := haproxy zookeeper etcd-server socat redis-server
+# chromium: the fleet page (synctl serve) is tested in a real headless browser.
+DEB_PACKAGES := haproxy zookeeper etcd-server socat redis-server chromium
 
 .PHONY: all build test unit vet deps deps-demo demo bench fuzz clean
 

@@ -22,6 +22,7 @@ type fleet struct {
 	backends  map[string][]registry.Instance // by service
 	overrides registry.OverrideSet
 	acks      []registry.Ack
+	catalogs  []registry.Catalog // outlive their synapse: one without an ack is dead
 }
 
 func readFleet(ctx context.Context, b registry.Backend, c *common, now time.Time) (*fleet, error) {
@@ -36,6 +37,7 @@ func readFleet(ctx context.Context, b registry.Backend, c *common, now time.Time
 	if err != nil {
 		return nil, fmt.Errorf("registry unreachable: %w", err)
 	}
+	f.catalogs = catalogs
 	for _, cat := range catalogs {
 		for name, path := range cat.Services {
 			f.services[name] = path

@@ -22,6 +22,7 @@ type synapseStatus struct {
 	ID       string    `json:"id"`
 	Revision int64     `json:"revision"`
 	InSync   bool      `json:"in_sync"`
+	Live     bool      `json:"live"` // false: dead, only its catalog is left
 	At       time.Time `json:"at"`
 }
 
@@ -42,16 +43,24 @@ func runStatus(ctx context.Context, env Env, args []string) error {
 	}
 	defer b.Close()
 	now := env.Now()
-	fl, err := readFleet(ctx, b, &c, now)
+	rep, err := buildStatus(ctx, b, &c, now, pos)
 	if err != nil {
 		return err
 	}
-	var scope []string
-	if len(pos) == 1 {
-		scope = pos
-		if err := fl.checkScope(scope); err != nil {
-			return err
-		}
+	emit(env, &c, rep, func(w io.Writer) { printStatus(w, rep, now) })
+	return nil
+}
+
+// buildStatus reads the fleet: every backend of the services in scope (all
+// when empty) with what holds it out, the active overrides, and every
+// synapse, live (it acks) or dead (only its catalog is left).
+func buildStatus(ctx context.Context, b registry.Backend, c *common, now time.Time, scope []string) (statusReport, error) {
+	fl, err := readFleet(ctx, b, c, now)
+	if err != nil {
+		return statusReport{}, err
+	}
+	if err := fl.checkScope(scope); err != nil {
+		return statusReport{}, err
 	}
 	rep := statusReport{OverrideRevision: fl.overrides.Revision, Services: map[string][]backendState{}, Overrides: []registry.Override{}}
 	for _, o := range fl.overrides.Overrides {
@@ -69,50 +78,85 @@ func runStatus(ctx context.Context, env Env, args []string) error {
 		}
 		rep.Services[name] = states
 	}
+	live := map[string]bool{}
 	for _, a := range fl.acks {
-		rep.Synapses = append(rep.Synapses, synapseStatus{ID: a.ID, Revision: a.Revision, InSync: a.Revision >= fl.overrides.Revision, At: a.At})
+		live[a.ID] = true
+		rep.Synapses = append(rep.Synapses, synapseStatus{ID: a.ID, Revision: a.Revision, InSync: a.Revision >= fl.overrides.Revision, Live: true, At: a.At})
 	}
-	emit(env, &c, rep, func(w io.Writer) {
-		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "SERVICE\tHOST\tPORT\tNAME\tSTATE\tWEIGHT\tHELD BY\tREASON")
-		for _, name := range sortedKeys(rep.Services) {
-			if len(rep.Services[name]) == 0 {
-				fmt.Fprintf(tw, "%s\t-\t-\t-\tno backends\t\t\t\n", name)
-			}
-			for _, s := range rep.Services[name] {
-				weight := "-"
-				if s.Weight != nil {
-					weight = fmt.Sprint(*s.Weight)
-				}
-				reason := s.Reason
-				if s.Expires != nil {
-					reason += " (until " + *s.Expires + ")"
-				}
-				state := s.State
-				if state == string(registry.StateReady) && !s.Serving {
-					state = "out (weight 0)"
-				}
-				heldBy := "-"
-				if s.HeldBy != "" {
-					heldBy = s.HeldBy + " (" + s.By + ")"
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", name, s.Host, s.Port, s.Name, state, weight, heldBy, strings.TrimSpace(reason))
-			}
+	for _, cat := range fl.catalogs {
+		if !live[cat.ID] {
+			rep.Synapses = append(rep.Synapses, synapseStatus{ID: cat.ID, At: cat.At})
 		}
-		tw.Flush()
-		fmt.Fprintf(w, "\noverride revision %d; synapses:\n", rep.OverrideRevision)
-		if len(rep.Synapses) == 0 {
-			fmt.Fprintln(w, "  none acks overrides in this registry")
+	}
+	return rep, nil
+}
+
+func (s synapseStatus) state() string {
+	switch {
+	case !s.Live:
+		return "DEAD"
+	case s.InSync:
+		return "in sync"
+	}
+	return "BEHIND"
+}
+
+func printStatus(w io.Writer, rep statusReport, now time.Time) {
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tHOST\tPORT\tNAME\tSTATE\tWEIGHT\tHELD BY\tREASON")
+	for _, name := range sortedKeys(rep.Services) {
+		if len(rep.Services[name]) == 0 {
+			fmt.Fprintf(tw, "%s\t-\t-\t-\tno backends\t\t\t\n", name)
 		}
-		for _, s := range rep.Synapses {
-			sync := "in sync"
-			if !s.InSync {
-				sync = "BEHIND"
-			}
-			fmt.Fprintf(w, "  %s: revision %d, %s (acked %s ago)\n", s.ID, s.Revision, sync, now.Sub(s.At).Round(time.Second))
+		for _, s := range rep.Services[name] {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", name, s.Host, s.Port, s.Name, s.stateText(), s.weightText(), s.heldByText(), s.reasonText())
 		}
-	})
-	return nil
+	}
+	tw.Flush()
+	if rep.OverrideRevision == 0 {
+		fmt.Fprintf(w, "\nno override written yet; synapses (revision: the registry revision each last applied):\n")
+	} else {
+		fmt.Fprintf(w, "\noverride revision %d (the registry revision of the last override change); synapses:\n", rep.OverrideRevision)
+	}
+	if len(rep.Synapses) == 0 {
+		fmt.Fprintln(w, "  none acks overrides in this registry")
+	}
+	for _, s := range rep.Synapses {
+		if !s.Live {
+			fmt.Fprintf(w, "  %s: DEAD (no ack; its catalog was written %s ago)\n", s.ID, now.Sub(s.At).Round(time.Second))
+			continue
+		}
+		fmt.Fprintf(w, "  %s: revision %d, %s (acked %s ago)\n", s.ID, s.Revision, s.state(), now.Sub(s.At).Round(time.Second))
+	}
+}
+
+func (s backendState) stateText() string {
+	if s.State == string(registry.StateReady) && !s.Serving {
+		return "out (weight 0)"
+	}
+	return s.State
+}
+
+func (s backendState) weightText() string {
+	if s.Weight == nil {
+		return "-"
+	}
+	return fmt.Sprint(*s.Weight)
+}
+
+func (s backendState) heldByText() string {
+	if s.HeldBy == "" {
+		return "-"
+	}
+	return s.HeldBy + " (" + s.By + ")"
+}
+
+func (s backendState) reasonText() string {
+	r := s.Reason
+	if s.Expires != nil {
+		r += " (until " + *s.Expires + ")"
+	}
+	return strings.TrimSpace(r)
 }
 
 func runHistory(ctx context.Context, env Env, args []string) error {

@@ -68,6 +68,7 @@ Usage:
   synctl weight HOST[,HOST...] N|reset [--service S] [--wait] [--dry-run]
   synctl status [SERVICE]
   synctl history [--limit N]
+  synctl serve [--listen 127.0.0.1:9393]   (a read-only page of the fleet, on loopback)
   synctl drain|maint|add-to-lb HOST --local [--socket PATH]   (the local HAProxy, when the registry is down)
 
 The registry: --zk host:port,... or --etcd http://host:port,... (or SYNCTL_ZK, SYNCTL_ETCD,
@@ -106,8 +107,10 @@ func Main(ctx context.Context, args []string, env Env) int {
 		err = runStatus(ctx, env, rest)
 	case "history":
 		err = runHistory(ctx, env, rest)
+	case "serve":
+		err = runServe(ctx, env, rest)
 	default:
-		err = usagef("unknown command %q (drain, maint, add-to-lb, weight, status, history)", cmd)
+		err = usagef("unknown command %q (drain, maint, add-to-lb, weight, status, history, serve)", cmd)
 	}
 	var ue usageError
 	code := ExitFailed
