@@ -38,7 +38,9 @@ deps-demo:
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy >/dev/null; }
 	@systemctl stop haproxy >/dev/null 2>&1 || service haproxy stop >/dev/null 2>&1 || true
 
-demo: deps-demo build
+demo: deps-demo
+	@echo "building nerve, synapse, synctl and the demo (a first build fetches modules and takes about a minute)..."
+	@$(GO) build -o $(BIN)/ ./cmd/...
 	./$(BIN)/demo
 
 vet:

@@ -33,25 +33,55 @@ type demo struct {
 	bin, dir   string
 	etcdURL    string
 	port       int
-	adminPort  int
+	adminPort  int   // synapse's
+	adminPorts []int // synapse's, the three nerves', etcd's peer port
+	peerPort   int
+	pagePort   int
 	procs      []*exec.Cmd
 	backends   []*http.Server
 	log        io.Writer
 	haproxyPID string
+	cleaned    bool
 }
 
 func run() int {
 	check := flag.Bool("check", false, "start everything, verify it end to end, stop, and exit 0 on success")
-	port := flag.Int("port", 3210, "HAProxy frontend port of the demo service")
-	etcdPort := flag.Int("etcd-port", 2379, "embedded etcd client port")
+	port := flag.Int("port", 3210, "HAProxy frontend port of the demo service (another is picked when the default is busy)")
+	etcdPort := flag.Int("etcd-port", 2379, "embedded etcd client port (another is picked when the default is busy)")
+	pagePort := flag.Int("page-port", 9393, "the fleet page (synctl serve) (another is picked when the default is busy)")
 	flag.Parse()
+	explicit := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
+	// The defaults are etcd's and HAProxy's usual ports: a machine running
+	// either already gets free ones instead; a port given on the command
+	// line is used or refused.
+	var err error
+	if *port, err = pickPort(*port, explicit["port"], "-port"); err == nil {
+		if *etcdPort, err = pickPort(*etcdPort, explicit["etcd-port"], "-etcd-port"); err == nil {
+			*pagePort, err = pickPort(*pagePort, explicit["page-port"], "-page-port")
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		return 2
+	}
 
 	self, err := os.Executable()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		return 1
 	}
-	d := &demo{bin: filepath.Dir(self), port: *port, adminPort: *port + 83, etcdURL: fmt.Sprintf("http://127.0.0.1:%d", *etcdPort)}
+	d := &demo{bin: filepath.Dir(self), port: *port, pagePort: *pagePort, etcdURL: fmt.Sprintf("http://127.0.0.1:%d", *etcdPort)}
+	// The synapse's and the three nerves' admin listeners, and etcd's peer port.
+	for range 5 {
+		p, err := pickPort(0, false, "")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "demo:", err)
+			return 1
+		}
+		d.adminPorts = append(d.adminPorts, p)
+	}
+	d.adminPort, d.peerPort = d.adminPorts[0], d.adminPorts[4]
 	if d.dir, err = os.MkdirTemp("", "syncstack-demo-"); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		return 1
@@ -62,11 +92,15 @@ func run() int {
 		return 1
 	}
 	d.log = logFile
-	defer d.cleanup()
+	defer func() {
+		if !d.cleaned {
+			d.cleanup()
+		}
+	}()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := d.start(ctx, *etcdPort); err != nil {
+	if err := d.start(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		fmt.Fprintf(os.Stderr, "demo: logs in %s (kept)\n", d.dir)
 		d.dir = ""
@@ -83,10 +117,29 @@ func run() int {
 	d.banner()
 	<-ctx.Done()
 	fmt.Println("\nstopping: nerves deregister, synapse and HAProxy stop, temp data is removed")
+	d.cleanup()
+	d.cleaned = true
+	fmt.Println("stopped, nothing left behind")
 	return 0
 }
 
-func (d *demo) start(ctx context.Context, etcdPort int) error {
+// pickPort returns port when it is free; a busy default is replaced by a
+// free port (0 asks for one), a busy port the user chose is an error.
+func pickPort(port int, explicit bool, flagName string) (int, error) {
+	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil && explicit {
+		return 0, fmt.Errorf("port %d is busy (another demo running?): choose another with %s", port, flagName)
+	}
+	if err != nil {
+		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			return 0, err
+		}
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func (d *demo) start(ctx context.Context) error {
 	for _, b := range []string{"nerve", "synapse", "synctl", "embedded-etcd"} {
 		if _, err := os.Stat(filepath.Join(d.bin, b)); err != nil {
 			return fmt.Errorf("%s not found next to the demo binary (run `make build`): %w", b, err)
@@ -95,18 +148,11 @@ func (d *demo) start(ctx context.Context, etcdPort int) error {
 	if _, err := exec.LookPath("haproxy"); err != nil {
 		return errors.New("haproxy is not installed (make demo installs it: apt-get install haproxy)")
 	}
-	for _, p := range []int{d.port, etcdPort, etcdPort + 1, d.adminPort} {
-		if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err != nil {
-			return fmt.Errorf("port %d is busy (another demo running?): %w", p, err)
-		} else {
-			ln.Close()
-		}
-	}
 	fmt.Printf("syncstack demo: data and logs in %s\n", d.dir)
 
 	// The registry: a real etcd, embedded.
 	if err := d.spawn("embedded-etcd", "-data-dir", filepath.Join(d.dir, "etcd"), "-client-url", d.etcdURL,
-		"-peer-url", fmt.Sprintf("http://127.0.0.1:%d", etcdPort+1)); err != nil {
+		"-peer-url", fmt.Sprintf("http://127.0.0.1:%d", d.peerPort)); err != nil {
 		return err
 	}
 	if err := waitTCP(ctx, strings.TrimPrefix(d.etcdURL, "http://"), 30*time.Second); err != nil {
@@ -144,7 +190,7 @@ services:
     checks: [{type: http, uri: /health, expect: OK, timeout: 300ms}]
     etcd_endpoints: [%s]
     etcd_path: /services/web/services
-`, name, d.adminPort+i, host, port, d.etcdURL)
+`, name, d.adminPorts[i], host, port, d.etcdURL)
 		path := filepath.Join(d.dir, name+".nerve.yaml")
 		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 			return err
@@ -180,6 +226,10 @@ services:
 	}
 	d.haproxyPID = filepath.Join(d.dir, "haproxy.pid")
 	if err := d.spawn("synapse", "-config", path); err != nil {
+		return err
+	}
+	// The fleet page.
+	if err := d.spawn("synctl", "serve", "--listen", fmt.Sprintf("127.0.0.1:%d", d.pagePort), "--etcd", d.etcdURL); err != nil {
 		return err
 	}
 	// Ready when HAProxy routes to all three backends.
@@ -228,9 +278,10 @@ func (d *demo) banner() {
 	fmt.Printf(`
 syncstack is running:
   registry   embedded etcd        %[1]s
-  backends   backend-1..3         127.0.0.11-13, each with a nerve (admin API on 127.0.0.1:%[3]d-%[4]d)
+  backends   backend-1..3         127.0.0.11-13, each with a nerve (admin APIs on 127.0.0.1:%[3]d … %[4]d)
   synapse    demo-synapse         status: curl -s 127.0.0.1:%[5]d/status | head -40
   HAProxy    master-worker        http://127.0.0.1:%[2]d/
+  fleet page synctl serve         http://127.0.0.1:%[8]d/   (open it in a browser; it refreshes itself)
 
 Try:
   for i in $(seq 6); do curl -s http://127.0.0.1:%[2]d/; done
@@ -243,7 +294,7 @@ Try:
   curl -s 127.0.0.1:%[5]d/metrics | grep synapse_haproxy_reloads_total   # membership never reloads
 
 Press Ctrl-C to stop everything and remove %[7]s.
-`, d.etcdURL, d.port, d.adminPort+1, d.adminPort+3, d.adminPort, d.bin, d.dir)
+`, d.etcdURL, d.port, d.adminPorts[1], d.adminPorts[3], d.adminPort, d.bin, d.dir, d.pagePort)
 }
 
 // check verifies the demo end to end.
@@ -253,6 +304,10 @@ func (d *demo) check(ctx context.Context) error {
 	}
 	if out, err := d.synctl("drain", "127.0.0.12", "--reason", "demo check", "--wait", "--timeout", "20s"); err != nil {
 		return fmt.Errorf("synctl drain: %v\n%s", err, out)
+	}
+	page, err := get(fmt.Sprintf("http://127.0.0.1:%d/", d.pagePort))
+	if err != nil || !strings.Contains(page, "<td>127.0.0.12</td><td>drain</td>") {
+		return fmt.Errorf("the fleet page does not show the drain: %v\n%s", err, page)
 	}
 	for range 12 {
 		body, err := get(d.url())
