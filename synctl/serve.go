@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/syncstack/syncstack/registry"
@@ -32,7 +33,7 @@ var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{
 		if len(s) == 0 {
 			return "all"
 		}
-		return fmt.Sprint(s)
+		return strings.Join(s, ", ")
 	},
 }).Parse(`<!doctype html>
 <html lang="en">
