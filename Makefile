@@ -2,18 +2,23 @@
 SHELL := /bin/bash
 GO    ?= go
 BIN   := bin
+# The build's identity, printed by --version and exported as *_build_info.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -X github.com/syncstack/syncstack/internal/version.Version=$(VERSION) -X github.com/syncstack/syncstack/internal/version.Commit=$(COMMIT)
 
 # Debian packages the tests run for real: HAProxy, ZooKeeper (brings a JRE),
 # etcd, redis (nerve's redis check), and socat for poking HAProxy's sockets by hand.
-# chromium: the fleet page (synctl serve) is tested in a real headless browser.
-DEB_PACKAGES := haproxy zookeeper etcd-server socat redis-server chromium
+# chromium: the fleet page (synctl serve) is tested in a real headless browser;
+# zsh: synctl's zsh completion is loaded in a real zsh.
+DEB_PACKAGES := haproxy zookeeper etcd-server socat redis-server chromium zsh
 
 .PHONY: all build test unit vet deps deps-demo demo bench fuzz clean
 
 all: build
 
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
 
 # deps installs the Debian packages that are missing (as root, via apt-get).
 deps:
@@ -40,7 +45,7 @@ deps-demo:
 
 demo: deps-demo
 	@echo "building nerve, synapse, synctl and the demo (a first build fetches modules and takes about a minute)..."
-	@$(GO) build -o $(BIN)/ ./cmd/...
+	@$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
 	./$(BIN)/demo
 
 vet:

@@ -3,6 +3,7 @@ package synctl
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"html/template"
 	"log/slog"
@@ -103,12 +104,17 @@ func (s backendState) ReasonText() string { return s.reasonText() }
 func (s synapseStatus) State() string     { return s.state() }
 func (p pageData) serviceNames() []string { return sortedKeys(p.Status.Services) }
 
+// serveFlags are serve's own flags.
+func serveFlags(fs *flag.FlagSet) (listen *string, refresh *time.Duration) {
+	return fs.String("listen", "127.0.0.1:9393", "where to serve the page: a loopback address"),
+		fs.Duration("refresh", 2*time.Second, "how often the page reloads itself")
+}
+
 func runServe(ctx context.Context, env Env, args []string) error {
 	var c common
 	fs := newFlagSet(env, "serve", "serve [--listen 127.0.0.1:9393] [--refresh 2s] [flags]")
 	c.register(fs)
-	listen := fs.String("listen", "127.0.0.1:9393", "where to serve the page: a loopback address")
-	refresh := fs.Duration("refresh", 2*time.Second, "how often the page reloads itself")
+	listen, refresh := serveFlags(fs)
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err

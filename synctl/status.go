@@ -2,6 +2,7 @@ package synctl
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -159,11 +160,16 @@ func (s backendState) reasonText() string {
 	return strings.TrimSpace(r)
 }
 
+// historyFlags are history's own flags.
+func historyFlags(fs *flag.FlagSet) (limit *int) {
+	return fs.Int("limit", 50, "how many of the newest entries")
+}
+
 func runHistory(ctx context.Context, env Env, args []string) error {
 	var c common
 	fs := newFlagSet(env, "history", "history [--limit N] [flags]")
 	c.register(fs)
-	limit := fs.Int("limit", 50, "how many of the newest entries")
+	limit := historyFlags(fs)
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err

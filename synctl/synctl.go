@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/syncstack/syncstack/internal/confutil"
+	"github.com/syncstack/syncstack/internal/version"
 	"github.com/syncstack/syncstack/registry"
 	"github.com/syncstack/syncstack/registry/etcd"
 	"github.com/syncstack/syncstack/registry/zookeeper"
@@ -78,6 +79,7 @@ The services and their paths come from the catalogs every synapse leaves in the 
 Every change is posted to --webhook [json=|slack=]URL (repeatable; SYNCTL_WEBHOOKS, or webhooks
 in the config file): when written, with its plan, and when the fleet has applied it (with --wait).
 Every command takes --output text|json and --help. Exit codes: 0 ok, 1 failed, 2 usage.
+synctl --version prints the build; synctl completion bash|zsh prints shell completion.
 `
 
 // Main runs one synctl command line and returns the exit code.
@@ -87,6 +89,10 @@ func Main(ctx context.Context, args []string, env Env) int {
 		if len(args) == 0 {
 			return ExitUsage
 		}
+		return ExitOK
+	}
+	if args[0] == "--version" || args[0] == "-version" || args[0] == "version" {
+		fmt.Fprintln(env.Stdout, version.Line("synctl"))
 		return ExitOK
 	}
 	cmd, rest, err := hoistCommand(args)
@@ -109,8 +115,12 @@ func Main(ctx context.Context, args []string, env Env) int {
 		err = runHistory(ctx, env, rest)
 	case "serve":
 		err = runServe(ctx, env, rest)
+	case "completion":
+		err = runCompletion(env, rest)
+	case "__complete":
+		runComplete(ctx, env, rest)
 	default:
-		err = usagef("unknown command %q (drain, maint, add-to-lb, weight, status, history, serve)", cmd)
+		err = usagef("unknown command %q (%s)", cmd, strings.Join(commands, ", "))
 	}
 	var ue usageError
 	code := ExitFailed
