@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -303,7 +304,7 @@ func finish(ctx context.Context, env Env, b registry.Backend, f *changeFlags, re
 	f.notify.post(newEvent("written", h, res))
 	var waitErr error
 	if f.wait {
-		res.Acked, res.Missing, waitErr = waitAcks(ctx, env, b, res.Revision, f.timeout, f.output == "text")
+		res.Acked, res.Missing, waitErr = waitAcks(ctx, env, b, res.Revision, f.timeout, f.output == "text" && env.Terminal)
 		kind := "applied"
 		if waitErr != nil {
 			kind = "not_applied"
@@ -321,27 +322,45 @@ func finish(ctx context.Context, env Env, b registry.Backend, f *changeFlags, re
 }
 
 // waitAcks waits until every live synapse (one with an ack) has applied
-// rev, printing progress; on timeout it names the ones that have not.
+// rev; on timeout it names the ones that have not. With progress (a
+// terminal), one line is kept up to date: how many applied, and the
+// slowest by name.
 func waitAcks(ctx context.Context, env Env, b registry.Backend, rev int64, timeout time.Duration, progress bool) (acked, missing []string, err error) {
 	deadline := time.Now().Add(timeout)
-	last := -1
+	var last string
+	defer func() {
+		if progress && last != "" {
+			fmt.Fprintln(env.Stderr)
+		}
+	}()
 	for {
 		acks, err := b.Acks(ctx)
 		if err == nil {
 			acked, missing = nil, nil
+			var behind []registry.Ack
 			for _, a := range acks {
 				if a.Revision >= rev {
 					acked = append(acked, a.ID)
 				} else {
-					missing = append(missing, a.ID)
+					behind = append(behind, a)
 				}
 			}
-			if len(acks) == 0 {
-				missing = nil
+			// The slowest first: the furthest behind, then by name.
+			sort.Slice(behind, func(i, j int) bool {
+				if behind[i].Revision != behind[j].Revision {
+					return behind[i].Revision < behind[j].Revision
+				}
+				return behind[i].ID < behind[j].ID
+			})
+			for _, a := range behind {
+				missing = append(missing, a.ID)
 			}
-			if progress && len(acked) != last {
-				fmt.Fprintf(env.Stderr, "waiting: %d/%d synapses applied revision %d\n", len(acked), len(acks), rev)
-				last = len(acked)
+			if progress {
+				line := fmt.Sprintf("waiting for revision %d: applied by %d/%d%s", rev, len(acked), len(acks), slowest(missing))
+				if line != last {
+					fmt.Fprintf(env.Stderr, "\r\x1b[K%s", line)
+					last = line
+				}
 			}
 			if len(acks) > 0 && len(missing) == 0 {
 				return acked, nil, nil
@@ -351,7 +370,7 @@ func waitAcks(ctx context.Context, env Env, b registry.Backend, rev int64, timeo
 			if err == nil && len(acked)+len(missing) == 0 {
 				return nil, nil, fmt.Errorf("no synapse acks overrides in this registry: nothing applies this change")
 			}
-			return acked, missing, fmt.Errorf("timed out after %v: not applied by %s", timeout, strings.Join(missing, ", "))
+			return acked, missing, fmt.Errorf("timed out after %v: not applied by %d: %s", timeout, len(missing), strings.Join(missing, ", "))
 		}
 		select {
 		case <-ctx.Done():
@@ -359,6 +378,17 @@ func waitAcks(ctx context.Context, env Env, b registry.Backend, rev int64, timeo
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// slowest names up to three of the synapses still behind.
+func slowest(missing []string) string {
+	switch {
+	case len(missing) == 0:
+		return ""
+	case len(missing) <= 3:
+		return "; waiting on " + strings.Join(missing, ", ")
+	}
+	return fmt.Sprintf("; waiting on %s and %d more", strings.Join(missing[:3], ", "), len(missing)-3)
 }
 
 func runAddToLB(ctx context.Context, env Env, args []string) error {

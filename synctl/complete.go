@@ -31,6 +31,7 @@ func commandFlags(cmd string) *flag.FlagSet {
 		f.registerSafety(fs)
 	case "status":
 		f.common.register(fs)
+		statusFlags(fs)
 	case "history":
 		f.common.register(fs)
 		historyFlags(fs)
@@ -109,8 +110,9 @@ func runComplete(ctx context.Context, env Env, words []string) {
 		print(commands)
 	case strings.HasPrefix(cur, "-"):
 		fs := commandFlags(cmd)
-		if fs == nil {
-			fs = commandFlags("status") // before the command: the global flags
+		if fs == nil { // before the command: the global flags
+			fs = flag.NewFlagSet("global", flag.ContinueOnError)
+			new(common).register(fs)
 		}
 		var names []string
 		fs.VisitAll(func(f *flag.Flag) { names = append(names, "--"+f.Name) })

@@ -29,8 +29,9 @@ type synapseStatus struct {
 
 func runStatus(ctx context.Context, env Env, args []string) error {
 	var c common
-	fs := newFlagSet(env, "status", "status [SERVICE] [flags]")
+	fs := newFlagSet(env, "status", "status [SERVICE] [--all] [flags]")
 	c.register(fs)
+	all := statusFlags(fs)
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -48,9 +49,23 @@ func runStatus(ctx context.Context, env Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	emit(env, &c, rep, func(w io.Writer) { printStatus(w, rep, now) })
+	emit(env, &c, rep, func(w io.Writer) { printStatus(w, rep, now, *all) })
 	return nil
 }
+
+// statusFlags are status's own flags.
+func statusFlags(fs *flag.FlagSet) (all *bool) {
+	return fs.Bool("all", false, "list every backend and synapse (by default a large fleet shows summaries and only what is out or behind)")
+}
+
+// Past these, status lists only what needs a look unless --all.
+const (
+	listBackendsUpTo = 50
+	listSynapsesUpTo = 20
+	// listSynapsesNotInSync: how many of those behind or dead a large
+	// fleet lists by name.
+	listSynapsesNotInSync = 10
+)
 
 // buildStatus reads the fleet: every backend of the services in scope (all
 // when empty) with what holds it out, the active overrides, and every
@@ -102,18 +117,50 @@ func (s synapseStatus) state() string {
 	return "BEHIND"
 }
 
-func printStatus(w io.Writer, rep statusReport, now time.Time) {
+func printStatus(w io.Writer, rep statusReport, now time.Time, all bool) {
+	total := 0
+	for _, set := range rep.Services {
+		total += len(set)
+	}
+	every := all || total <= listBackendsUpTo
+	// Summaries first: one line per service.
+	for _, name := range sortedKeys(rep.Services) {
+		set := rep.Services[name]
+		out := map[string]int{}
+		serving := 0
+		for _, s := range set {
+			if s.Serving {
+				serving++
+			} else {
+				out[s.stateText()]++
+			}
+		}
+		line := fmt.Sprintf("%s: %d backends, %d serving", name, len(set), serving)
+		for _, st := range sortedKeys(out) {
+			line += fmt.Sprintf(", %d %s", out[st], st)
+		}
+		fmt.Fprintln(w, line)
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SERVICE\tHOST\tPORT\tNAME\tSTATE\tWEIGHT\tHELD BY\tREASON")
+	hidden := 0
 	for _, name := range sortedKeys(rep.Services) {
 		if len(rep.Services[name]) == 0 {
 			fmt.Fprintf(tw, "%s\t-\t-\t-\tno backends\t\t\t\n", name)
 		}
 		for _, s := range rep.Services[name] {
+			if !every && s.Serving && s.Weight == nil {
+				hidden++
+				continue
+			}
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", name, s.Host, s.Port, s.Name, s.stateText(), s.weightText(), s.heldByText(), s.reasonText())
 		}
 	}
 	tw.Flush()
+	if hidden > 0 {
+		fmt.Fprintf(w, "(%d serving backends at their registered weight not listed; --all lists every one)\n", hidden)
+	}
 	if rep.OverrideRevision == 0 {
 		fmt.Fprintf(w, "\nno override written yet; synapses (revision: the registry revision each last applied):\n")
 	} else {
@@ -122,7 +169,24 @@ func printStatus(w io.Writer, rep statusReport, now time.Time) {
 	if len(rep.Synapses) == 0 {
 		fmt.Fprintln(w, "  none acks overrides in this registry")
 	}
+	counts := map[string]int{}
 	for _, s := range rep.Synapses {
+		counts[s.state()]++
+	}
+	everySynapse := all || len(rep.Synapses) <= listSynapsesUpTo
+	if !everySynapse {
+		fmt.Fprintf(w, "  %d synapses: %d in sync, %d BEHIND, %d DEAD (listed: those not in sync; --all lists every one)\n",
+			len(rep.Synapses), counts["in sync"], counts["BEHIND"], counts["DEAD"])
+	}
+	listed := 0
+	for _, s := range rep.Synapses {
+		if !everySynapse && s.state() == "in sync" {
+			continue
+		}
+		if listed++; !everySynapse && listed > listSynapsesNotInSync {
+			fmt.Fprintf(w, "  … and %d more not in sync (--all lists every one)\n", len(rep.Synapses)-counts["in sync"]-listSynapsesNotInSync)
+			break
+		}
 		if !s.Live {
 			fmt.Fprintf(w, "  %s: DEAD (no ack; its catalog was written %s ago)\n", s.ID, now.Sub(s.At).Round(time.Second))
 			continue

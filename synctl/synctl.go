@@ -39,6 +39,8 @@ type Env struct {
 	Now            func() time.Time
 	// By names the operator in overrides and the audit trail.
 	By string
+	// Terminal: Stderr is a terminal, so progress lines are for a person.
+	Terminal bool
 }
 
 // DefaultEnv is the process's own.
@@ -50,7 +52,11 @@ func DefaultEnv() Env {
 	if h, err := os.Hostname(); err == nil {
 		by += "@" + h
 	}
-	return Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Now: time.Now, By: by}
+	term := false
+	if fi, err := os.Stderr.Stat(); err == nil {
+		term = fi.Mode()&os.ModeCharDevice != 0
+	}
+	return Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Now: time.Now, By: by, Terminal: term}
 }
 
 // usageError marks a bad command line: exit 2.
