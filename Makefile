@@ -13,7 +13,7 @@ LDFLAGS := -X github.com/syncstack/syncstack/internal/version.Version=$(VERSION)
 # zsh: synctl's zsh completion is loaded in a real zsh.
 DEB_PACKAGES := haproxy zookeeper etcd-server socat redis-server chromium zsh
 
-.PHONY: all build test unit vet deps deps-demo demo bench fuzz clean
+.PHONY: all build test unit vet deps deps-demo demo bench fuzz clean dist
 
 all: build
 
@@ -69,5 +69,24 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 60s ./registry/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeChildName$$' -fuzztime 30s ./registry/
 
+# dist: one Debian package per program (nfpm, a Go packager, run at a pinned
+# version through the module proxy): binaries, systemd units, example
+# configs as conffiles under /etc/syncstack, shell completion for synctl.
+# A Debian version must start with a digit: an untagged tree is 0.0.0~git.
+NFPM        := $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
+DEB_VERSION ?= $(shell v=$$(git describe --tags --match 'v[0-9]*' 2>/dev/null | sed 's/^v//; s/-/+/; s/-/./g'); \
+	[ -n "$$v" ] && echo "$$v" || echo "0.0.0~git$$(git log -1 --format=%cd --date=format:%Y%m%d%H%M%S 2>/dev/null || echo 0).$$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)")
+ARCH        ?= $(shell $(GO) env GOARCH)
+DIST        := dist
+dist:
+	@mkdir -p $(DIST)/bin
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(DIST)/bin/ ./cmd/nerve ./cmd/synapse ./cmd/synctl
+	$(DIST)/bin/synctl completion bash > $(DIST)/bin/synctl.bash
+	$(DIST)/bin/synctl completion zsh > $(DIST)/bin/_synctl
+	@for p in nerve synapse synctl; do \
+		DEB_VERSION=$(DEB_VERSION) ARCH=$(ARCH) $(NFPM) package --config packaging/nfpm/$$p.yaml --packager deb --target $(DIST)/ || exit 1; \
+	done
+	@ls -1 $(DIST)/*.deb
+
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) $(DIST)
