@@ -2,12 +2,25 @@ package registry
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 )
 
 func intp(n int) *int { return &n }
+
+// manyKeys is `"k0":0,"k1":0,…` with n keys.
+func manyKeys(n int) string {
+	var b strings.Builder
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `"k%d":0`, i)
+	}
+	return b.String()
+}
 
 func TestEncodeIsNerveJSON(t *testing.T) {
 	for _, tc := range []struct {
@@ -48,6 +61,10 @@ func TestDecode(t *testing.T) {
 		{"port as string", `{"host":"h1","port":"80"}`, DecodeOptions{}, Instance{Host: "h1", Port: 80}},
 		{"null weight", `{"host":"h1","port":80,"weight":null}`, DecodeOptions{}, Instance{Host: "h1", Port: 80}},
 		{"ipv6", `{"host":"2001:db8::1","port":80}`, DecodeOptions{}, Instance{Host: "2001:db8::1", Port: 80}},
+		{"same key in different objects", `{"host":"h1","port":80,"labels":{"host":"x","port":"1"},"x":{"host":1},"y":[{"a":1},{"a":2}]}`, DecodeOptions{},
+			Instance{Host: "h1", Port: 80, Labels: map[string]string{"host": "x", "port": "1"}}},
+		{"label keys differing in case", `{"host":"h1","port":80,"labels":{"az":"a","AZ":"b"}}`, DecodeOptions{},
+			Instance{Host: "h1", Port: 80, Labels: map[string]string{"az": "a", "AZ": "b"}}},
 		{"serverset", `{"serviceEndpoint":{"host":"10.1.1.1","port":31000},"additionalEndpoints":{"admin":{"host":"10.1.1.1","port":31001}},"status":"ALIVE","shard":3}`, DecodeOptions{},
 			Instance{Host: "10.1.1.1", Port: 31000, Name: "shard3"}},
 		{"serverset endpoint", `{"serviceEndpoint":{"host":"10.1.1.1","port":31000},"additionalEndpoints":{"admin":{"host":"10.1.1.1","port":31001}},"status":"ALIVE"}`, DecodeOptions{Endpoint: "admin"},
@@ -71,6 +88,8 @@ func TestDecodeRejects(t *testing.T) {
 		{"not json", `not json`, "not a JSON object"},
 		{"array", `[1,2]`, "not a JSON object"},
 		{"trailing data", `{"host":"h","port":1} {"host":"evil","port":2}`, "after its JSON object"},
+		{"trailing brace", `{"host":"h","port":1}}`, "after its JSON object"},
+		{"trailing bracket", `{"host":"h","port":1} ]`, "after its JSON object"},
 		{"no host", `{"port":80}`, `"host"`},
 		{"no port", `{"host":"h1"}`, `"port"`},
 		{"port range", `{"host":"h1","port":70000}`, "port"},
@@ -94,6 +113,34 @@ func TestDecodeRejects(t *testing.T) {
 		{"options bad enum", `{"host":"h1","port":80,"haproxy_server_options":"observe layer9"}`, "observe"},
 		{"options bad token", `{"host":"h1","port":80,"haproxy_server_options":"sni \"x;y\""}`, "sni"},
 		{"label key", `{"host":"h1","port":80,"labels":{"a b":"x"}}`, "labels"},
+		// A record may not make HAProxy open files, enter namespaces,
+		// follow another server, sit in config maintenance or carry a
+		// second weight.
+		{"options crt", `{"host":"h1","port":80,"haproxy_server_options":"ssl crt /etc/shadow"}`, `"crt" is not allowed in a record`},
+		{"options ca-file", `{"host":"h1","port":80,"haproxy_server_options":"ssl verify required ca-file /root/x.pem"}`, `"ca-file" is not allowed in a record`},
+		{"options crl-file", `{"host":"h1","port":80,"haproxy_server_options":"ssl crl-file /x"}`, `"crl-file" is not allowed in a record`},
+		{"options namespace", `{"host":"h1","port":80,"haproxy_server_options":"namespace ../.."}`, `"namespace" is not allowed in a record`},
+		{"options track", `{"host":"h1","port":80,"haproxy_server_options":"check track nosuch/x"}`, `"track" is not allowed in a record`},
+		{"options disabled", `{"host":"h1","port":80,"haproxy_server_options":"check disabled"}`, `"disabled" is not allowed in a record`},
+		{"options sni env", `{"host":"h1","port":80,"haproxy_server_options":"ssl sni env(AWS_SECRET_ACCESS_KEY)"}`, "sni"},
+		{"options sni map file", `{"host":"h1","port":80,"haproxy_server_options":"ssl sni req.hdr(host),map(/etc/shadow)"}`, "only the converter lower"},
+		{"options sni str not a name", `{"host":"h1","port":80,"haproxy_server_options":"ssl sni str(a/b)"}`, "sni"},
+		{"options weight", `{"host":"h1","port":80,"weight":10,"haproxy_server_options":"weight 200"}`, `"weight" is not allowed in a record`},
+		// Two copies of a key: readers disagree on which one wins.
+		{"duplicate host", `{"host":"10.0.0.5","port":80,"host":"6.6.6.6"}`, `host: key "host" appears twice`},
+		{"duplicate port", `{"host":"h1","port":80,"port":81}`, `port: key "port" appears twice`},
+		{"duplicate host escaped", `{"host":"10.0.0.5","port":80,"\u0068ost":"6.6.6.6"}`, `key "host" appears twice`},
+		{"duplicate among many keys", `{"host":"h1","port":80,` + manyKeys(40) + `,"k7":0}`, `k7: key "k7" appears twice`},
+		{"duplicate host other case", `{"host":"10.0.0.5","port":80,"HOST":"6.6.6.6"}`, `key "HOST" appears twice`},
+		{"duplicate name other case", `{"name":"a","port":80,"host":"h","nAme":"b"}`, `key "nAme" appears twice`},
+		{"duplicate status folded long s", `{"serviceEndpoint":{"host":"10.1.1.1","port":31000},"status":"DEAD","ſtatus":"ALIVE"}`, `appears twice`},
+		{"duplicate options", `{"host":"h1","port":80,"haproxy_server_options":"backup","haproxy_server_options":"check"}`, "haproxy_server_options: key"},
+		{"duplicate label", `{"host":"h1","port":80,"labels":{"az":"a","az":"b"}}`, `labels.az: key "az" appears twice`},
+		{"duplicate unknown key", `{"host":"h1","port":80,"future":1,"future":2}`, `future: key "future" appears twice`},
+		{"duplicate deep in unknown", `{"host":"h1","port":80,"x":[{"a":1},{"b":{"c":1,"c":2}}]}`, `x[].b.c: key "c" appears twice`},
+		{"duplicate endpoint host", `{"serviceEndpoint":{"host":"10.1.1.1","port":31000,"host":"6.6.6.6"},"status":"ALIVE"}`, `serviceEndpoint.host: key "host" appears twice`},
+		{"duplicate endpoint name", `{"serviceEndpoint":{"host":"10.1.1.1","port":31000},"additionalEndpoints":{"a":{"host":"h","port":1},"a":{"host":"i","port":1}},"status":"ALIVE"}`, `additionalEndpoints.a: key "a" appears twice`},
+		{"duplicate status", `{"serviceEndpoint":{"host":"10.1.1.1","port":31000},"status":"DEAD","status":"ALIVE"}`, `status: key "status" appears twice`},
 		{"label value newline", `{"host":"h1","port":80,"labels":{"a":"x\ny"}}`, "labels.a"},
 		{"label value NUL", `{"host":"h1","port":80,"labels":{"a":"x\u0000y"}}`, "labels.a"},
 		{"label not string", `{"host":"h1","port":80,"labels":{"a":1}}`, "JSON"},
@@ -119,9 +166,10 @@ func TestDecodeRejects(t *testing.T) {
 
 func TestServerOptionsAllowed(t *testing.T) {
 	for _, opts := range []string{
-		"", "backup", "check inter 2s rise 3 fall 2", "weight 10 maxconn 100 slowstart 30s",
+		"", "backup", "check inter 2s rise 3 fall 2", "maxconn 100 slowstart 30s", "enabled",
 		"on-marked-down shutdown-sessions on-marked-up shutdown-backup-sessions",
 		"check-ssl ssl verify none sni req.hdr(host) alpn h2,http/1.1",
+		"ssl sni str(api.example.com)", "ssl sni ssl_fc_sni,lower", "ssl sni hdr(Host)",
 		"send-proxy-v2 observe layer7 error-limit 10 on-error mark-down",
 		"  check\tinter 500ms  ",
 	} {

@@ -146,6 +146,7 @@ const (
 	argDuration         // HAProxy time: digits with an optional us|ms|s|m|h|d unit
 	argToken            // a conservative token: paths, names, ALPN lists, addresses
 	argEnum             // one of a fixed set
+	argSNI              // a sample expression, from a short safe list
 )
 
 type keyword struct {
@@ -154,19 +155,19 @@ type keyword struct {
 	enum []string // argEnum: the accepted values
 }
 
-// serverKeywords is the allow-list for haproxy_server_options. Keywords that
-// would let a record take over the server's identity (id, cookie, redir) or
-// that cannot be validated simply (source, usesrc) are left out on purpose.
+// serverKeywords is the allow-list for a record's haproxy_server_options.
+// Keywords that would let a record take over the server's identity (id,
+// cookie, redir) or that cannot be validated simply (source, usesrc) are
+// left out on purpose, and so are the operator-only keywords below.
 var serverKeywords = map[string]keyword{
 	"backup": {}, "no-backup": {}, "check": {}, "no-check": {},
 	"check-ssl": {}, "no-check-ssl": {}, "check-send-proxy": {},
 	"send-proxy": {}, "send-proxy-v2": {}, "send-proxy-v2-ssl": {}, "send-proxy-v2-ssl-cn": {}, "no-send-proxy": {}, "no-send-proxy-v2": {},
 	"ssl": {}, "no-ssl": {}, "agent-check": {}, "no-agent-check": {},
-	"disabled": {}, "enabled": {}, "non-stick": {}, "stick": {}, "tfo": {}, "no-tfo": {},
+	"enabled": {}, "non-stick": {}, "stick": {}, "tfo": {}, "no-tfo": {},
 	"force-tlsv12": {}, "force-tlsv13": {}, "no-sslv3": {}, "no-tlsv10": {}, "no-tlsv11": {},
 	"ssl-reuse": {}, "no-ssl-reuse": {}, "tls-tickets": {}, "no-tls-tickets": {}, "allow-0rtt": {},
 
-	"weight":           {kind: argInt, max: MaxWeight},
 	"maxconn":          {kind: argInt, max: 1 << 24},
 	"minconn":          {kind: argInt, max: 1 << 24},
 	"maxqueue":         {kind: argInt, max: 1 << 24},
@@ -192,20 +193,36 @@ var serverKeywords = map[string]keyword{
 	"addr":             {kind: argToken},
 	"agent-addr":       {kind: argToken},
 	"agent-send":       {kind: argToken},
-	"sni":              {kind: argToken},
+	"sni":              {kind: argSNI},
 	"check-sni":        {kind: argToken},
 	"alpn":             {kind: argToken},
 	"check-alpn":       {kind: argToken},
 	"proto":            {kind: argToken},
-	"ca-file":          {kind: argToken},
-	"crt":              {kind: argToken},
 	"ciphers":          {kind: argToken},
 	"verifyhost":       {kind: argToken},
-	"track":            {kind: argToken},
-	"namespace":        {kind: argToken},
 }
 
-// ServerKeywords lists the keywords accepted in haproxy_server_options.
+// operatorOnlyKeywords are server keywords a record may not carry, each
+// with the reason given when one does. A record is written by whoever can
+// write the registry: it must not make HAProxy (often root) open a file of
+// its choosing (the error says whether it exists), enter a network
+// namespace, tie its health to another server, or put itself in config
+// maintenance (a server HAProxy then refuses to delete at runtime). And the
+// record's `weight` field is its one weight: a second one in the options
+// would fight overrides and the runtime API. The operator's own
+// server_options (synapse config, checked by haproxy -c) may use them all.
+var operatorOnlyKeywords = map[string]string{
+	"crt":       "names a file",
+	"ca-file":   "names a file",
+	"crl-file":  "names a file",
+	"namespace": "names a network namespace",
+	"track":     "refers to another server",
+	"disabled":  "puts the server in config maintenance (use an override: synctl maint)",
+	"weight":    "duplicates the record's weight field (use \"weight\")",
+}
+
+// ServerKeywords lists the keywords accepted in a record's
+// haproxy_server_options.
 func ServerKeywords() []string {
 	out := make([]string, 0, len(serverKeywords))
 	for k := range serverKeywords {
@@ -232,6 +249,9 @@ func ValidateServerOptions(opts string) error {
 	tokens := strings.Fields(opts)
 	for i := 0; i < len(tokens); i++ {
 		name := tokens[i]
+		if why, ok := operatorOnlyKeywords[name]; ok {
+			return fmt.Errorf("keyword %q is not allowed in a record: it %s", name, why)
+		}
 		kw, ok := serverKeywords[name]
 		if !ok {
 			return fmt.Errorf("keyword %.40q is not allowed", name)
@@ -275,6 +295,8 @@ func (kw keyword) check(arg string) error {
 			}
 		}
 		return fmt.Errorf("%.40q is not one of %s", arg, strings.Join(kw.enum, ", "))
+	case argSNI:
+		return checkSNI(arg)
 	case argToken:
 		for _, r := range arg {
 			if !(isAlnum(r) || strings.ContainsRune("-_.:/,()=+@*[]", r)) {
@@ -283,4 +305,28 @@ func (kw keyword) check(arg string) error {
 		}
 	}
 	return nil
+}
+
+// checkSNI accepts the sample expressions a record may give as its sni:
+// the client's SNI or Host header, or a fixed name, optionally lower-cased.
+// The full language is not for records: a fetch like env(SECRET) would send
+// synapse host's environment to whatever host the record names, and a
+// converter like map(/etc/shadow) makes HAProxy open a file.
+func checkSNI(arg string) error {
+	fetch, conv, _ := strings.Cut(arg, ",")
+	switch conv {
+	case "", "lower":
+	default:
+		return fmt.Errorf("%.40q: only the converter lower is allowed in a record", arg)
+	}
+	switch strings.ToLower(fetch) {
+	case "ssl_fc_sni", "req.hdr(host)", "hdr(host)":
+		return nil
+	}
+	if name, ok := strings.CutPrefix(fetch, "str("); ok && strings.HasSuffix(name, ")") {
+		if err := ValidateHost(strings.TrimSuffix(name, ")")); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("%.40q: a record's sni is ssl_fc_sni, req.hdr(host), hdr(host) or str(NAME), optionally with ,lower", arg)
 }

@@ -2,8 +2,10 @@ package synapse
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -179,7 +181,74 @@ func (cfg *Config) Finalize() error {
 			backends[svc.HAProxy.BackendName] = name
 		}
 	}
+	if cfg.HAProxy != nil {
+		checkBinds(cfg.Services, names, &p)
+	}
 	return p.Err(cfg.File)
+}
+
+// checkBinds refuses two enabled services whose frontends listen on the same
+// port at overlapping addresses: HAProxy binds both (SO_REUSEPORT) and the
+// kernel splits the connections between two unrelated services. A wildcard
+// (0.0.0.0, ::, *) overlaps every address of its port, and localhost is
+// 127.0.0.1 and ::1. names is the sorted service names, so the error is the
+// same every time.
+func checkBinds(services map[string]*ServiceConfig, names []string, p *confutil.Problems) {
+	type bind struct {
+		service string
+		addr    string // as configured, for the message
+		ends    bindAddrs
+	}
+	byPort := map[int][]bind{}
+	for _, name := range names {
+		svc := services[name]
+		if svc == nil || svc.HAProxy.Disabled || svc.HAProxy.Port <= 0 {
+			continue
+		}
+		h := svc.HAProxy
+		b := bind{service: name, addr: h.BindAddress, ends: bindAddrsOf(h.BindAddress)}
+		for _, other := range byPort[h.Port] {
+			if b.ends.overlaps(other.ends) {
+				p.Addf("services."+name+".haproxy.port", "%s:%d is also the frontend of service %s (%s:%d): HAProxy would split the connections between the two",
+					b.addr, h.Port, other.service, other.addr, h.Port)
+				break
+			}
+		}
+		byPort[h.Port] = append(byPort[h.Port], b)
+	}
+}
+
+// bindAddrs is what a bind_address listens on: every address, or a set of
+// addresses (IPs in canonical form, other host names lower-cased).
+type bindAddrs struct {
+	any   bool
+	addrs []string
+}
+
+func bindAddrsOf(s string) bindAddrs {
+	s = strings.ToLower(strings.TrimSuffix(strings.Trim(s, "[]"), "."))
+	switch s {
+	case "", "*", "0.0.0.0", "::", "::ffff:0.0.0.0":
+		return bindAddrs{any: true}
+	case "localhost":
+		return bindAddrs{addrs: []string{"127.0.0.1", "::1"}}
+	}
+	if a, err := netip.ParseAddr(s); err == nil {
+		return bindAddrs{addrs: []string{a.Unmap().String()}}
+	}
+	return bindAddrs{addrs: []string{s}}
+}
+
+func (b bindAddrs) overlaps(o bindAddrs) bool {
+	if b.any || o.any {
+		return true
+	}
+	for _, a := range b.addrs {
+		if slices.Contains(o.addrs, a) {
+			return true
+		}
+	}
+	return false
 }
 
 // HAProxyServices returns every service's haproxy section.

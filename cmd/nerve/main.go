@@ -9,7 +9,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -25,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/syncstack/syncstack/internal/cli"
+	"github.com/syncstack/syncstack/internal/version"
 	"github.com/syncstack/syncstack/nerve"
 	"github.com/syncstack/syncstack/registry"
 )
@@ -45,8 +48,24 @@ func run(args []string) int {
 	checkConfig := fs.Bool("check-config", false, "validate the config and exit: 0 valid, 1 not")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
+	showVersion := fs.Bool("version", false, "print the version, commit and Go version, and exit")
+	var usage bytes.Buffer
+	fs.SetOutput(&usage)
+	fs.Usage = func() {
+		fmt.Fprintf(&usage, "Usage: nerve [flags]\n\nHealth-checks this host's service instances and keeps the healthy ones\nregistered. SIGHUP reloads the config; SIGTERM deregisters and exits.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Stdout.Write(usage.Bytes())
+			return 0
+		}
+		os.Stderr.Write(usage.Bytes())
 		return 2
+	}
+	if *showVersion {
+		fmt.Println(version.Line("nerve"))
+		return 0
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "nerve: unexpected arguments %q\n", fs.Args())
@@ -71,7 +90,8 @@ func run(args []string) int {
 	}
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), version.Collector("nerve"))
+	log.Info("starting", "version", version.Get().Version, "commit", version.Get().Commit)
 	agent := nerve.New(cfg, nerve.Options{
 		Logger: log, Metrics: nerve.NewMetrics(reg), RegistryMetrics: registry.NewMetrics(reg),
 	})

@@ -35,6 +35,10 @@ func TestCheckConfig(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "good.yaml")
 	writeConfig(t, good, "instance_id: h\nservices:\n  web:\n    host: 127.0.0.1\n    port: 80\n    checks: [{type: tcp}]\n    zk_hosts: [127.0.0.1:2181]\n    zk_path: /s\n")
+	trailingComma := filepath.Join(dir, "nerve.conf.json")
+	writeConfig(t, trailingComma, "{\n  \"instance_id\": \"h\",\n  \"services\": {},\n}\n")
+	fileOption := filepath.Join(dir, "crt.yaml")
+	writeConfig(t, fileOption, "instance_id: h\nservices:\n  web:\n    host: 127.0.0.1\n    port: 80\n    haproxy_server_options: ssl crt /etc/shadow\n    checks: [{type: tcp}]\n    zk_hosts: [127.0.0.1:2181]\n    zk_path: /s\n")
 	bad := filepath.Join(dir, "bad.yaml")
 	writeConfig(t, bad, "instance_id: h\nservices:\n  web:\n    host: 127.0.0.1\n    port: 80\n    chekcs: [{type: tcp}]\n")
 	for _, tc := range []struct {
@@ -47,7 +51,15 @@ func TestCheckConfig(t *testing.T) {
 		{[]string{"-config", bad}, 1, []string{bad, "chekcs"}},
 		{[]string{"-config", "../../nerve/testdata/airbnb/nerve.conf.json", "-check-config"}, 0, []string{"OK, 4 services", "statsd: not implemented"}},
 		{[]string{"-config", "../../nerve/testdata/rabbitmq.conf.json", "-check-config"}, 1, []string{"rabbitmq_service.checks[0]", `"rabbitmq" is not supported`}},
-		{[]string{"-bogus"}, 2, []string{"bogus"}},
+		{[]string{"-bogus"}, 2, []string{"bogus", "Usage: nerve"}},
+		{[]string{"-h"}, 0, []string{"Usage: nerve", "-check-config"}},
+		{[]string{"--help"}, 0, []string{"Usage: nerve"}},
+		{[]string{"--version"}, 0, []string{"nerve ", "(commit ", "go1."}},
+		// A .json config is JSON: a trailing comma is a syntax error with
+		// the file and line (YAML read it silently).
+		{[]string{"-config", trailingComma, "-check-config"}, 1, []string{trailingComma + ": line 4, column 1: JSON syntax error"}},
+		// A record may not name files; nerve writes records.
+		{[]string{"-config", fileOption, "-check-config"}, 1, []string{"services.web", `"crt" is not allowed in a record`}},
 	} {
 		var out bytes.Buffer
 		cmd := exec.Command(nerveBin, tc.args...)

@@ -5,12 +5,17 @@
 //	synapse -config /etc/syncstack/synapse.yaml
 //	synapse -config synapse.conf.json -check-config
 //
-// SIGHUP reloads the config (an invalid one is logged and the old one kept);
-// SIGTERM or SIGINT stops synapse and leaves HAProxy serving.
+// At start the HAProxy part is checked with haproxy -c (as -check-config
+// does): a config HAProxy rejects exits 1 with HAProxy's message. SIGHUP
+// reloads the config (an invalid one, or one HAProxy rejects, is logged and
+// the old one kept); SIGTERM or SIGINT stops synapse and leaves HAProxy
+// serving.
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -29,6 +34,7 @@ import (
 
 	"github.com/syncstack/syncstack/generators/haproxy"
 	"github.com/syncstack/syncstack/internal/cli"
+	"github.com/syncstack/syncstack/internal/version"
 	"github.com/syncstack/syncstack/registry"
 	"github.com/syncstack/syncstack/synapse"
 )
@@ -49,8 +55,24 @@ func run(args []string) int {
 	checkConfig := fs.Bool("check-config", false, "validate the config (and the HAProxy part with haproxy -c) and exit: 0 valid, 1 not")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
+	showVersion := fs.Bool("version", false, "print the version, commit and Go version, and exit")
+	var usage bytes.Buffer
+	fs.SetOutput(&usage)
+	fs.Usage = func() {
+		fmt.Fprintf(&usage, "Usage: synapse [flags]\n\nKeeps the local HAProxy in step with the registry. SIGHUP reloads the config,\nSIGTERM stops synapse and leaves HAProxy serving.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Stdout.Write(usage.Bytes())
+			return 0
+		}
+		os.Stderr.Write(usage.Bytes())
 		return 2
+	}
+	if *showVersion {
+		fmt.Println(version.Line("synapse"))
+		return 0
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "synapse: unexpected arguments %q\n", fs.Args())
@@ -77,9 +99,20 @@ func run(args []string) int {
 		fmt.Printf("%s: OK, %d services\n", *configPath, len(cfg.Services))
 		return 0
 	}
+	// A global or defaults line HAProxy rejects would fail every write of
+	// haproxy.cfg, and synapse would serve /healthz "ok" forever with no
+	// HAProxy behind it: check the config as HAProxy would load it first,
+	// and exit with HAProxy's message.
+	if writesHAProxy(cfg) {
+		if err := checkHAProxy(cfg); err != nil {
+			fmt.Fprintln(os.Stderr, "synapse: invalid config:", err)
+			return 1
+		}
+	}
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), version.Collector("synapse"))
+	log.Info("starting", "version", version.Get().Version, "commit", version.Get().Commit)
 	opts := synapse.Options{Logger: log, Metrics: synapse.NewMetrics(reg), HAProxyMetrics: haproxy.NewMetrics(reg), RegistryMetrics: registry.NewMetrics(reg)}
 
 	var current atomic.Pointer[synapse.Synapse] // swapped on SIGHUP, read by the admin API
@@ -137,6 +170,12 @@ func run(args []string) int {
 					log.Error("SIGHUP: the new config is invalid; keeping the old one", "err", err)
 					continue
 				}
+				if writesHAProxy(next) {
+					if err := checkHAProxy(next); err != nil {
+						log.Error("SIGHUP: HAProxy rejects the new config; keeping the old one", "err", err)
+						continue
+					}
+				}
 				for _, w := range next.Warnings {
 					log.Warn("config: " + w)
 				}
@@ -152,8 +191,16 @@ func run(args []string) int {
 	}
 }
 
+// writesHAProxy reports whether synapse writes a haproxy.cfg for cfg (and
+// validates it with haproxy -c before every write).
+func writesHAProxy(cfg *synapse.Config) bool {
+	return cfg.HAProxy != nil && (cfg.HAProxy.DoWrites == nil || *cfg.HAProxy.DoWrites)
+}
+
 // checkHAProxy renders the HAProxy config with no backends and runs
-// haproxy -c on it.
+// haproxy -c on it, next to config_file_path when that directory exists
+// (relative paths, with `default-path config`, resolve as they will), else
+// in a temp directory (-check-config on another machine).
 func checkHAProxy(cfg *synapse.Config) error {
 	if cfg.HAProxy == nil {
 		return nil
@@ -161,10 +208,21 @@ func checkHAProxy(cfg *synapse.Config) error {
 	if _, err := exec.LookPath(cfg.HAProxy.Binary); err != nil {
 		return fmt.Errorf("haproxy: %v (needed to check the HAProxy part)", err)
 	}
-	dir, err := os.MkdirTemp("", "synapse-check")
-	if err != nil {
-		return err
+	var file string
+	if p := cfg.HAProxy.ConfigFilePath; p != "" {
+		if f, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".check-*"); err == nil {
+			file = f.Name()
+			f.Close()
+			defer os.Remove(file)
+		}
 	}
-	defer os.RemoveAll(dir)
-	return haproxy.Check(context.Background(), cfg.HAProxy, cfg.HAProxyServices(), filepath.Join(dir, "haproxy.cfg"))
+	if file == "" {
+		dir, err := os.MkdirTemp("", "synapse-check")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		file = filepath.Join(dir, "haproxy.cfg")
+	}
+	return haproxy.Check(context.Background(), cfg.HAProxy, cfg.HAProxyServices(), file)
 }

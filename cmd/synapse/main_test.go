@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -60,6 +61,11 @@ services:
 	badMethod := write("bad-method.yaml", strings.Replace(base(""), "method: zookeeper", "method: consul", 1))
 	pluginNoPath := write("plugin-no-path.yaml", strings.Replace(base(""), "method: zookeeper, hosts: [127.0.0.1:2181], path: /services/web", "method: plugin, config: {url: x}", 1))
 	pluginKeysElsewhere := write("plugin-keys.yaml", strings.Replace(base(""), "path: /services/web", "path: /services/web, plugin: /bin/x", 1))
+	os.MkdirAll(filepath.Join(dir, "errors"), 0o755)
+	write("errors/503.http", "HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\nbusy\n")
+	relativePath := write("relative.yaml", strings.Replace(base(""), "  defaults: [mode http,", "  global: [default-path config]\n  defaults: [errorfile 503 errors/503.http, mode http,", 1))
+	trailingComma := write("synapse.conf.json", "{\n  \"services\": {},\n  \"haproxy\": {},\n}\n")
+	sharedBind := write("shared-bind.yaml", base("")+"  api:\n    discovery: {method: zookeeper, hosts: [127.0.0.1:2181], path: /services/api}\n    haproxy: {port: 13210}\n")
 	pluginOK := write("plugin-ok.yaml", strings.Replace(base(""), "method: zookeeper, hosts: [127.0.0.1:2181], path: /services/web", "method: plugin, plugin: /usr/lib/syncstack/inventory, config: {url: x}, interval: 5s", 1))
 	for _, tc := range []struct {
 		args []string
@@ -76,7 +82,20 @@ services:
 		{[]string{"-config", pluginOK, "-check-config"}, 0, []string{"OK, 1 services"}},
 		{[]string{"-config", "../../synapse/testdata/airbnb/synapse.conf.json", "-check-config"}, 0, []string{"OK, 2 services", "statsd: not implemented"}},
 		{[]string{"-config", "../../configs/synapse.yaml", "-check-config"}, 0, []string{"OK, 3 services"}},
-		{[]string{"-nope"}, 2, []string{"nope"}},
+		{[]string{"-nope"}, 2, []string{"nope", "Usage: synapse"}},
+		// haproxy -c runs next to config_file_path: a path relative to it
+		// resolves as it will for HAProxy.
+		{[]string{"-config", relativePath, "-check-config"}, 0, []string{"OK, 1 services"}},
+		{[]string{"-h"}, 0, []string{"Usage: synapse", "-check-config"}},
+		{[]string{"--help"}, 0, []string{"Usage: synapse"}},
+		{[]string{"--version"}, 0, []string{"synapse ", "(commit ", "go1."}},
+		// A .json config is JSON: a trailing comma is a syntax error with
+		// the file and line (YAML read it silently).
+		{[]string{"-config", trailingComma, "-check-config"}, 1, []string{trailingComma + ": line 4, column 1: JSON syntax error"}},
+		// Two services on one address and port: HAProxy would split the
+		// traffic. The default bind address (localhost) and 127.0.0.1 are
+		// the same address.
+		{[]string{"-config", sharedBind, "-check-config"}, 1, []string{"services.web.haproxy.port", "127.0.0.1:13210 is also the frontend of service api (localhost:13210)"}},
 	} {
 		code, out := runSynapse(tc.args...)
 		if code != tc.code {
@@ -197,4 +216,127 @@ func grep(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// synapseConfig is a config for a managed HAProxy in dir serving one static
+// backend on port, with extra lines in haproxy.global.
+func synapseConfig(dir string, admin, port int, backend *testserver.Backend, global string) string {
+	return fmt.Sprintf(`admin: {listen: 127.0.0.1:%[2]d}
+haproxy:
+  manage: true
+  config_file_path: %[1]s/haproxy.cfg
+  socket_file_path: %[1]s/stats.sock
+  master_socket_path: %[1]s/master.sock
+  pid_file: %[1]s/haproxy.pid
+  global: [%[5]s]
+  defaults: [mode http, timeout connect 1s, timeout client 5s, timeout server 5s]
+services:
+  web:
+    discovery: {method: static, servers: [{host: %[3]s, port: %[4]d, name: a}]}
+    haproxy: {port: %[6]d, bind_address: 127.0.0.1}
+`, dir, admin, backend.Host, backend.Port, global, port)
+}
+
+// A global line HAProxy rejects: a plain start exits 1 with HAProxy's
+// message, before serving /healthz and without starting HAProxy (it used
+// to serve "ok" forever with no HAProxy behind it).
+func TestStartRejectedByHAProxy(t *testing.T) {
+	testserver.CheckHAProxy(t)
+	dir := t.TempDir()
+	testserver.KillHAProxyAtCleanup(t, filepath.Join(dir, "haproxy.pid"))
+	a := testserver.StartBackend(t, "a", "127.0.0.1")
+	admin := testserver.FreePort(t)
+	cfgPath := filepath.Join(dir, "synapse.yaml")
+	os.WriteFile(cfgPath, []byte(synapseConfig(dir, admin, testserver.FreePort(t), a, "no-such-global-keyword 1")), 0o644)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, synapseBin, "-config", cfgPath)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("synapse still running after 30s with a config HAProxy rejects:\n%s", out.String())
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("exit: %v, want exit status 1\n%s", err, out.String())
+	}
+	for _, w := range []string{"haproxy -c", "no-such-global-keyword"} {
+		if !strings.Contains(out.String(), w) {
+			t.Errorf("output lacks %q:\n%s", w, out.String())
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "haproxy.pid")); err == nil {
+		t.Error("HAProxy was started with a config it rejects")
+	}
+}
+
+// SIGHUP with a config HAProxy rejects: logged, and the old config keeps
+// being served (synapse and HAProxy both).
+func TestSIGHUPKeepsConfigHAProxyRejects(t *testing.T) {
+	testserver.CheckHAProxy(t)
+	dir := t.TempDir()
+	testserver.KillHAProxyAtCleanup(t, filepath.Join(dir, "haproxy.pid"))
+	a := testserver.StartBackend(t, "a", "127.0.0.1")
+	admin, port := testserver.FreePort(t), testserver.FreePort(t)
+	cfgPath := filepath.Join(dir, "synapse.yaml")
+	os.WriteFile(cfgPath, []byte(synapseConfig(dir, admin, port, a, "")), 0o644)
+
+	var logs testserver.LockedBuffer
+	cmd := exec.Command(synapseBin, "-config", cfgPath)
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
+	get := func(url string) string {
+		c := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+		resp, err := c.Get(url)
+		if err != nil {
+			return err.Error()
+		}
+		defer resp.Body.Close()
+		var b bytes.Buffer
+		b.ReadFrom(resp.Body)
+		return b.String()
+	}
+	web := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	registrytest.Eventually(t, 15*time.Second, "web served", func() bool { return get(web) == "a" })
+	// The server is added at runtime and written to the file just after.
+	var before []byte
+	registrytest.Eventually(t, 15*time.Second, "the server in haproxy.cfg", func() bool {
+		before, _ = os.ReadFile(filepath.Join(dir, "haproxy.cfg"))
+		return bytes.Contains(before, []byte("server a_"))
+	})
+
+	os.WriteFile(cfgPath, []byte(synapseConfig(dir, admin, port, a, "no-such-global-keyword 1")), 0o644)
+	cmd.Process.Signal(syscall.SIGHUP)
+	registrytest.Eventually(t, 15*time.Second, "the rejection logged", func() bool {
+		return strings.Contains(logs.String(), "HAProxy rejects the new config; keeping the old one")
+	})
+	if !strings.Contains(logs.String(), "no-such-global-keyword") {
+		t.Errorf("the log lacks HAProxy's message:\n%s", logs.String())
+	}
+	if after, _ := os.ReadFile(filepath.Join(dir, "haproxy.cfg")); !bytes.Equal(after, before) {
+		t.Errorf("haproxy.cfg changed after a rejected SIGHUP:\n%s", after)
+	}
+	if got := get(web); got != "a" {
+		t.Errorf("web after the rejected SIGHUP: %q", got)
+	}
+	if got := get(fmt.Sprintf("http://127.0.0.1:%d/healthz", admin)); got != "ok\n" {
+		t.Errorf("/healthz after the rejected SIGHUP: %q", got)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-exited:
+		exited <- err
+		if err != nil {
+			t.Errorf("exit: %v\n%s", err, logs.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("synapse did not exit on SIGTERM")
+	}
 }

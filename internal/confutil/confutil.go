@@ -1,11 +1,12 @@
 // Package confutil holds what every syncstack config shares: strict YAML
-// decoding (JSON is YAML, so Airbnb's JSON configs load through the same
-// path) with errors that name the file and line, durations written as
-// seconds or Go duration strings, and problem lists with key paths.
+// decoding, and strict JSON decoding for .json files (Airbnb's configs),
+// with errors that name the file and line, durations written as seconds or
+// Go duration strings, and problem lists with key paths.
 package confutil
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,21 +16,133 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 )
 
-// DecodeFile strictly decodes the YAML or JSON file at path into v:
-// unknown keys are errors. Every error names the file.
+// DecodeFile strictly decodes the file at path into v: JSON when its name
+// ends in .json, YAML otherwise; unknown keys are errors. Every error names
+// the file, and the line where there is one.
 func DecodeFile(path string, v any) error {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return err
 	}
-	if err := Decode(data, v); err != nil {
+	decode := Decode
+	if strings.EqualFold(filepath.Ext(path), ".json") {
+		decode = DecodeJSON
+	}
+	if err := decode(data, v); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil
+}
+
+// DecodeJSON strictly decodes one JSON document. A YAML parser reads most
+// JSON, but it also reads what JSON forbids (a trailing comma, an unquoted
+// key, a comment) without a word, and refuses some valid JSON (the escape
+// \/, surrogate pairs). So the syntax is JSON's, checked first, with the
+// line of the error; the value then goes through the same strict YAML
+// decoding as a YAML file (unknown keys and wrong types with their line,
+// duplicate keys refused), after every string is rewritten into a YAML
+// double-quoted string of the same value on the same line.
+func DecodeJSON(data []byte, v any) error {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return errors.New("empty config")
+	}
+	if err := checkJSON(data); err != nil {
+		return err
+	}
+	return Decode(jsonToYAML(data), v)
+}
+
+// checkJSON reports the first JSON syntax error in data, with its line and
+// column, or data after the first value.
+func checkJSON(data []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	var raw json.RawMessage
+	err := dec.Decode(&raw)
+	if err == nil {
+		if _, terr := dec.Token(); !errors.Is(terr, io.EOF) {
+			return fmt.Errorf("%s: data after the JSON document", position(data, dec.InputOffset()))
+		}
+		return nil
+	}
+	var se *json.SyntaxError
+	switch {
+	case errors.As(err, &se):
+		// Offset is just past the offending byte.
+		return fmt.Errorf("%s: JSON syntax error: %v", position(data, se.Offset-1), se)
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return fmt.Errorf("%s: JSON syntax error: unexpected end of file", position(data, int64(len(data))))
+	}
+	return fmt.Errorf("JSON syntax error: %v", err)
+}
+
+// position is "line L, column C" (both from 1) of byte offset off of data.
+func position(data []byte, off int64) string {
+	off = max(0, min(off, int64(len(data))))
+	before := data[:off]
+	line := bytes.Count(before, []byte("\n")) + 1
+	col := int(off) - (bytes.LastIndexByte(before, '\n') + 1) + 1
+	return fmt.Sprintf("line %d, column %d", line, col)
+}
+
+// jsonToYAML rewrites valid JSON into YAML with the same value and the same
+// lines: each string literal becomes a YAML double-quoted string using only
+// the escapes YAML knows, and a tab between tokens becomes a space (YAML
+// does not allow tabs everywhere JSON does). Everything else in JSON (flow
+// collections, numbers, true, false, null) is already YAML.
+func jsonToYAML(data []byte) []byte {
+	out := make([]byte, 0, len(data)+len(data)/8)
+	for i := 0; i < len(data); i++ {
+		c := data[i]
+		switch c {
+		case '\t':
+			out = append(out, ' ')
+			continue
+		case '"':
+		default:
+			out = append(out, c)
+			continue
+		}
+		end := i + 1
+		for data[end] != '"' {
+			if data[end] == '\\' {
+				end++
+			}
+			end++
+		}
+		var s string
+		// The syntax was checked: a literal always decodes.
+		_ = json.Unmarshal(data[i:end+1], &s)
+		out = appendYAMLQuoted(out, s)
+		i = end
+	}
+	return out
+}
+
+// appendYAMLQuoted appends s as a YAML double-quoted scalar on one line:
+// printable characters as they are, the rest as \u or \U escapes.
+func appendYAMLQuoted(out []byte, s string) []byte {
+	out = append(out, '"')
+	for _, r := range s {
+		switch {
+		case r == '"' || r == '\\':
+			out = append(out, '\\', byte(r))
+		case r < 0x80 && r >= 0x20 && r != 0x7f:
+			out = append(out, byte(r))
+		case r >= 0x80 && unicode.IsPrint(r) && r != '\ufeff':
+			out = utf8.AppendRune(out, r)
+		case r <= 0xffff:
+			out = fmt.Appendf(out, "\\u%04x", r)
+		default:
+			out = fmt.Appendf(out, "\\U%08x", r)
+		}
+	}
+	return append(out, '"')
 }
 
 // Decode strictly decodes one YAML (or JSON) document.
