@@ -35,6 +35,7 @@ func suite(t *testing.T, method string) {
 	}
 	run("MaliciousRegistrations", malicious)
 	run("HAProxyKilled", haproxyKilled)
+	run("Upgrade", upgrade)
 	run("SynapseKilledRegistryDown", synapseKilledRegistryDown)
 	run("RegistryDown30s", registryDown)
 }
