@@ -96,6 +96,12 @@ func run(args []string) int {
 			fmt.Fprintln(os.Stderr, "synapse: invalid config:", err)
 			return 1
 		}
+		if cfg.HAProxy != nil && cfg.HAProxy.Manage {
+			if err := checkFDLimit(cfg.HAProxy.Global); err != nil {
+				// The limit is this shell's, not necessarily the service's.
+				fmt.Fprintln(os.Stderr, "synapse: warning: here,", err)
+			}
+		}
 		fmt.Printf("%s: OK, %d services\n", *configPath, len(cfg.Services))
 		return 0
 	}
@@ -106,6 +112,14 @@ func run(args []string) int {
 	if writesHAProxy(cfg) {
 		if err := checkHAProxy(cfg); err != nil {
 			fmt.Fprintln(os.Stderr, "synapse: invalid config:", err)
+			return 1
+		}
+	}
+	// A managed HAProxy that cannot get its descriptors would be retried
+	// every 2 s forever: say why, once, and exit.
+	if cfg.HAProxy != nil && cfg.HAProxy.Manage {
+		if err := checkFDLimit(cfg.HAProxy.Global); err != nil {
+			fmt.Fprintln(os.Stderr, "synapse:", err)
 			return 1
 		}
 	}

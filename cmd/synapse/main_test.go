@@ -340,3 +340,36 @@ func TestSIGHUPKeepsConfigHAProxyRejects(t *testing.T) {
 		t.Fatal("synapse did not exit on SIGTERM")
 	}
 }
+
+// A global maxconn the descriptor limit cannot hold: HAProxy would refuse
+// to start ("Cannot raise FD limit") and synapse retry it forever. It exits
+// 1 at once instead, naming maxconn and the limit.
+func TestMaxconnOverFDLimit(t *testing.T) {
+	testserver.CheckHAProxy(t)
+	dir := t.TempDir()
+	testserver.KillHAProxyAtCleanup(t, filepath.Join(dir, "haproxy.pid"))
+	a := testserver.StartBackend(t, "a", "127.0.0.1")
+	cfgPath := filepath.Join(dir, "synapse.yaml")
+	os.WriteFile(cfgPath, []byte(synapseConfig(dir, testserver.FreePort(t), testserver.FreePort(t), a, "maxconn 1000")), 0o644)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// 1024 descriptors, soft and hard: maxconn 1000 needs about 2017.
+	out, err := exec.CommandContext(ctx, "bash", "-c", `ulimit -n 1024 && exec "$0" -config "$1"`, synapseBin, cfgPath).CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("synapse still running after 30s:\n%s", out)
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("exit: %v, want exit status 1\n%s", err, out)
+	}
+	for _, w := range []string{"maxconn 1000", "limit is 1024", "LimitNOFILE"} {
+		if !strings.Contains(string(out), w) {
+			t.Errorf("output lacks %q:\n%s", w, out)
+		}
+	}
+	// -check-config warns, and passes: the limit is this shell's.
+	out, err = exec.Command("bash", "-c", `ulimit -n 1024 && exec "$0" -config "$1" -check-config`, synapseBin, cfgPath).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "warning: here, HAProxy cannot start") {
+		t.Errorf("-check-config under a low limit: %v\n%s", err, out)
+	}
+}
