@@ -96,3 +96,21 @@ func (s Service) Equal(o Service) bool {
 func SortBackends(b []Backend) {
 	slices.SortFunc(b, func(x, y Backend) int { return strings.Compare(x.ServerName(), y.ServerName()) })
 }
+
+// Quarantined is one server a generator set aside because what it was
+// asked to do with it failed (HAProxy refused the server, its host name
+// does not resolve): skipped, while every other server keeps converging.
+// It is tried again when its record changes, or at RetryAt.
+type Quarantined struct {
+	Service string    `json:"service"`
+	Server  string    `json:"server"`
+	Reason  string    `json:"reason"`
+	Since   time.Time `json:"since"`
+	RetryAt time.Time `json:"retry_at"`
+}
+
+// Quarantiner is implemented by a generator that quarantines servers; a
+// quarantined server is not an apply error.
+type Quarantiner interface {
+	Quarantined() []Quarantined
+}

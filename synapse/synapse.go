@@ -23,6 +23,7 @@ import (
 	"github.com/syncstack/syncstack/generators"
 	"github.com/syncstack/syncstack/generators/fileoutput"
 	"github.com/syncstack/syncstack/generators/haproxy"
+	"github.com/syncstack/syncstack/internal/backoff"
 	"github.com/syncstack/syncstack/plugin"
 	"github.com/syncstack/syncstack/registry"
 	"github.com/syncstack/syncstack/registry/etcd"
@@ -67,14 +68,18 @@ type Synapse struct {
 
 // Status is what GET /status reports.
 type Status struct {
-	ID               string                         `json:"id"`
-	State            generators.State               `json:"state"`
-	OverrideRevision int64                          `json:"override_revision"`
-	Overrides        []registry.Override            `json:"overrides"`
-	LastApply        time.Time                      `json:"last_apply"`
-	LastError        string                         `json:"last_error,omitempty"`
-	Watched          map[string]bool                `json:"watched"` // service → heard from its watcher
-	Sets             map[string][]registry.Instance `json:"-"`
+	ID               string              `json:"id"`
+	State            generators.State    `json:"state"`
+	OverrideRevision int64               `json:"override_revision"`
+	Overrides        []registry.Override `json:"overrides"`
+	LastApply        time.Time           `json:"last_apply"`
+	LastError        string              `json:"last_error,omitempty"`
+	Watched          map[string]bool     `json:"watched"` // service → heard from its watcher
+	// Quarantined lists the servers a generator set aside (HAProxy
+	// refused them, or their host name does not resolve); every other
+	// server keeps converging and acks keep flowing.
+	Quarantined []generators.Quarantined       `json:"quarantined"`
+	Sets        map[string][]registry.Instance `json:"-"`
 }
 
 // New builds the generators and registry clients for cfg (finalized).
@@ -317,11 +322,13 @@ func (s *Synapse) flushCache() {
 // ackLoop writes the latest applied override revision, one at a time.
 func (s *Synapse) ackLoop(ctx context.Context, acks <-chan int64) {
 	services := s.ackServices() // fixed for this pipeline's config
+	retry := backoff.New(250*time.Millisecond, 30*time.Second)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case rev := <-acks:
+			retry.Reset()
 			for ctx.Err() == nil {
 				err := s.overrides.PutAck(ctx, registry.Ack{ID: s.cfg.ID, Revision: rev, At: time.Now().UTC(), Services: services})
 				if err == nil {
@@ -329,10 +336,11 @@ func (s *Synapse) ackLoop(ctx context.Context, acks <-chan int64) {
 					break
 				}
 				s.m.Acks.WithLabelValues("error").Inc()
-				s.log.Warn("ack failed; retrying", "revision", rev, "err", err)
+				wait := retry.Next()
+				s.log.Warn("ack failed; retrying", "revision", rev, "err", err, "in", wait)
 				select {
 				case <-ctx.Done():
-				case <-time.After(time.Second):
+				case <-time.After(wait):
 				case rev = <-acks: // a newer one supersedes it
 				}
 			}
@@ -348,18 +356,18 @@ func (s *Synapse) publishCatalog(ctx context.Context) {
 	if len(services) == 0 {
 		return
 	}
-	backoff := time.Second
+	retry := backoff.New(time.Second, time.Minute)
 	for ctx.Err() == nil {
 		err := s.overrides.PutCatalog(ctx, registry.Catalog{ID: s.cfg.ID, At: time.Now().UTC(), Services: services})
 		if err == nil {
 			return
 		}
-		s.log.Warn("catalog not written; retrying", "err", err, "in", backoff)
+		wait := retry.Next()
+		s.log.Warn("catalog not written; retrying", "err", err, "in", wait)
 		select {
 		case <-ctx.Done():
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
-		backoff = min(2*backoff, time.Minute)
 	}
 }
 
@@ -423,7 +431,7 @@ func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets 
 	var genRetry <-chan time.Time // a generator's unfinished work (generators.Retrier)
 	var release <-chan time.Time  // hand memory back to the OS after a burst
 	churn := 0                    // updates applied since the last release
-	backoff := 250 * time.Millisecond
+	applyRetry := backoff.New(250*time.Millisecond, 10*time.Second)
 	dirty := true
 	for {
 		// Apply when something changed (or a retry is due); the first
@@ -436,13 +444,12 @@ func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets 
 				var deferred *haproxy.ErrReloadDeferred
 				switch {
 				case err == nil:
-					backoff = 250 * time.Millisecond
+					applyRetry.Reset()
 					retry = nil
 				case errors.As(err, &deferred):
 					retry = time.After(time.Until(deferred.At))
 				default:
-					retry = time.After(backoff)
-					backoff = min(2*backoff, 10*time.Second)
+					retry = applyRetry.After()
 				}
 				st := desired
 				applied = &st
@@ -469,9 +476,11 @@ func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets 
 				}
 				acks <- appliedRev
 			}
+			quarantined := s.quarantined()
 			s.setStatus(func(st *Status) {
 				st.State, st.OverrideRevision, st.Overrides = *applied, ovr.Revision, ovr.Overrides
 				st.Watched = maps(heard)
+				st.Quarantined = quarantined
 			})
 			dirty = false
 			if !nextExpiry.IsZero() && retry == nil {
@@ -712,6 +721,17 @@ func (s *Synapse) apply(ctx context.Context, st generators.State) error {
 		}
 	})
 	return err
+}
+
+// quarantined lists the servers the generators set aside.
+func (s *Synapse) quarantined() []generators.Quarantined {
+	out := []generators.Quarantined{}
+	for _, g := range s.gens {
+		if q, ok := g.(generators.Quarantiner); ok {
+			out = append(out, q.Quarantined()...)
+		}
+	}
+	return out
 }
 
 // retryAt is the earliest time a generator wants Apply called again

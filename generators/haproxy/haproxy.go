@@ -60,6 +60,24 @@ type Generator struct {
 	synced       map[string]generators.Service // what each service was last synced to
 	lastFullSync time.Time
 
+	// Quarantined servers (guarded by qmu: the background writer reads
+	// them without g.mu).
+	qmu         sync.Mutex
+	quarantined map[string]*quarantine // by backend/server
+	resync      map[string]bool        // services whose qInvalid quarantines changed
+
+	// Resolved host names of backends (guarded by rmu, read by render).
+	rmu          sync.Mutex
+	addrs        map[string]*resolved
+	lookup       lookupFunc
+	refreshing   bool // a background refresh runs
+	addrsChanged bool // it found a new address: the next sync reads all
+	resolveWG    sync.WaitGroup
+	// The host names of each service's backends (with g.mu), and the
+	// service they were found in.
+	hostsOf   map[string][]string
+	hostsSeen map[string]generators.Service
+
 	fileMu              sync.Mutex        // serializes writes of the config file
 	pending             *generators.State // newest state for the background writer
 	writerBusy          bool
@@ -97,6 +115,12 @@ func New(cfg *Config, services map[string]*ServiceConfig, log *slog.Logger, m *M
 		cfg: cfg, services: svcs, names: names, log: log.With("generator", "haproxy"), m: m,
 		rt:             RuntimeClient{Socket: cfg.SocketFilePath, Timeout: 10 * time.Second},
 		removing:       map[string]time.Time{},
+		quarantined:    map[string]*quarantine{},
+		resync:         map[string]bool{},
+		addrs:          map[string]*resolved{},
+		lookup:         systemLookup,
+		hostsOf:        map[string][]string{},
+		hostsSeen:      map[string]generators.Service{},
 		stop:           make(chan struct{}),
 		confirmTimeout: 15 * time.Second,
 	}
@@ -166,8 +190,8 @@ func (g *Generator) restart(ctx context.Context, st generators.State, why error)
 	g.log.Error("haproxy is not running; starting it again", "err", why)
 	g.m.Restarts.Inc()
 	g.attached, g.runningSkel, g.synced, g.lastReload = false, "", nil, time.Time{}
-	clear(g.removing)
-	g.applied = nil // the new HAProxy has the servers of the file
+	clear(g.removing) // quarantines stay: the new HAProxy refuses the same
+	g.applied = nil   // the new HAProxy has the servers of the file
 	return g.apply(ctx, st)
 }
 
@@ -212,6 +236,7 @@ func (g *Generator) Close() error {
 	g.closeOnce.Do(func() {
 		close(g.stop)
 		g.watchWG.Wait()
+		g.resolveWG.Wait()
 	})
 	return nil
 }
@@ -226,6 +251,9 @@ func (g *Generator) apply(ctx context.Context, st generators.State) error {
 		if !on(g.cfg.DoSocket, true) {
 			g.bootSkel = string(content)
 		}
+	}
+	if g.resolveHosts(ctx, st) {
+		g.synced = nil // an address changed: look at every backend
 	}
 	full := ""
 	render := func() string {
@@ -250,7 +278,7 @@ func (g *Generator) apply(ctx context.Context, st generators.State) error {
 	// written after the runtime changes, off the latency path.
 	invalid := false
 	if writes && structural {
-		if err := g.writeNow(ctx, render()); err != nil {
+		if err := g.writeNow(ctx, st); err != nil {
 			errs = append(errs, err)
 			invalid = true
 		}
@@ -277,7 +305,7 @@ func (g *Generator) apply(ctx context.Context, st generators.State) error {
 	}
 	if writes && !structural {
 		if reloadWhy != "" {
-			if err := g.writeNow(ctx, render()); err != nil {
+			if err := g.writeNow(ctx, st); err != nil {
 				return errors.Join(append(errs, err)...)
 			}
 		} else {
@@ -306,13 +334,13 @@ func (g *Generator) apply(ctx context.Context, st generators.State) error {
 	return errors.Join(errs...)
 }
 
-// writeNow writes content at once (waiting for a background write in
-// flight, and dropping a pending one), so that a reload loads it.
-func (g *Generator) writeNow(ctx context.Context, content string) error {
+// writeNow writes the file for st at once (waiting for a background write
+// in flight, and dropping a pending one), so that a reload loads it.
+func (g *Generator) writeNow(ctx context.Context, st generators.State) error {
 	g.fileMu.Lock()
 	defer g.fileMu.Unlock()
 	g.pending = nil
-	return g.write(ctx, content)
+	return g.write(ctx, st)
 }
 
 // writeLater hands the state to the background writer: the newest state
@@ -345,7 +373,7 @@ func (g *Generator) writeLater(st generators.State) {
 				g.fileMu.Unlock()
 				return
 			}
-			err := g.write(context.Background(), g.render(*st, true))
+			err := g.write(context.Background(), *st)
 			g.lastBackgroundWrite = time.Now()
 			g.fileMu.Unlock()
 			if err != nil {
@@ -355,13 +383,49 @@ func (g *Generator) writeLater(st generators.State) {
 	}()
 }
 
-// Flush waits for background config writes to finish.
-func (g *Generator) Flush() { g.writerWG.Wait() }
+// Flush waits for background config writes (and host name refreshes) to
+// finish.
+func (g *Generator) Flush() {
+	g.resolveWG.Wait()
+	g.writerWG.Wait()
+}
 
-// write validates the rendered config with `haproxy -c` and replaces the
-// file atomically, only when the content changed. An invalid config keeps
-// the previous file.
-func (g *Generator) write(ctx context.Context, content string) error {
+// maxQuarantineRounds bounds the haproxy -c rounds of one write: HAProxy
+// reports a few bad servers per round (parse errors, then address
+// resolution), each round quarantines those it names.
+const maxQuarantineRounds = 8
+
+// write renders the config for st, validates it with `haproxy -c` and
+// replaces the file atomically, only when the content changed. A server
+// line HAProxy rejects is quarantined and the config rendered again
+// without it: one bad record never keeps every other change out of the
+// file. Any other invalid config keeps the previous file.
+func (g *Generator) write(ctx context.Context, st generators.State) error {
+	trial := g.invalidDue(time.Now()) // rejected lines due for another try
+	for round := 1; ; round++ {
+		content := g.renderFile(st, trial)
+		err := g.writeContent(ctx, content)
+		if err == nil {
+			g.releaseInvalid(trial) // what remains of the trial passed
+			return nil
+		}
+		var verr *ValidationError
+		if !errors.As(err, &verr) || round == maxQuarantineRounds {
+			return err
+		}
+		bad := g.serversAt(content, verr, st)
+		if len(bad) == 0 {
+			return err // not a server's fault: the operator's config
+		}
+		for _, b := range bad {
+			delete(trial, b.id)
+			g.quarantineServer(qInvalid, b.service, b.id, b.sig, b.reason)
+		}
+	}
+}
+
+// writeContent validates content and replaces the file with it.
+func (g *Generator) writeContent(ctx context.Context, content string) error {
 	path := g.cfg.ConfigFilePath
 	if content == g.lastWritten {
 		return nil
@@ -370,29 +434,19 @@ func (g *Generator) write(ctx context.Context, content string) error {
 		g.lastWritten = content
 		return nil
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
+	// The candidate is validated where it will live (relative paths in
+	// the config resolve the same), then becomes the file.
+	candidate := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".candidate")
+	if err := atomicfile.WriteFile(candidate, []byte(content)); err != nil {
 		return fmt.Errorf("haproxy config: %w", err)
 	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.WriteString(content); err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("haproxy config: write %s: %w", tmp.Name(), err)
-	}
-	if err := g.validate(ctx, tmp.Name()); err != nil {
+	defer os.Remove(candidate)
+	if err := g.validate(ctx, candidate); err != nil {
 		g.m.ValidationFailures.Inc()
 		g.log.Error("rendered config rejected by haproxy -c; keeping the previous one", "err", err)
 		return err
 	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := atomicfile.WriteFile(path, []byte(content)); err != nil {
 		return fmt.Errorf("haproxy config: %w", err)
 	}
 	g.lastWritten = content
@@ -405,11 +459,7 @@ func (g *Generator) validate(ctx context.Context, file string) error {
 	defer cancel()
 	out, err := exec.CommandContext(ctx, g.cfg.Binary, "-c", "-f", file).CombinedOutput()
 	if err != nil {
-		msg := strings.TrimSpace(string(out))
-		if len(msg) > 2000 {
-			msg = msg[:2000] + "…"
-		}
-		return fmt.Errorf("haproxy -c: %v: %s", err, msg)
+		return newValidationError(file, string(out), err)
 	}
 	return nil
 }

@@ -52,7 +52,17 @@ func newRig(t *testing.T, services map[string]*ServiceConfig) *rig {
 		t.Fatal(err)
 	}
 	testserver.KillHAProxyAtCleanup(t, cfg.PIDFile)
-	return &rig{g: New(cfg, services, nil, NewMetrics(nil)), cfg: cfg, dir: dir}
+	r := &rig{cfg: cfg, dir: dir}
+	r.use(t, New(cfg, services, nil, NewMetrics(nil)))
+	return r
+}
+
+// use makes g the rig's generator (as a restarted synapse makes a new
+// one); its watchdog ends before HAProxy is killed at cleanup, or it would
+// start HAProxy again in a removed directory.
+func (r *rig) use(t *testing.T, g *Generator) {
+	r.g = g
+	t.Cleanup(func() { g.Close() })
 }
 
 func backend(b *testserver.Backend, name string) generators.Backend {
@@ -169,7 +179,12 @@ func TestRuntimeChangesWithoutReload(t *testing.T) {
 	if n := r.reloads() - reloads; n != 0 {
 		t.Errorf("%v reloads for membership, weight and drain changes, want 0", n)
 	}
-	// Idempotent: the same state again sends no command.
+	// Idempotent: the same state again sends no command (once the
+	// removal of a, which may wait for its idle connections, is done).
+	for at := r.g.RetryAt(); !at.IsZero(); at = r.g.RetryAt() {
+		time.Sleep(time.Until(at))
+		r.apply(t, state("web", backend(b, "b")))
+	}
 	ops := testutil.CollectAndCount(r.g.m.RuntimeOps)
 	before := testutil.ToFloat64(r.g.m.RuntimeOps.WithLabelValues("set server", "ok"))
 	r.apply(t, state("web", backend(b, "b")))
@@ -194,7 +209,7 @@ func TestNewServiceReloadsOnceWithoutFailedRequests(t *testing.T) {
 	var p confutil.Problems
 	api.Finalize("api", r.cfg, &p)
 	m := r.g.m
-	r.g = New(r.cfg, map[string]*ServiceConfig{"web": services["web"], "api": api}, nil, m)
+	r.use(t, New(r.cfg, map[string]*ServiceConfig{"web": services["web"], "api": api}, nil, m))
 	st := state("web", backend(a, "a"))
 	st.Services["api"] = generators.Service{Backends: []generators.Backend{backend(a, "a")}}
 	before := r.reloads()
@@ -232,7 +247,7 @@ func TestInvalidConfigKeepsTheOldFile(t *testing.T) {
 	bad := *svc
 	bad.Listen = []string{"no-such-directive here"}
 	m := r.g.m
-	r.g = New(r.cfg, map[string]*ServiceConfig{"web": &bad}, nil, m)
+	r.use(t, New(r.cfg, map[string]*ServiceConfig{"web": &bad}, nil, m))
 	err := r.g.Apply(context.Background(), state("web", backend(a, "a")))
 	if err == nil || !strings.Contains(err.Error(), "haproxy -c") {
 		t.Fatalf("Apply with an invalid config = %v, want a validation error", err)
@@ -424,7 +439,7 @@ func TestRestartWithCacheKeepsRunningServers(t *testing.T) {
 	// A new generator, as a restarted synapse makes; its cache is older
 	// than HAProxy's state (b was added after it was written).
 	m := r.g.m
-	r.g = New(r.cfg, map[string]*ServiceConfig{"web": svc}, nil, m)
+	r.use(t, New(r.cfg, map[string]*ServiceConfig{"web": svc}, nil, m))
 	cached := state("web", backend(a, "a"), backend(c, "c"))
 	cached.Services["web"] = generators.Service{Backends: cached.Services["web"].Backends, Cached: true}
 	r.apply(t, cached)
@@ -517,7 +532,6 @@ func TestReloadCommand(t *testing.T) {
 func TestManagedHAProxyRestarted(t *testing.T) {
 	port := testserver.FreePort(t)
 	r := newRig(t, map[string]*ServiceConfig{"web": {Port: port, BindAddress: "127.0.0.1"}})
-	t.Cleanup(func() { r.g.Close() })
 	a := testserver.StartBackend(t, "a", "127.0.0.11")
 	b := testserver.StartBackend(t, "b", "127.0.0.12")
 	c := testserver.StartBackend(t, "c", "127.0.0.13")
@@ -584,7 +598,7 @@ func TestServerOptionsRoundTrip(t *testing.T) {
 	opts, _ := serverOptsOf(g.render(st, true))
 	for _, b := range st.Services["web"].Backends {
 		id := "web/" + b.ServerName()
-		if want := serverParams(b, svc.ServerOptions.String()); opts[id] != want {
+		if want := optsIdentity(b, svc.ServerOptions.String()); opts[id] != want {
 			t.Errorf("%s (%s): read back %q, added with %q", id, b.State, opts[id], want)
 		}
 	}

@@ -13,6 +13,9 @@ type Metrics struct {
 	ConfigWrites        prometheus.Counter
 	ValidationFailures  prometheus.Counter
 	Restarts            prometheus.Counter
+	Quarantined         *prometheus.GaugeVec   // service
+	Quarantines         *prometheus.CounterVec // service
+	Resolutions         *prometheus.CounterVec // result (ok, changed, error)
 }
 
 // NewMetrics creates the metrics and registers them with reg (nil: not registered).
@@ -47,9 +50,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		ValidationFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "synapse_haproxy_validation_failures_total", Help: "Rendered configs rejected by haproxy -c (the previous file was kept).",
 		}),
+		Quarantined: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "synapse_haproxy_servers_quarantined", Help: "Servers set aside because HAProxy refused them or their host name does not resolve, by service.",
+		}, []string{"service"}),
+		Quarantines: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "synapse_haproxy_quarantines_total", Help: "Servers put in quarantine, by service.",
+		}, []string{"service"}),
+		Resolutions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "synapse_haproxy_host_resolutions_total", Help: "Host name lookups of backends, by result (ok, changed, error).",
+		}, []string{"result"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.RuntimeOps, m.RuntimeBatchSeconds, m.Reloads, m.ReloadFailures, m.ReloadsDeferred, m.ReloadSeconds, m.ConfigWrites, m.ValidationFailures, m.Restarts)
+		reg.MustRegister(m.RuntimeOps, m.RuntimeBatchSeconds, m.Reloads, m.ReloadFailures, m.ReloadsDeferred, m.ReloadSeconds, m.ConfigWrites, m.ValidationFailures, m.Restarts,
+			m.Quarantined, m.Quarantines, m.Resolutions)
 	}
 	return m
 }

@@ -7,11 +7,12 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/syncstack/syncstack/internal/atomicfile"
 )
 
 // reload makes HAProxy load the config file: through the master CLI when
@@ -44,8 +45,6 @@ func reasonLabel(why string) string {
 		return "structure"
 	case strings.Contains(why, "static balance"):
 		return "static_balance"
-	case strings.Contains(why, "DNS name"):
-		return "dns_name"
 	case strings.Contains(why, "missing"):
 		return "backend_missing"
 	}
@@ -63,12 +62,8 @@ func (g *Generator) saveServerState(ctx context.Context) {
 		g.log.Warn("could not save the server state before a reload", "err", err)
 		return
 	}
-	tmp := g.cfg.ServerStateFile + ".tmp"
-	if err := os.WriteFile(tmp, []byte(replies[0]+"\n"), 0o644); err == nil {
-		err = os.Rename(tmp, g.cfg.ServerStateFile)
-		if err != nil {
-			g.log.Warn("could not save the server state before a reload", "err", err)
-		}
+	if err := atomicfile.WriteFile(g.cfg.ServerStateFile, []byte(replies[0]+"\n")); err != nil {
+		g.log.Warn("could not save the server state before a reload", "err", err)
 	}
 }
 

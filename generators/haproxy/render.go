@@ -20,6 +20,16 @@ const header = "# Written by syncstack synapse. Edits are overwritten: change sy
 // false it writes the skeleton: the same without server lines, which is what
 // decides whether a change needs a reload.
 func (g *Generator) render(st generators.State, servers bool) string {
+	return g.renderWith(st, servers, nil)
+}
+
+// renderFile renders the full file, with the quarantined lines of trial
+// (due for another haproxy -c) in.
+func (g *Generator) renderFile(st generators.State, trial map[string]bool) string {
+	return g.renderWith(st, true, trial)
+}
+
+func (g *Generator) renderWith(st generators.State, servers bool, trial map[string]bool) string {
 	var b strings.Builder
 	b.WriteString(header)
 	b.WriteString("global\n")
@@ -66,7 +76,7 @@ func (g *Generator) render(st generators.State, servers bool) string {
 				backends = st.Services[name].Backends
 			}
 		}
-		g.renderService(&b, name, svc, backends, verbatim)
+		g.renderService(&b, name, svc, backends, verbatim, trial)
 	}
 	return b.String()
 }
@@ -74,7 +84,7 @@ func (g *Generator) render(st generators.State, servers bool) string {
 // renderService writes one service; verbatim server lines (those of a
 // service nothing is known of yet, as the file had them) follow the
 // rendered ones.
-func (g *Generator) renderService(b *strings.Builder, name string, svc *ServiceConfig, backends []generators.Backend, verbatim []string) {
+func (g *Generator) renderService(b *strings.Builder, name string, svc *ServiceConfig, backends []generators.Backend, verbatim []string, trial map[string]bool) {
 	bind := ""
 	if svc.Port > 0 {
 		bind = "bind " + bindAddr(svc.BindAddress, svc.Port)
@@ -92,7 +102,7 @@ func (g *Generator) renderService(b *strings.Builder, name string, svc *ServiceC
 		// The options every server gets, so a change of them changes the
 		// skeleton (and takes a reload).
 		line(b, "# server options: "+serverOpts)
-		g.renderServers(b, backends, serverOpts)
+		g.renderServers(b, svc.BackendName, backends, serverOpts, trial)
 		for _, l := range verbatim {
 			line(b, l)
 		}
@@ -117,19 +127,27 @@ func (g *Generator) renderService(b *strings.Builder, name string, svc *ServiceC
 		line(b, l)
 	}
 	line(b, "# server options: "+serverOpts)
-	g.renderServers(b, backends, serverOpts)
+	g.renderServers(b, svc.BackendName, backends, serverOpts, trial)
 	for _, l := range verbatim {
 		line(b, l)
 	}
 }
 
-func (g *Generator) renderServers(b *strings.Builder, backends []generators.Backend, serverOpts string) {
-	for _, be := range backends {
-		l := "server " + be.ServerName() + " " + serverAddr(be) + serverParams(be, serverOpts)
+func (g *Generator) renderServers(b *strings.Builder, be string, backends []generators.Backend, serverOpts string, trial map[string]bool) {
+	anyRejected := g.anyQuarantined()
+	for _, bk := range backends {
+		addr, err := g.addrOf(bk.Host)
+		if err != nil {
+			continue // a host name that does not resolve: quarantined
+		}
+		if anyRejected && g.rejected(be+"/"+bk.ServerName(), sig(bk, addr, optsIdentity(bk, serverOpts)), trial) {
+			continue // HAProxy refused it: left out, or haproxy -c fails for all
+		}
+		l := "server " + bk.ServerName() + " " + joinAddr(addr, bk.Port) + serverParams(bk, serverOpts)
 		switch {
-		case be.State == "maint":
+		case bk.State == "maint":
 			l += " disabled"
-		case be.State == "drain":
+		case bk.State == "drain":
 			// A config cannot say "drain"; a zero weight does the same for
 			// a HAProxy that starts from this file (no new requests). A
 			// reload carries the real drain and weight in the server state
@@ -141,27 +159,70 @@ func (g *Generator) renderServers(b *strings.Builder, backends []generators.Back
 	}
 }
 
+// optsIdentity is what a server is added with and cannot change at
+// runtime: the service's options and the record's, without any weight
+// (the weight is a runtime setting: a server whose weight changes keeps
+// its place, its id and its connections).
+func optsIdentity(be generators.Backend, serverOpts string) string {
+	opts := serverOpts
+	if be.HAProxyServerOptions != "" {
+		opts += " " + be.HAProxyServerOptions
+	}
+	return stripWeight(strings.Fields(opts))
+}
+
+// stripWeight joins fields (" a b", or "") without their "weight N" pairs.
+func stripWeight(f []string) string {
+	var s strings.Builder
+	for i := 0; i < len(f); i++ {
+		if f[i] == "weight" && i+1 < len(f) {
+			i++
+			continue
+		}
+		s.WriteString(" " + f[i])
+	}
+	return s.String()
+}
+
 // serverParams is what follows the address on a server line and in `add
-// server`: the weight, the service's options, the record's options.
+// server`: the service's options, the record's options, then the
+// record's weight (last: HAProxy takes the last weight of a line, and the
+// record's weight field is the one weight).
 func serverParams(be generators.Backend, serverOpts string) string {
 	var s strings.Builder
-	if be.Weight != nil {
-		s.WriteString(" weight " + strconv.Itoa(*be.Weight))
-	}
 	if serverOpts != "" {
 		s.WriteString(" " + serverOpts)
 	}
 	if be.HAProxyServerOptions != "" {
 		s.WriteString(" " + strings.Join(strings.Fields(be.HAProxyServerOptions), " "))
 	}
+	if be.Weight != nil {
+		s.WriteString(" weight " + strconv.Itoa(*be.Weight))
+	}
 	return s.String()
 }
 
-func serverAddr(be generators.Backend) string {
-	if a, err := netip.ParseAddr(be.Host); err == nil && a.Is6() {
-		return "ipv6@" + be.Host + ":" + strconv.Itoa(be.Port)
+// weightOf is the weight a server line's parameters give (HAProxy takes
+// the last one), 1 (HAProxy's default) without one.
+func weightOf(params string) int {
+	w := 1
+	f := strings.Fields(params)
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] == "weight" {
+			if n, err := strconv.Atoi(f[i+1]); err == nil {
+				w = n
+			}
+		}
 	}
-	return be.Host + ":" + strconv.Itoa(be.Port)
+	return w
+}
+
+// joinAddr is a server address as HAProxy reads it.
+func joinAddr(addr string, port int) string {
+	if a, err := netip.ParseAddr(addr); err == nil && a.Is6() {
+		return "ipv6@" + addr + ":" + strconv.Itoa(port)
+	}
+	return addr + ":" + strconv.Itoa(port)
 }
 
 func bindAddr(addr string, port int) string {

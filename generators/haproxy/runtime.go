@@ -95,23 +95,41 @@ type serverState struct {
 	Weight        int // user weight
 }
 
-// HAProxy's server admin state bits.
+// HAProxy's server admin state bits (include/haproxy/server-t.h).
 const (
-	admFMaint = 0x01
-	admIMaint = 0x02
-	admCMaint = 0x04
+	admFMaint = 0x01 // forced (the runtime API, or `disabled` in the config)
+	admIMaint = 0x02 // inherited from a tracked server
+	admCMaint = 0x04 // a memo of `disabled` in the config: not maintenance by itself
 	admFDrain = 0x08
 	admIDrain = 0x10
-	admRMaint = 0x20
-	admHMaint = 0x40
+	admRMaint = 0x20 // address resolution failed
+	// admMaint is HAProxy's SRV_ADMF_MAINT: every maintenance flag but
+	// CMAINT. (0x40 is not maintenance either: the FQDN was changed.)
+	admMaint = admFMaint | admIMaint | admRMaint
+	admDrain = admFDrain | admIDrain
 )
 
-// state maps the admin bits to ready, drain or maint.
+// state maps the admin bits to ready, drain or maint: what the server
+// does now.
 func (s serverState) state() string {
 	switch {
-	case s.AdminState&(admFMaint|admIMaint|admCMaint|admRMaint|admHMaint) != 0:
+	case s.AdminState&admMaint != 0:
 		return "maint"
-	case s.AdminState&(admFDrain|admIDrain) != 0:
+	case s.AdminState&admDrain != 0:
+		return "drain"
+	}
+	return "ready"
+}
+
+// forced is the state set on the server itself (by `set server … state`,
+// or the config), which is what synapse sets: an inherited maint or drain
+// (a tracked server) or a resolution failure is not undone by `set server
+// … state ready`, so comparing against it would resend that forever.
+func (s serverState) forced() string {
+	switch {
+	case s.AdminState&admFMaint != 0:
+		return "maint"
+	case s.AdminState&admFDrain != 0:
 		return "drain"
 	}
 	return "ready"
@@ -150,17 +168,4 @@ func parseServersState(out string) (map[string]map[string]serverState, error) {
 		res[s.Backend][s.Name] = s
 	}
 	return res, nil
-}
-
-// replyOK says whether a reply means the command worked.
-func replyOK(cmd, reply string) bool {
-	switch {
-	case strings.HasPrefix(cmd, "add server "):
-		return strings.Contains(reply, "New server registered")
-	case strings.HasPrefix(cmd, "del server "):
-		return strings.Contains(reply, "Server deleted")
-	case strings.HasPrefix(cmd, "set server ") && strings.Contains(cmd, " addr "):
-		return reply == "" || strings.Contains(reply, "changed") || strings.Contains(reply, "no need to change")
-	}
-	return reply == ""
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/syncstack/syncstack/generators"
+	"github.com/syncstack/syncstack/registry"
 )
 
 // dynamicBalance reports whether a backend's balance algorithm takes
@@ -54,15 +56,17 @@ func dynamicOptions(opts string) bool {
 
 // runtimeSync reads `show servers state`, and makes every service backend
 // match st through the runtime API in one pipelined batch. It returns a
-// reason when something cannot be done at runtime and needs a reload.
+// reason when something cannot be done at runtime and needs a reload. A
+// server HAProxy refuses is quarantined, not an error: the others converge.
 func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reload string, err error) {
+	now := time.Now()
 	// Only the services whose backends changed since the last sync (and
-	// those with removals pending) are read and diffed: a change costs the
-	// same with ten backends or ten thousand.
-	if time.Since(g.lastFullSync) > fullSyncEvery {
+	// those with removals pending or quarantines due) are read and
+	// diffed: a change costs the same with ten backends or ten thousand.
+	if now.Sub(g.lastFullSync) > fullSyncEvery {
 		// Now and then check every backend, in case something else
 		// changed HAProxy (an operator on the socket, synctl --local).
-		g.synced, g.lastFullSync = nil, time.Now()
+		g.synced, g.lastFullSync = nil, now
 	}
 	var names []string
 	for _, name := range g.serviceNames() {
@@ -70,7 +74,8 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 		if g.unknown(svc) {
 			continue // nothing known yet: leave its servers as they are
 		}
-		if prev, ok := g.synced[name]; ok && prev.Equal(svc) && !g.removalsPending(g.services[name].BackendName) {
+		be := g.services[name].BackendName
+		if prev, ok := g.synced[name]; ok && prev.Equal(svc) && !g.removalsPending(be) && !g.quarantineDue(be, now) && !g.takeResync(name) {
 			continue
 		}
 		names = append(names, name)
@@ -113,8 +118,11 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 			g.synced[name] = st.Services[name]
 		}
 	}()
-	var cmds []string
-	now := time.Now()
+	b := batch{attempted: map[string]attempt{}, then: map[string][]command{}}
+	// Without quarantines (the usual case) a server costs no quarantine
+	// lookups and no signature: this loop runs over every server of every
+	// changed service.
+	anyQ := g.anyQuarantined()
 	for _, name := range names {
 		svc := g.services[name]
 		be := svc.BackendName
@@ -123,52 +131,62 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 		cur := running[be]
 		serverOpts := svc.ServerOptions.String()
 		dynamic := dynamicBalance(g.cfg.Defaults, svc.Listen, svc.Backend) && dynamicOptions(serverOpts)
-		want := map[string]bool{}
-		for _, b := range st.Services[name].Backends {
-			sname := b.ServerName()
-			want[sname] = true
+		want := map[string]bool{}    // servers HAProxy is to keep
+		desired := map[string]bool{} // servers of the state, quarantined or not
+		for _, bk := range st.Services[name].Backends {
+			sname := bk.ServerName()
+			desired[sname] = true
 			id := be + "/" + sname
-			delete(g.removing, id) // back before its removal finished
+			addr, aerr := g.addrOf(bk.Host)
+			ident := optsIdentity(bk, serverOpts)
+			if anyQ {
+				if kind, held := g.held(id, sig(bk, addr, ident), now); held {
+					// Quarantined with this very record: skipped. A server
+					// HAProxy has and only refused a change keeps its place.
+					want[sname] = kind == qRefused
+					continue
+				}
+			}
+			if aerr != nil {
+				g.quarantineServer(qRejected, name, id, sig(bk, addr, ident), aerr.Error())
+				continue // out of HAProxy (removed below if it is there)
+			}
+			want[sname] = true
+			ncmds := len(b.cmds)
 			r, exists := cur[sname]
-			opts := serverParams(b, serverOpts)
-			if exists && g.appliedOpts(id, opts) {
-				if r.Addr != b.Host || r.Port != b.Port {
-					if !isIP(b.Host) {
-						return "server " + id + " moved to a DNS name", nil
-					}
-					cmds = append(cmds, fmt.Sprintf("set server %s addr %s port %d", id, b.Host, b.Port))
+			switch {
+			case exists && g.appliedOpts(id, ident):
+				// Back before its removal finished, or its options were
+				// restored while it drained for a replacement.
+				delete(g.removing, id)
+				// Weight, state and address are runtime settings of the
+				// server: never a reason to replace it.
+				if r.Addr != addr || r.Port != bk.Port {
+					b.cmds = append(b.cmds, command{opSetAddr, id, fmt.Sprintf("%s port %d", addr, bk.Port)})
 				}
-				w := 1
-				if b.Weight != nil {
-					w = *b.Weight
+				if w := weightOf(serverParams(bk, serverOpts)); r.Weight != w {
+					b.cmds = append(b.cmds, command{opSetWeight, id, strconv.Itoa(w)})
 				}
-				if r.Weight != w {
-					cmds = append(cmds, fmt.Sprintf("set server %s weight %d", id, w))
+				if r.forced() != string(bk.State) {
+					b.cmds = append(b.cmds, command{opSetState, id, string(bk.State)})
 				}
-				if r.state() != string(b.State) {
-					cmds = append(cmds, fmt.Sprintf("set server %s state %s", id, b.State))
-				}
-				continue
-			}
-			if !dynamic {
+			case !dynamic:
 				return "backend " + be + " (static balance) membership", nil
+			case exists:
+				// Its options changed, which only a new server can carry
+				// (and it has the same name): the old one takes no new
+				// requests, and goes once its connections end or the
+				// grace passes; the new one is added right after.
+				b.cmds = append(b.cmds, g.retire(id, r, now)...)
+				b.then[id] = addCmds(id, joinAddr(addr, bk.Port), serverParams(bk, serverOpts), bk.State)
+			default:
+				delete(g.removing, id) // gone by other means (a reload, an operator)
+				b.cmds = append(b.cmds, addCmds(id, joinAddr(addr, bk.Port), serverParams(bk, serverOpts), bk.State)...)
 			}
-			if !isIP(b.Host) {
-				return "server " + id + " has a DNS name", nil
-			}
-			if exists { // options changed: replace the server
-				cmds = append(cmds, removeCmds(id, r)...)
-			}
-			cmds = append(cmds, "add server "+id+" "+serverAddr(b)+opts)
-			g.setApplied(id, opts)
-			if b.State != "maint" {
-				cmds = append(cmds, fmt.Sprintf("set server %s state %s", id, b.State))
-			}
-			if hasToken(opts, "check") {
-				cmds = append(cmds, "enable health "+id)
-			}
-			if hasToken(opts, "agent-check") {
-				cmds = append(cmds, "enable agent "+id)
+			// Recorded when it got commands (their replies decide), or
+			// when it may be quarantined (a success releases it).
+			if anyQ || len(b.cmds) > ncmds {
+				b.attempted[id] = attempt{service: name, sig: sig(bk, addr, ident), ident: ident}
 			}
 		}
 		// Forget removals HAProxy finished by other means (a reload, an
@@ -180,6 +198,7 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 				}
 			}
 		}
+		g.forgetGone(name, be, desired, cur)
 		for sname, r := range cur {
 			if want[sname] {
 				continue
@@ -188,58 +207,149 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 				return "backend " + be + " (static balance) membership", nil
 			}
 			id := be + "/" + sname
-			first, seen := g.removing[id]
-			if !seen {
-				g.removing[id], first = now, now
+			if _, held := g.held(id, removedSig, now); held {
+				// HAProxy refused to delete it: tried again at its
+				// quarantine's retry, not every removalPoll.
+				delete(g.removing, id)
+				continue
 			}
-			if r.state() != "maint" {
-				cmds = append(cmds, "set server "+id+" state maint")
-			}
-			if now.Sub(first) >= g.cfg.RemovalGrace.D() {
-				cmds = append(cmds, "shutdown sessions server "+id)
-			}
-			cmds = append(cmds, "del server "+id)
+			b.attempted[id] = attempt{service: name, sig: removedSig}
+			b.cmds = append(b.cmds, g.retire(id, r, now)...)
 		}
 	}
-	if len(cmds) == 0 {
-		return "", nil
-	}
-	start := time.Now()
-	replies, err = g.rt.Run(ctx, cmds...)
-	if err != nil {
+	if err := g.runBatch(ctx, &b, b.cmds); err != nil {
 		return "", err
 	}
-	g.m.RuntimeBatchSeconds.Observe(time.Since(start).Seconds())
-	var failed []string
-	for i, c := range cmds {
-		op := strings.Join(strings.Fields(c)[:2], " ")
-		if replyOK(c, replies[i]) {
-			g.m.RuntimeOps.WithLabelValues(op, "ok").Inc()
-			if strings.HasPrefix(c, "del server ") {
-				id := strings.Fields(c)[2]
-				delete(g.removing, id)
-				g.forgetApplied(id)
-			}
-			continue
-		}
-		// A removed server with connections stays in maint until they
-		// end or the grace runs out: not an error.
-		if strings.HasPrefix(c, "del server ") && strings.Contains(replies[i], "connections attached") {
-			g.m.RuntimeOps.WithLabelValues(op, "pending").Inc()
-			g.log.Debug("removed server still has connections; retrying", "command", c)
-			continue
-		}
-		g.m.RuntimeOps.WithLabelValues(op, "error").Inc()
-		failed = append(failed, fmt.Sprintf("%q: %s", c, replies[i]))
-		if strings.HasPrefix(c, "add server ") {
-			g.forgetApplied(strings.Fields(c)[2])
-		}
+	// Replacements whose old server is gone: the new one now.
+	var then []command
+	for _, id := range b.deleted {
+		then = append(then, b.then[id]...)
 	}
-	g.log.Debug("runtime changes applied", "commands", len(cmds), "failed", len(failed), "took", time.Since(start))
-	if len(failed) > 0 {
-		return "", fmt.Errorf("haproxy runtime API: %d of %d commands failed: %s", len(failed), len(cmds), strings.Join(failed, "; "))
+	if err := g.runBatch(ctx, &b, then); err != nil {
+		return "", err
+	}
+	for id, a := range b.attempted {
+		if f, failed := b.failed[id]; failed {
+			g.quarantineServer(f.kind, a.service, id, a.sig, fmt.Sprintf("%q: %s", f.cmd.String(), f.reply))
+		} else {
+			g.release(id)
+		}
 	}
 	return "", nil
+}
+
+// removedSig is the signature of a server being removed.
+const removedSig = "\x00removed"
+
+// attempt is a server the sync asks HAProxy to change.
+type attempt struct {
+	service, sig, ident string
+}
+
+// failure is a server's first refused command.
+type failure struct {
+	kind  quarantineKind
+	cmd   command
+	reply string
+}
+
+// batch is one sync's commands and what became of them.
+type batch struct {
+	cmds      []command
+	attempted map[string]attempt
+	then      map[string][]command // to send once the server of that id is deleted
+	deleted   []string             // ids deleted by this sync
+	failed    map[string]failure
+}
+
+// runBatch sends cmds in one pipelined round trip and records each reply.
+func (g *Generator) runBatch(ctx context.Context, b *batch, cmds []command) error {
+	if len(cmds) == 0 {
+		return nil
+	}
+	start := time.Now()
+	replies, err := g.rt.Run(ctx, strs(cmds)...)
+	if err != nil {
+		return err
+	}
+	g.m.RuntimeBatchSeconds.Observe(time.Since(start).Seconds())
+	nfailed := 0
+	for i, c := range cmds {
+		op := c.kind.label()
+		switch c.judge(replies[i]) {
+		case replyOK:
+			g.m.RuntimeOps.WithLabelValues(op, "ok").Inc()
+			switch c.kind {
+			case opDel:
+				delete(g.removing, c.id)
+				g.forgetApplied(c.id)
+				b.deleted = append(b.deleted, c.id)
+			case opAdd:
+				g.setApplied(c.id, b.attempted[c.id].ident)
+			}
+		case replyBusy:
+			// A removed server with connections stays in maint until
+			// they end or the grace runs out: not an error.
+			g.m.RuntimeOps.WithLabelValues(op, "pending").Inc()
+			g.log.Debug("removed server still has connections; retrying", "server", c.id)
+		default:
+			g.m.RuntimeOps.WithLabelValues(op, "error").Inc()
+			nfailed++
+			if b.failed == nil {
+				b.failed = map[string]failure{}
+			}
+			if _, seen := b.failed[c.id]; !seen { // the first refusal is the reason
+				kind := qRefused
+				switch c.kind {
+				case opAdd:
+					kind = qRejected
+				case opDel, opShutdown:
+					kind = qStuck
+				}
+				b.failed[c.id] = failure{kind, c, replies[i]}
+			}
+		}
+	}
+	g.log.Debug("runtime changes applied", "commands", len(cmds), "failed", nfailed, "took", time.Since(start))
+	return nil
+}
+
+// addCmds adds a server at runtime: dynamic servers start in maint with
+// their checks off.
+func addCmds(id, addr, params string, state registry.OverrideState) []command {
+	c := []command{{opAdd, id, addr + params}}
+	if state != registry.StateMaint {
+		c = append(c, command{opSetState, id, string(state)})
+	}
+	if hasToken(params, "check") {
+		c = append(c, command{opEnableHealth, id, ""})
+	}
+	if hasToken(params, "agent-check") {
+		c = append(c, command{opEnableAgent, id, ""})
+	}
+	return c
+}
+
+// retire takes a server out without cutting a request: maint at once (no
+// new requests), `del server` (refused while connections are attached,
+// retried every removalPoll), and its sessions shut down only once
+// removal_grace has passed since the first try.
+func (g *Generator) retire(id string, r serverState, now time.Time) []command {
+	first, seen := g.removing[id]
+	if !seen {
+		g.removing[id], first = now, now
+	}
+	var c []command
+	// Only a forced maint lets `del server` go (HAProxy refuses to delete
+	// a server whose only maint is `disabled` in the config, once set
+	// ready), and keeps it out if a tracked server comes back.
+	if r.forced() != "maint" {
+		c = append(c, command{opSetState, id, "maint"})
+	}
+	if now.Sub(first) >= g.cfg.RemovalGrace.D() {
+		c = append(c, command{opShutdown, id, ""})
+	}
+	return append(c, command{opDel, id, ""})
 }
 
 // removalPoll is how often a removed server that still has connections is
@@ -252,11 +362,15 @@ const removalPoll = time.Second
 func (g *Generator) RetryAt() time.Time {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	q := g.nextQuarantineRetry()
 	if len(g.removing) == 0 {
-		return time.Time{}
+		return q
 	}
 	now := time.Now()
 	at := now.Add(removalPoll)
+	if !q.IsZero() && q.Before(at) {
+		at = q
+	}
 	for _, first := range g.removing {
 		// Past its grace, a server waits for HAProxy to close its idle
 		// connections (half of them every pool-purge-delay): polled.
@@ -274,15 +388,6 @@ func (g *Generator) removalsPending(backend string) bool {
 		}
 	}
 	return false
-}
-
-// removeCmds takes a server out at once (its options changed).
-func removeCmds(id string, r serverState) []string {
-	var c []string
-	if r.state() != "maint" {
-		c = append(c, "set server "+id+" state maint")
-	}
-	return append(c, "shutdown sessions server "+id, "del server "+id)
 }
 
 func hasToken(opts, tok string) bool {
@@ -347,11 +452,7 @@ func serverOptsOf(cfg string) (opts map[string]string, lines map[string][]string
 		if n := len(params); n > 0 && params[n-1] == "disabled" {
 			params = params[:n-1]
 		}
-		opts := ""
-		if len(params) > 0 {
-			opts = " " + strings.Join(params, " ")
-		}
-		out[section+"/"+f[1]] = opts
+		out[section+"/"+f[1]] = stripWeight(params)
 		lines[section] = append(lines[section], strings.Join(f, " "))
 	}
 	return out, lines
