@@ -144,7 +144,13 @@ type Ack struct {
 	// Services maps each service this synapse serves from the same
 	// registry to the path it watches, so synctl can find the backends.
 	Services map[string]string `json:"services,omitempty"`
+	// Quarantined lists the servers this synapse's HAProxy refused and it
+	// set aside ("service/server: reason"), at most MaxAckQuarantined.
+	Quarantined []string `json:"quarantined,omitempty"`
 }
+
+// MaxAckQuarantined bounds the quarantined servers one ack names.
+const MaxAckQuarantined = 100
 
 // Validate checks the ack's fields.
 func (a Ack) Validate() error {
@@ -160,6 +166,14 @@ func (a Ack) Validate() error {
 		}
 		if err := ValidateText(path, 1024); err != nil || !strings.HasPrefix(path, "/") {
 			return fmt.Errorf("services.%s: path %q is not valid", name, path)
+		}
+	}
+	if len(a.Quarantined) > MaxAckQuarantined {
+		return fmt.Errorf("quarantined: %d entries, at most %d", len(a.Quarantined), MaxAckQuarantined)
+	}
+	for i, q := range a.Quarantined {
+		if err := ValidateText(q, 512); err != nil {
+			return fmt.Errorf("quarantined[%d]: %w", i, err)
 		}
 	}
 	return nil

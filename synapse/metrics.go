@@ -44,5 +44,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		reg.MustRegister(m.WatcherUpdates, m.KeptPrevious, m.Backends, m.Applies, m.Convergence, m.OverrideRev, m.Acks)
 	}
+	for _, r := range []string{"ok", "error"} {
+		m.Acks.WithLabelValues(r) // exported at 0 before the first ack
+	}
 	return m
 }

@@ -134,6 +134,9 @@ func TestBadRecordsQuarantinedAcksFlow(t *testing.T) {
 	})
 	t.Logf("overrides written → acked: %v", time.Since(start))
 	st := e.status(t)
+	if st.Build.Version == "" || st.Build.GoVersion == "" {
+		t.Errorf("/status has no build: %+v", st.Build)
+	}
 	if st.LastError != "" {
 		t.Errorf("/status last_error = %q, want none: quarantined servers are not apply errors", st.LastError)
 	}
@@ -150,6 +153,15 @@ func TestBadRecordsQuarantinedAcksFlow(t *testing.T) {
 	if p := testserver.HAProxyWorkerPID(t, e.master); p != pid {
 		t.Errorf("worker PID %d → %d: HAProxy reloaded", pid, p)
 	}
+	// The ack names them, so synctl status shows them per synapse.
+	registrytest.Eventually(t, 5*time.Second, "the ack names both quarantined servers", func() bool {
+		acks, err := ec.Acks(ctx)
+		if err != nil || len(acks) != 1 || len(acks[0].Quarantined) != 2 {
+			return false
+		}
+		q := strings.Join(acks[0].Quarantined, "\n")
+		return strings.Contains(q, "web/noname_nosuch.invalid:80: ") && strings.Contains(q, "web/badopts_127.0.0.41:80: ")
+	})
 }
 
 // holdServer answers /hold only when released: a request in flight.

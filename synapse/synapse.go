@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/syncstack/syncstack/generators"
+	"github.com/syncstack/syncstack/internal/version"
 	"github.com/syncstack/syncstack/generators/fileoutput"
 	"github.com/syncstack/syncstack/generators/haproxy"
 	"github.com/syncstack/syncstack/internal/backoff"
@@ -69,6 +70,7 @@ type Synapse struct {
 // Status is what GET /status reports.
 type Status struct {
 	ID               string              `json:"id"`
+	Build            version.Info        `json:"build"`
 	State            generators.State    `json:"state"`
 	OverrideRevision int64               `json:"override_revision"`
 	Overrides        []registry.Override `json:"overrides"`
@@ -244,7 +246,7 @@ func (s *Synapse) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	acks := make(chan int64, 1)
+	acks := make(chan ackState, 1)
 	if s.overrides != nil {
 		wg.Add(2)
 		go func() {
@@ -319,29 +321,58 @@ func (s *Synapse) flushCache() {
 	s.cacheWG.Wait()
 }
 
-// ackLoop writes the latest applied override revision, one at a time.
-func (s *Synapse) ackLoop(ctx context.Context, acks <-chan int64) {
+// ackState is what an ack says: the override revision applied, and the
+// servers set aside.
+type ackState struct {
+	rev         int64
+	quarantined []string
+}
+
+// ackQuarantined names the quarantined servers for an ack, bounded.
+func ackQuarantined(qs []generators.Quarantined) []string {
+	var out []string
+	for _, q := range qs {
+		if len(out) == registry.MaxAckQuarantined {
+			break
+		}
+		line := q.Service + "/" + q.Server + ": " + q.Reason
+		if len(line) > 500 {
+			line = line[:500]
+		}
+		out = append(out, strings.Map(func(r rune) rune {
+			if r < 0x20 || r == 0x7f {
+				return ' '
+			}
+			return r
+		}, line))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// ackLoop writes the latest ack state, one at a time.
+func (s *Synapse) ackLoop(ctx context.Context, acks <-chan ackState) {
 	services := s.ackServices() // fixed for this pipeline's config
 	retry := backoff.New(250*time.Millisecond, 30*time.Second)
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case rev := <-acks:
+		case st := <-acks:
 			retry.Reset()
 			for ctx.Err() == nil {
-				err := s.overrides.PutAck(ctx, registry.Ack{ID: s.cfg.ID, Revision: rev, At: time.Now().UTC(), Services: services})
+				err := s.overrides.PutAck(ctx, registry.Ack{ID: s.cfg.ID, Revision: st.rev, At: time.Now().UTC(), Services: services, Quarantined: st.quarantined})
 				if err == nil {
 					s.m.Acks.WithLabelValues("ok").Inc()
 					break
 				}
 				s.m.Acks.WithLabelValues("error").Inc()
 				wait := retry.Next()
-				s.log.Warn("ack failed; retrying", "revision", rev, "err", err, "in", wait)
+				s.log.Warn("ack failed; retrying", "revision", st.rev, "err", err, "in", wait)
 				select {
 				case <-ctx.Done():
 				case <-time.After(wait):
-				case rev = <-acks: // a newer one supersedes it
+				case st = <-acks: // a newer one supersedes it
 				}
 			}
 		}
@@ -391,7 +422,7 @@ func sortedCopy(s []string) []string {
 	return c
 }
 
-func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets <-chan registry.OverrideSet, acks chan int64) error {
+func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets <-chan registry.OverrideSet, acks chan ackState) error {
 	sets := map[string][]registry.Instance{}
 	heard := map[string]bool{} // services whose watcher has answered
 	known := heard             // ... or that the cache knows
@@ -426,6 +457,7 @@ func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets 
 	var built *generators.State   // the last state built
 	var dirtySvcs map[string]bool // services to build again; nil: all
 	appliedRev := int64(-1)
+	var ackedQ []string     // the quarantined servers the last ack named
 	var pending []time.Time // receive times of updates not yet applied
 	var retry <-chan time.Time
 	var genRetry <-chan time.Time // a generator's unfinished work (generators.Retrier)
@@ -467,16 +499,19 @@ func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets 
 					genRetry = time.After(time.Until(at))
 				}
 			}
-			if haveOverrides && ovr.Revision != appliedRev && (s.overrides != nil) && !s.hasErr() {
-				appliedRev = ovr.Revision
+			quarantined := s.quarantined()
+			ackQ := ackQuarantined(quarantined)
+			// Ack a newly applied revision, and a change in what is set
+			// aside (synctl status shows it per synapse).
+			if haveOverrides && s.overrides != nil && !s.hasErr() && (ovr.Revision != appliedRev || !slices.Equal(ackQ, ackedQ)) {
+				appliedRev, ackedQ = ovr.Revision, ackQ
 				s.m.OverrideRev.Set(float64(appliedRev))
 				select {
 				case <-acks:
 				default:
 				}
-				acks <- appliedRev
+				acks <- ackState{rev: appliedRev, quarantined: ackQ}
 			}
-			quarantined := s.quarantined()
 			s.setStatus(func(st *Status) {
 				st.State, st.OverrideRevision, st.Overrides = *applied, ovr.Revision, ovr.Overrides
 				st.Watched = maps(heard)
@@ -765,5 +800,7 @@ func (s *Synapse) setStatus(f func(*Status)) {
 func (s *Synapse) Status() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.status
+	st := s.status
+	st.ID, st.Build = s.cfg.ID, version.Get()
+	return st
 }

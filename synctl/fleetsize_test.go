@@ -123,4 +123,11 @@ func TestFleetSize(t *testing.T) {
 	if _, out, _ = run(false, "status", "--all"); strings.Count(out, "\n") < 1100 {
 		t.Errorf("status --all lists %d lines", strings.Count(out, "\n"))
 	}
+	// A synapse's quarantined servers are always listed.
+	if err := reg.PutAck(ctx, registry.Ack{ID: "synapse-007", Revision: 1, Quarantined: []string{"web/bad_10.9.9.9:80: add server refused"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, out, _ = run(false, "status"); !strings.Contains(out, "synapse-007 QUARANTINED web/bad_10.9.9.9:80: add server refused") {
+		t.Errorf("status does not show the quarantined server:\n%s", out)
+	}
 }

@@ -79,9 +79,9 @@ caption { text-align: left; font-weight: 600; padding: .25rem 0; }
 <h2 id="synapses">Synapses</h2>
 <p>{{if .Status.OverrideRevision}}Last override change: revision {{.Status.OverrideRevision}}.{{else}}No override written yet.{{end}}</p>
 {{if .Status.Synapses}}<table aria-describedby="synapses">
-<thead><tr><th scope="col">Synapse</th><th scope="col">State</th><th scope="col">Revision applied</th><th scope="col">Last seen</th></tr></thead>
+<thead><tr><th scope="col">Synapse</th><th scope="col">State</th><th scope="col">Revision applied</th><th scope="col">Last seen</th><th scope="col">Quarantined servers</th></tr></thead>
 <tbody>
-{{range .Status.Synapses}}<tr{{if ne .State "in sync"}} class="behind"{{end}}><td>{{.ID}}</td><td>{{.State}}</td><td>{{if .Live}}{{.Revision}}{{else}}-{{end}}</td><td>{{ago $.Now .At}} ago</td></tr>
+{{range .Status.Synapses}}<tr{{if or (ne .State "in sync") .Quarantined}} class="behind"{{end}}><td>{{.ID}}</td><td>{{.State}}</td><td>{{if .Live}}{{.Revision}}{{else}}-{{end}}</td><td>{{ago $.Now .At}} ago</td><td>{{range .Quarantined}}{{.}}<br>{{else}}none{{end}}</td></tr>
 {{end}}</tbody>
 </table>{{else}}<p>No synapse acks overrides in this registry.</p>{{end}}
 

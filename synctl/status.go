@@ -24,6 +24,8 @@ type synapseStatus struct {
 	Revision int64     `json:"revision"`
 	InSync   bool      `json:"in_sync"`
 	Live     bool      `json:"live"` // false: dead, only its catalog is left
+	// Quarantined: servers its HAProxy refused, set aside ("service/server: reason").
+	Quarantined []string `json:"quarantined,omitempty"`
 	At       time.Time `json:"at"`
 }
 
@@ -97,7 +99,7 @@ func buildStatus(ctx context.Context, b registry.Backend, c *common, now time.Ti
 	live := map[string]bool{}
 	for _, a := range fl.acks {
 		live[a.ID] = true
-		rep.Synapses = append(rep.Synapses, synapseStatus{ID: a.ID, Revision: a.Revision, InSync: a.Revision >= fl.overrides.Revision, Live: true, At: a.At})
+		rep.Synapses = append(rep.Synapses, synapseStatus{ID: a.ID, Revision: a.Revision, InSync: a.Revision >= fl.overrides.Revision, Live: true, At: a.At, Quarantined: a.Quarantined})
 	}
 	for _, cat := range fl.catalogs {
 		if !live[cat.ID] {
@@ -192,6 +194,12 @@ func printStatus(w io.Writer, rep statusReport, now time.Time, all bool) {
 			continue
 		}
 		fmt.Fprintf(w, "  %s: revision %d, %s (acked %s ago)\n", s.ID, s.Revision, s.state(), now.Sub(s.At).Round(time.Second))
+	}
+	// Servers a synapse's HAProxy refused: always listed, they need a look.
+	for _, s := range rep.Synapses {
+		for _, q := range s.Quarantined {
+			fmt.Fprintf(w, "  %s QUARANTINED %s\n", s.ID, q)
+		}
 	}
 }
 

@@ -60,6 +60,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "synapse_haproxy_host_resolutions_total", Help: "Host name lookups of backends, by result (ok, changed, error).",
 		}, []string{"result"}),
 	}
+	for _, r := range ReloadReasons {
+		m.Reloads.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "changed", "error"} {
+		m.Resolutions.WithLabelValues(r)
+	}
 	if reg != nil {
 		reg.MustRegister(m.RuntimeOps, m.RuntimeBatchSeconds, m.Reloads, m.ReloadFailures, m.ReloadsDeferred, m.ReloadSeconds, m.ConfigWrites, m.ValidationFailures, m.Restarts,
 			m.Quarantined, m.Quarantines, m.Resolutions)

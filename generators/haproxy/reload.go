@@ -39,6 +39,11 @@ func (g *Generator) reload(ctx context.Context, why string) error {
 	return nil
 }
 
+// ReloadReasons are every value of synapse_haproxy_reloads_total's reason
+// label: each is exported at 0 from the start, so a dashboard (and the
+// demo's own hint) sees the series before the first reload.
+var ReloadReasons = []string{"structure", "static_balance", "backend_missing", "other"}
+
 func reasonLabel(why string) string {
 	switch {
 	case why == "structure":
