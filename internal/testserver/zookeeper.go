@@ -26,8 +26,9 @@ type ZKNode struct {
 	dir        string
 	t          testing.TB
 
-	mu  sync.Mutex
-	cmd *exec.Cmd
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	frozen bool
 }
 
 // ZKEnsemble is a standalone server (one node) or a quorum on loopback.
@@ -138,19 +139,51 @@ func (n *ZKNode) Start() {
 		n.t.Fatalf("testserver: start zookeeper: %v", err)
 	}
 	log.Close()
-	n.cmd = cmd
+	n.cmd, n.frozen = cmd, false
 }
 
-// Kill stops the node with SIGKILL and waits for it to exit.
+// Kill stops the node with SIGKILL (thawing it first, so the signal is
+// delivered at once) and waits for it to exit.
 func (n *ZKNode) Kill() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.cmd == nil {
 		return
 	}
+	syscall.Kill(-n.cmd.Process.Pid, syscall.SIGCONT)
 	syscall.Kill(-n.cmd.Process.Pid, syscall.SIGKILL)
 	n.cmd.Wait()
-	n.cmd = nil
+	n.cmd, n.frozen = nil, false
+}
+
+// Freeze stops the node with SIGSTOP: its sockets stay open but nothing
+// answers, as with a stalled disk or a hung host (a gray failure).
+func (n *ZKNode) Freeze() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil || n.frozen {
+		return
+	}
+	syscall.Kill(-n.cmd.Process.Pid, syscall.SIGSTOP)
+	n.frozen = true
+}
+
+// Thaw resumes a frozen node with SIGCONT.
+func (n *ZKNode) Thaw() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil || !n.frozen {
+		return
+	}
+	syscall.Kill(-n.cmd.Process.Pid, syscall.SIGCONT)
+	n.frozen = false
+}
+
+// Frozen reports whether the node is stopped by Freeze.
+func (n *ZKNode) Frozen() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.frozen
 }
 
 // Running reports whether the process was started and not killed.
@@ -194,7 +227,7 @@ func (n *ZKNode) Mode() (string, error) {
 // Leader returns the node that is leader now, or nil.
 func (e *ZKEnsemble) Leader() *ZKNode {
 	for _, n := range e.Nodes {
-		if !n.Running() {
+		if !n.Running() || n.Frozen() {
 			continue
 		}
 		if m, err := n.Mode(); err == nil && (m == "leader" || m == "standalone") {

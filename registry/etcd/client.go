@@ -15,14 +15,16 @@ import (
 	"sync"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/syncstack/syncstack/internal/backoff"
 	"github.com/syncstack/syncstack/registry"
 )
 
@@ -132,6 +134,7 @@ type Client struct {
 	mu        sync.Mutex
 	lease     clientv3.LeaseID // 0 while none is granted
 	leaseOn   bool             // the lease loop runs
+	leaseKick chan struct{}    // wakes the lease loop to renew now
 	changed   chan struct{}    // closed and replaced when the lease changes
 	acks      map[string]*leasedKey
 	closed    bool
@@ -140,6 +143,13 @@ type Client struct {
 
 	cli       *clientv3.Client // set once connected is closed
 	connected chan struct{}
+	ccfg      clientv3.Config // for pins
+	monitorOn bool            // the pin monitor runs
+
+	pinMu   sync.Mutex
+	pin     *pin                 // carries lease keep-alives and watches; nil: connect one
+	pinNext int                  // index of the next endpoint to pin; -1: pick at random
+	stalled map[string]time.Time // endpoints abandoned for stalling, and when
 }
 
 var _ registry.Backend = (*Client)(nil)
@@ -156,8 +166,11 @@ func New(cfg Config) (*Client, error) {
 		cfg: cfg, m: cfg.Metrics,
 		log:       cfg.Logger.With("registry", backendName),
 		changed:   make(chan struct{}),
+		leaseKick: make(chan struct{}, 1),
 		acks:      map[string]*leasedKey{},
 		connected: make(chan struct{}),
+		pinNext:   -1,
+		stalled:   map[string]time.Time{},
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	ccfg := clientv3.Config{
@@ -172,10 +185,11 @@ func New(cfg Config) (*Client, error) {
 		// gRPC's default reconnect backoff grows to two minutes: a sidecar
 		// must be back within a second of the cluster.
 		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			Backoff:           grpcbackoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
 			MinConnectTimeout: cfg.DialTimeout,
 		})},
 	}
+	c.ccfg = ccfg
 	if cfg.Username == "" {
 		cli, err := clientv3.New(ccfg) // does not wait for the cluster
 		if err != nil {
@@ -196,7 +210,7 @@ func New(cfg Config) (*Client, error) {
 
 // connectLoop creates the etcd client until it succeeds or c closes.
 func (c *Client) connectLoop(ccfg clientv3.Config) {
-	backoff := 100 * time.Millisecond
+	b := backoff.New(100*time.Millisecond, 2*time.Second)
 	logged := ""
 	for c.ctx.Err() == nil {
 		cli, err := clientv3.New(ccfg)
@@ -223,11 +237,7 @@ func (c *Client) connectLoop(ccfg clientv3.Config) {
 			c.log.Warn("cannot connect to etcd yet; retrying", "err", err)
 			logged = err.Error()
 		}
-		select {
-		case <-c.ctx.Done():
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 2*time.Second)
+		b.Wait(c.ctx)
 	}
 }
 
@@ -303,6 +313,7 @@ func (c *Client) Close() error {
 			c.cli.Revoke(ctx, lease)
 			cancel()
 		}
+		c.closePin()
 		c.cli.Close()
 	})
 	return nil
@@ -332,92 +343,204 @@ func (c *Client) setLease(id clientv3.LeaseID) {
 	c.mu.Unlock()
 }
 
-// keepLease grants a lease and keeps it alive. When the keep-alive stream
-// gives up (etcd out of reach longer than the TTL), the same lease is tried
-// again first: etcd does not expire leases while it has no leader, and
-// extends them all by a TTL when it comes back, so after an outage of the
-// whole cluster the lease is usually still there and the keys never
-// vanish. Only a lease that etcd says is gone is replaced by a new one
-// (and every key put again under it).
+// keepLease grants a lease and keeps it alive: one keep-alive every TTL/3
+// on the pin's keep-alive stream, and an answer due within renewTimeout
+// (TTL/6). A member that stalls is so noticed within half the TTL and
+// left for another (see pinned.go), with time for more attempts before the
+// lease could expire. (clientv3's own KeepAlive sends on one stream and
+// waits for gRPC's keepalive to notice a stalled member: 13 s.) The stream
+// lives as long as its member answers: a member shutting down gracefully
+// keeps serving streams already open, as its lessor keeps counting.
+//
+// The lease is only replaced when etcd says it is gone (a keep-alive
+// answered with TTL 0): then a new one is granted at once and every key
+// put again under it. While etcd cannot be reached the same lease is tried
+// again: etcd does not expire leases while it has no leader, and a new
+// leader extends them all by a TTL, so after an outage of the whole
+// cluster the lease is usually still there and the keys never vanish.
 func (c *Client) keepLease() {
-	backoff := 100 * time.Millisecond
-	wait := func() {
-		select {
-		case <-c.ctx.Done():
-		case <-time.After(backoff):
-		}
-		// A sidecar must be back within a second of the cluster.
-		backoff = min(2*backoff, time.Second)
-	}
 	ttl := int64((c.cfg.LeaseTTL + time.Second - 1) / time.Second)
-	cli, err := c.conn(c.ctx)
-	if err != nil {
-		return // closed before it ever connected
-	}
+	every, timeout := c.cfg.LeaseTTL/3, c.renewTimeout()
+	b := backoff.New(50*time.Millisecond, time.Second)
 	var id clientv3.LeaseID // the lease to keep; 0: grant one
+	var ls *leaseStream
+	defer func() {
+		if ls != nil {
+			ls.cancel()
+		}
+	}()
+	var failingSince time.Time
+	failed := func(p *pin, err error, what string) {
+		if failingSince.IsZero() {
+			failingSince = time.Now()
+		}
+		c.log.Debug(what+" failed; retrying", "err", err, "endpoint", p.endpoint)
+		switch {
+		case errors.Is(err, errNoAnswer) || stalledCall(err):
+			c.abandon(p, fmt.Sprintf("%s: no answer within %v", what, timeout))
+		case errors.Is(rpctypes.Error(err), rpctypes.ErrNoLeader):
+			c.abandon(p, what+": member has no leader")
+		}
+		b.Wait(c.ctx)
+	}
 	for c.ctx.Err() == nil {
+		p, err := c.pinned(c.ctx)
+		if err != nil {
+			c.log.Debug("no connection for the lease yet; retrying", "err", err)
+			b.Wait(c.ctx)
+			continue
+		}
+		if ls != nil && ls.p != p {
+			ls.cancel()
+			ls = nil
+		}
+		if ls == nil {
+			// Opened before it is needed: a member shutting down refuses
+			// new streams while its lessor still counts.
+			if ls, err = c.openLeaseStream(p); err != nil {
+				failed(p, err, "lease keep-alive stream")
+				continue
+			}
+		}
 		if id == 0 {
-			ctx, cancel := context.WithTimeout(c.ctx, c.cfg.OpTimeout)
-			grant, err := cli.Grant(ctx, ttl)
+			// A grant is a raft proposal: allow it twice a renewal.
+			ctx, cancel := context.WithTimeout(c.ctx, 2*timeout)
+			grant, err := p.cli.Grant(ctx, ttl)
 			cancel()
 			c.count("writes", "grant", err)
 			if err != nil {
-				c.log.Debug("lease grant failed; retrying", "err", err, "in", backoff)
-				wait()
+				if c.ctx.Err() != nil {
+					return
+				}
+				failed(p, err, "lease grant")
 				continue
 			}
 			id = grant.ID
-		}
-		alive, err := cli.KeepAlive(c.ctx, id)
-		if err != nil {
-			wait()
-			continue
-		}
-		// The first answer says whether the lease still exists.
-		first, ok := <-alive
-		if c.ctx.Err() != nil {
-			return
-		}
-		if !ok || first == nil || first.TTL <= 0 {
-			if c.leaseGone(id) {
+			c.setLease(id)
+		} else {
+			left, err := ls.renew(id, timeout)
+			c.count("writes", "keepalive", err)
+			switch {
+			case c.ctx.Err() != nil:
+				return
+			case err == nil && left <= 0:
+				// Gone for good: a new lease now, not after a backoff.
 				c.m.SessionLosses.WithLabelValues(backendName).Inc()
 				c.log.Warn("lease lost; granting a new one and re-registering", "lease", fmt.Sprintf("%x", int64(id)))
 				c.setLease(0)
 				id = 0
+				continue
+			case err != nil:
+				ls.cancel()
+				ls = nil
+				failed(p, err, "lease keep-alive")
+				continue
 			}
-			wait()
-			continue
 		}
-		backoff = 100 * time.Millisecond
-		if cur, _ := c.leaseNow(); cur != id {
-			c.setLease(id)
-		} else {
-			c.log.Info("lease kept alive again after an interruption", "lease", fmt.Sprintf("%x", int64(id)))
+		if !failingSince.IsZero() {
+			c.log.Info("lease kept alive again after an interruption", "lease", fmt.Sprintf("%x", int64(id)),
+				"after", time.Since(failingSince).Round(time.Millisecond))
+			failingSince = time.Time{}
 		}
-		for range alive {
+		b.Reset()
+		t := time.NewTimer(every)
+		select {
+		case <-c.ctx.Done():
+		case <-t.C:
+		case <-c.leaseKick:
 		}
-		if c.ctx.Err() != nil {
-			return
-		}
-		c.log.Warn("lease keep-alive interrupted; resuming the same lease", "lease", fmt.Sprintf("%x", int64(id)))
+		t.Stop()
 	}
 }
 
-// leaseGone asks etcd whether lease id has expired or was revoked; an
-// unreachable etcd says nothing (false).
-func (c *Client) leaseGone(id clientv3.LeaseID) bool {
-	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.OpTimeout)
-	defer cancel()
-	cli, err := c.conn(ctx)
+// errNoAnswer: a keep-alive got no answer within its time.
+var errNoAnswer = errors.New("no answer")
+
+// leaseStream is one LeaseKeepAlive stream on a pin, used one request at a
+// time.
+type leaseStream struct {
+	p      *pin
+	stream pb.Lease_LeaseKeepAliveClient
+	resps  chan *pb.LeaseKeepAliveResponse
+	errc   chan error // holds why the stream ended
+	cancel context.CancelFunc
+}
+
+func (c *Client) openLeaseStream(p *pin) (*leaseStream, error) {
+	// Require a leader: a member cut off from the quorum ends the stream
+	// (ErrNoLeader) instead of holding the keep-alives.
+	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(c.ctx))
+	s, err := pb.NewLeaseClient(p.cli.ActiveConnection()).LeaseKeepAlive(ctx)
 	if err != nil {
-		return false
+		cancel()
+		return nil, err
 	}
-	resp, err := cli.TimeToLive(ctx, id)
-	c.count("reads", "lease", err)
-	if err != nil {
-		return errors.Is(err, rpctypes.ErrLeaseNotFound)
+	ls := &leaseStream{p: p, stream: s, resps: make(chan *pb.LeaseKeepAliveResponse), errc: make(chan error, 1), cancel: cancel}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		for {
+			r, err := s.Recv()
+			if err != nil {
+				ls.errc <- err
+				return
+			}
+			select {
+			case ls.resps <- r:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return ls, nil
+}
+
+// renew sends one keep-alive for id and returns the TTL left that the
+// answer carries (0: the lease is gone), errNoAnswer after timeout, or why
+// the stream ended.
+func (ls *leaseStream) renew(id clientv3.LeaseID, timeout time.Duration) (int64, error) {
+	if err := ls.stream.Send(&pb.LeaseKeepAliveRequest{ID: int64(id)}); err != nil {
+		return 0, err
 	}
-	return resp.TTL <= 0
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for {
+		select {
+		case r := <-ls.resps:
+			if r.ID != int64(id) {
+				continue // a late answer for a lease given up
+			}
+			return r.TTL, nil
+		case err := <-ls.errc:
+			ls.errc <- err
+			return 0, err
+		case <-t.C:
+			return 0, errNoAnswer
+		}
+	}
+}
+
+// checkLease makes the lease loop renew at once: a put that etcd refused
+// with "requested lease not found" calls it, so that the new lease (and
+// every key under it) does not wait for the next renewal.
+func (c *Client) checkLease() {
+	select {
+	case c.leaseKick <- struct{}{}:
+	default:
+	}
+}
+
+// renewTimeout bounds one keep-alive: TTL/6, so that a renewal sent every
+// TTL/3 that hits a stalled member is retried elsewhere with most of the
+// TTL left.
+func (c *Client) renewTimeout() time.Duration {
+	return max(c.cfg.LeaseTTL/6, 100*time.Millisecond)
+}
+
+// stalledCall tells a call that got no answer in time from one that was
+// answered with an error.
+func stalledCall(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || status.Code(err) == codes.DeadlineExceeded
 }
 
 func (c *Client) leaseNow() (clientv3.LeaseID, <-chan struct{}) {

@@ -10,6 +10,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/syncstack/syncstack/internal/backoff"
 	"github.com/syncstack/syncstack/registry"
 )
 
@@ -68,41 +69,60 @@ func watchPrefix[T, V any](ctx context.Context, c *Client, prefix string, decode
 			}
 		}
 	}
-	backoff := 100 * time.Millisecond
+	b := backoff.New(100*time.Millisecond, 5*time.Second)
 	var entries map[string]entry[T]
-	cli, err := c.conn(ctx)
-	if err != nil {
+	if _, err := c.conn(ctx); err != nil {
 		return err
 	}
+	// rev is the revision entries reflect; 0: list again.
+	var rev int64
 	for {
-		// List.
-		gctx, cancel := context.WithTimeout(ctx, c.cfg.OpTimeout)
-		resp, err := cli.Get(gctx, prefix, clientv3.WithPrefix())
-		cancel()
-		c.count("reads", "range", err)
+		p, err := c.pinned(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			log.Debug("list failed; keeping the last set", "err", err, "in", backoff)
-			if err := pause(backoff); err != nil {
+			if c.ctx.Err() != nil {
+				return registry.ErrClosed
+			}
+			log.Debug("no connection to watch on yet", "err", err)
+			if err := pause(b.Next()); err != nil {
 				return err
 			}
-			backoff = min(2*backoff, 5*time.Second)
 			continue
 		}
-		backoff = 100 * time.Millisecond
-		entries = make(map[string]entry[T], len(resp.Kvs))
-		for _, kv := range resp.Kvs {
-			put(entries, kv)
+		if rev == 0 {
+			// List.
+			gctx, cancel := context.WithTimeout(ctx, c.cfg.OpTimeout)
+			resp, err := p.cli.Get(gctx, prefix, clientv3.WithPrefix())
+			cancel()
+			c.count("reads", "range", err)
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				d := b.Next()
+				log.Debug("list failed; keeping the last set", "err", err, "in", d)
+				if err := pause(d); err != nil {
+					return err
+				}
+				continue
+			}
+			entries = make(map[string]entry[T], len(resp.Kvs))
+			for _, kv := range resp.Kvs {
+				put(entries, kv)
+			}
+			rev = resp.Header.Revision
+			offer(entries, rev)
 		}
-		rev := resp.Header.Revision
-		offer(entries, rev)
 
-		// Watch from the next revision.
-		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		// Watch from the next revision, on the pin: when its member stalls
+		// the pin is abandoned, the watch ends, and it resumes from rev on
+		// the next pin without listing again.
+		wctx, wcancel := context.WithCancel(c.watchContext(ctx))
 		stop := context.AfterFunc(c.ctx, wcancel)
-		wch := cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+		wch := p.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+		moved := false // the watch delivered something: not a fast failure
 	watching:
 		for {
 			var wresp clientv3.WatchResponse
@@ -111,6 +131,9 @@ func watchPrefix[T, V any](ctx context.Context, c *Client, prefix string, decode
 			case sendTo <- pending:
 				sent()
 				continue
+			case <-p.down:
+				log.Debug("watch moves to another member", "from", p.endpoint, "revision", rev)
+				break watching
 			case wresp, ok = <-wch:
 			}
 			if !ok {
@@ -119,10 +142,16 @@ func watchPrefix[T, V any](ctx context.Context, c *Client, prefix string, decode
 			if err := wresp.Err(); err != nil {
 				if errors.Is(err, rpctypes.ErrCompacted) || wresp.CompactRevision != 0 {
 					log.Info("watch revision compacted; listing again", "compact_revision", wresp.CompactRevision)
+					rev = 0
 				} else {
-					log.Debug("watch ended; listing again", "err", err)
+					log.Debug("watch ended; resuming", "err", err, "revision", rev)
 				}
 				break watching
+			}
+			moved = true
+			if wresp.IsProgressNotify() {
+				rev = max(rev, wresp.Header.Revision)
+				continue
 			}
 			if len(wresp.Events) == 0 {
 				continue
@@ -135,6 +164,7 @@ func watchPrefix[T, V any](ctx context.Context, c *Client, prefix string, decode
 					delete(entries, string(ev.Kv.Key))
 				}
 			}
+			rev = max(rev, wresp.Events[len(wresp.Events)-1].Kv.ModRevision)
 			offer(entries, wresp.Header.Revision)
 		}
 		wcancel()
@@ -145,11 +175,19 @@ func watchPrefix[T, V any](ctx context.Context, c *Client, prefix string, decode
 		if c.ctx.Err() != nil {
 			return registry.ErrClosed
 		}
+		select {
+		case <-p.down:
+			b.Reset() // a new member: resume at once
+			continue
+		default:
+		}
+		if moved {
+			b.Reset()
+		}
 		// Do not spin when the cluster has no leader.
-		if err := pause(backoff); err != nil {
+		if err := pause(b.Next()); err != nil {
 			return err
 		}
-		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 

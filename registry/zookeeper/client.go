@@ -9,9 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"path"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-zookeeper/zk"
@@ -39,6 +41,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics defaults to registry.DefaultMetrics().
 	Metrics *registry.Metrics
+
+	// hostProvider replaces go-zookeeper's (which shuffles the servers):
+	// tests use it to choose the server a session starts on.
+	hostProvider zk.HostProvider
 }
 
 func (cfg *Config) finalize() error {
@@ -115,6 +121,11 @@ type Client struct {
 	subs       map[string]map[*subscriber]struct{} // by watched path
 	acks       map[string]*ephemeral
 	closed     bool
+
+	// recvTimeout is go-zookeeper's read timeout for the session in force
+	// (2/3 of the negotiated session timeout), learnt by the dialer's
+	// connections; 0 until a session was established.
+	recvTimeout atomic.Int64
 }
 
 var _ registry.Backend = (*Client)(nil)
@@ -134,8 +145,9 @@ func New(cfg Config) (*Client, error) {
 		acks:    map[string]*ephemeral{},
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	conn, _, err := zk.Connect(cfg.Servers, cfg.SessionTimeout,
+	opts := options(
 		zk.WithEventCallback(c.onEvent),
+		zk.WithDialer(c.dial),
 		zk.WithLogger(zkLogger{c.log}),
 		zk.WithLogInfo(false),
 		// The client's default buffers are 1.5 MB each way. Requests here
@@ -143,6 +155,10 @@ func New(cfg Config) (*Client, error) {
 		// replies are bounded by ZooKeeper's own 1 MB jute.maxbuffer.
 		zk.WithMaxConnBufferSize(256<<10),
 		zk.WithMaxBufferSize(1<<20))
+	if cfg.hostProvider != nil {
+		opts = append(opts, zk.WithHostProvider(cfg.hostProvider))
+	}
+	conn, _, err := zk.Connect(cfg.Servers, cfg.SessionTimeout, opts...)
 	if err != nil {
 		c.cancel()
 		return nil, fmt.Errorf("zookeeper: connect %v: %w", cfg.Servers, err)
@@ -150,8 +166,95 @@ func New(cfg Config) (*Client, error) {
 	c.mu.Lock()
 	c.conn = conn
 	c.mu.Unlock()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.heartbeat()
+	}()
 	return c, nil
 }
+
+// A server can stall without closing its connections: SIGSTOP, a disk that
+// stops answering, a hung VM. go-zookeeper notices only when a read times
+// out: after 2/3 of the session timeout on an established connection, and
+// after ten times that while it waits for the answer to a connect request
+// (a stalled server still accepts TCP connections), so a session that
+// fails over onto a stalled server expires there. The client therefore
+// dials through stallConn, which shortens both waits: a quarter of the
+// session timeout between two packets, kept busy by a heartbeat every
+// eighth, and a third of it for the connect answer. A session then leaves
+// a stalled server with three quarters of its timeout left to reconnect
+// elsewhere, and a watch on it catches up within about a quarter.
+
+// dial is go-zookeeper's dialer.
+func (c *Client) dial(network, address string, timeout time.Duration) (net.Conn, error) {
+	conn, err := net.DialTimeout(network, address, timeout)
+	if err != nil {
+		return nil, err
+	}
+	hs := c.cfg.SessionTimeout / 3
+	if rt := time.Duration(c.recvTimeout.Load()); rt > 0 {
+		hs = min(hs, rt/2) // a third of the negotiated timeout
+	}
+	return &stallConn{Conn: conn, c: c, handshake: hs}, nil
+}
+
+// stallConn caps the read deadlines go-zookeeper sets. Its first deadline
+// is the connect request's; every later one is recvLoop's, set to the
+// session's recvTimeout before each packet.
+type stallConn struct {
+	net.Conn
+	c         *Client
+	handshake time.Duration
+	deadlines int // non-zero read deadlines set so far
+}
+
+func (s *stallConn) SetReadDeadline(t time.Time) error {
+	// go-zookeeper sets deadlines from its connection goroutines one at a
+	// time: the handshake, then the receive loop.
+	if !t.IsZero() {
+		s.deadlines++
+	}
+	switch {
+	case s.deadlines <= 1:
+		// The connect answer (go-zookeeper reads its body with no
+		// deadline at all).
+		t = time.Now().Add(s.handshake)
+	case !t.IsZero():
+		rt := time.Until(t)
+		s.c.recvTimeout.Store(int64(rt))
+		t = time.Now().Add(rt * 3 / 8) // a quarter of the session timeout
+	}
+	return s.Conn.SetReadDeadline(t)
+}
+
+// heartbeat sends a cheap read every eighth of the session timeout, so
+// that a healthy connection carries a packet well within stallConn's
+// quarter (go-zookeeper pings only every third).
+func (c *Client) heartbeat() {
+	for {
+		every := c.cfg.SessionTimeout / 8
+		if rt := time.Duration(c.recvTimeout.Load()); rt > 0 {
+			every = rt * 3 / 16
+		}
+		t := time.NewTimer(every)
+		select {
+		case <-c.ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		if ok, _, _ := c.session(); ok {
+			// The answer (or the connection's end) comes within
+			// stallConn's read timeout.
+			c.conn.Exists("/")
+		}
+	}
+}
+
+// options collects go-zookeeper's connection options, whose type it does
+// not export, into a slice that can grow.
+func options[T any](o ...T) []T { return o }
 
 // Close deletes this client's registrations and acks and ends the session.
 func (c *Client) Close() error {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/go-zookeeper/zk"
 
+	"github.com/syncstack/syncstack/internal/backoff"
 	"github.com/syncstack/syncstack/registry"
 )
 
@@ -136,7 +137,7 @@ func watchChildren[T any](ctx context.Context, c *Client, dir string, cd codec[T
 	var pzxid int64
 	var todo work
 	var retry <-chan time.Time
-	backoff := 100 * time.Millisecond
+	b := backoff.New(100*time.Millisecond, 5*time.Second)
 	for {
 		select {
 		case <-ctx.Done():
@@ -156,11 +157,10 @@ func watchChildren[T any](ctx context.Context, c *Client, dir string, cd codec[T
 			if !errors.Is(err, errNoSession) {
 				log.Debug("watch pass failed; keeping the last set", "err", err)
 			}
-			retry = time.After(backoff)
-			backoff = min(2*backoff, 5*time.Second)
+			retry = b.After()
 			continue
 		}
-		backoff = 100 * time.Millisecond
+		b.Reset()
 		rev := pzxid
 		for _, e := range entries {
 			rev = max(rev, e.mzxid)

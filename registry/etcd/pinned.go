@@ -1,0 +1,244 @@
+package etcd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/syncstack/syncstack/internal/backoff"
+)
+
+// A member can stall without closing its connections: SIGSTOP, a disk that
+// stops answering fsync, a hung VM. gRPC's own keepalive does not notice in
+// time: grpc-go raises any client ping interval below 10 s to 10 s, and
+// etcd refuses pings more often than every 5 s anyway, so a stream on a
+// stalled member stays "healthy" for 13 s — longer than a lease TTL. And the
+// client's balancer cannot be told which member to avoid.
+//
+// So the long-lived traffic of a Client — lease keep-alives and every watch
+// — goes over a second connection, a pin, to ONE configured endpoint. Two
+// detectors watch the pin: the lease keeper (a keep-alive that does not
+// answer within a fraction of the TTL) and the progress monitor (a watch
+// progress request that gets no answer within progressTimeout). Either
+// abandons the pin: its connection is closed, which fails every call and
+// watch still waiting on the stalled member at once, and the next pin goes
+// to the next endpoint, skipping endpoints that stalled recently. Watches
+// resume from their last revision on the new pin; the lease is renewed there.
+//
+// With a single configured endpoint (a load-balancer name) a new pin is a
+// new connection to it.
+
+var (
+	// progressEvery is how often the monitor asks the pinned member for
+	// watch progress, and progressTimeout how long it waits for the answer
+	// before it declares the member stalled. A change made while the pinned
+	// member is stalled reaches watchers within about their sum plus a
+	// reconnect: about 1 s. (Each check is one small request per Client,
+	// answered from the member's memory.)
+	progressEvery   = 300 * time.Millisecond
+	progressTimeout = 700 * time.Millisecond
+	// quarantine is how long an endpoint that stalled is passed over when
+	// another one is available.
+	quarantine = 30 * time.Second
+)
+
+// pin is one connection to one endpoint.
+type pin struct {
+	cli      *clientv3.Client
+	endpoint string
+	down     chan struct{} // closed when the pin is abandoned
+}
+
+// pinned returns the pin in force, connecting one when there is none.
+func (c *Client) pinned(ctx context.Context) (*pin, error) {
+	if _, err := c.conn(ctx); err != nil { // connected (and logged in) once
+		return nil, err
+	}
+	c.pinMu.Lock()
+	defer c.pinMu.Unlock()
+	if c.pin != nil {
+		return c.pin, nil
+	}
+	if c.ctx.Err() != nil {
+		return nil, context.Cause(c.ctx)
+	}
+	ep := c.nextEndpoint()
+	ccfg := c.ccfg
+	ccfg.Endpoints = []string{ep}
+	ccfg.Context = c.ctx
+	// New blocks only to log in (with a username), within DialTimeout:
+	// a stalled member must not hold every caller of pinned for long.
+	ccfg.DialTimeout = min(ccfg.DialTimeout, max(c.cfg.LeaseTTL/3, time.Second))
+	cli, err := clientv3.New(ccfg)
+	if err != nil {
+		c.stalled[ep] = time.Now()
+		return nil, fmt.Errorf("etcd: connect %s: %w", ep, err)
+	}
+	c.pin = &pin{cli: cli, endpoint: ep, down: make(chan struct{})}
+	c.log.Debug("pinned long-lived calls to an endpoint", "endpoint", ep)
+	return c.pin, nil
+}
+
+// nextEndpoint picks the endpoint for a new pin: the next in order that has
+// not stalled within quarantine, else the one that stalled longest ago.
+// c.pinMu is held.
+func (c *Client) nextEndpoint() string {
+	eps := c.cfg.Endpoints
+	if c.pinNext < 0 {
+		// Start anywhere, so that a fleet spreads over the members.
+		c.pinNext = rand.IntN(len(eps))
+	}
+	best := ""
+	for i := range eps {
+		ep := eps[(c.pinNext+i)%len(eps)]
+		at, bad := c.stalled[ep]
+		if !bad || time.Since(at) > quarantine {
+			best = ep
+			c.pinNext = (c.pinNext + i + 1) % len(eps)
+			break
+		}
+		if best == "" || at.Before(c.stalled[best]) {
+			best = ep
+		}
+	}
+	if best == "" {
+		best = eps[c.pinNext%len(eps)]
+	}
+	return best
+}
+
+// abandon leaves p (when it is still the pin in force) because its member
+// stalled: every call and watch on it fails now, and the next pin goes to
+// another endpoint.
+func (c *Client) abandon(p *pin, why string) {
+	c.pinMu.Lock()
+	if c.pin != p {
+		c.pinMu.Unlock()
+		return
+	}
+	c.pin = nil
+	c.stalled[p.endpoint] = time.Now()
+	close(p.down)
+	c.pinMu.Unlock()
+	c.m.Errors.WithLabelValues(backendName, "member_stalled").Inc()
+	c.log.Warn("etcd member does not answer; moving lease keep-alive and watches to another member",
+		"endpoint", p.endpoint, "why", why)
+	// Close may wait for the client's goroutines; nothing here needs to.
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		p.cli.Close()
+	}()
+}
+
+// closePin closes the pin at Close.
+func (c *Client) closePin() {
+	c.pinMu.Lock()
+	p := c.pin
+	c.pin = nil
+	c.pinMu.Unlock()
+	if p != nil {
+		close(p.down)
+		p.cli.Close()
+	}
+}
+
+// watchContext returns the context every watch on a pin uses: watches that
+// share outgoing metadata share one gRPC stream, and the monitor's progress
+// requests must travel on that stream. It starts the monitor.
+func (c *Client) watchContext(ctx context.Context) context.Context {
+	c.mu.Lock()
+	if !c.monitorOn && !c.closed {
+		c.monitorOn = true
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.monitorPins()
+		}()
+	}
+	c.mu.Unlock()
+	return clientv3.WithRequireLeader(ctx)
+}
+
+// monitorPins checks that the pinned member answers watch progress
+// requests, and abandons the pin when it does not (or when it has no
+// leader while the rest of the cluster may).
+func (c *Client) monitorPins() {
+	b := backoff.New(100*time.Millisecond, time.Second)
+	for c.ctx.Err() == nil {
+		p, err := c.pinned(c.ctx)
+		if err != nil {
+			if b.Wait(c.ctx) != nil {
+				return
+			}
+			continue
+		}
+		start := time.Now()
+		if why := c.probe(p); why != "" {
+			c.abandon(p, why)
+		} else if time.Since(start) > 10*progressEvery {
+			b.Reset() // it ran a good while: not a fast failure loop
+		}
+		if b.Wait(c.ctx) != nil {
+			return
+		}
+	}
+}
+
+// probe watches a key nobody writes on p's watch stream and asks for
+// progress every progressEvery. It returns why the member is considered
+// stalled, or "" when the pin went away for another reason.
+func (c *Client) probe(p *pin) string {
+	ctx, cancel := context.WithCancel(c.watchContext(c.ctx))
+	defer cancel()
+	// Watch returns only once the member confirms the watch: a stalled
+	// member never does, so that wait is timed too.
+	created := make(chan clientv3.WatchChan, 1)
+	go func() { created <- p.cli.Watch(ctx, c.cfg.Root+"/.progress-probe") }()
+	var wch clientv3.WatchChan
+	tick := time.NewTicker(progressEvery)
+	defer tick.Stop()
+	waiting := time.After(progressTimeout) // set while an answer is due
+	for {
+		select {
+		case <-c.ctx.Done():
+			return ""
+		case <-p.down:
+			return ""
+		case wch = <-created:
+			waiting = nil
+		case resp, ok := <-wch:
+			if !ok {
+				return "" // the pin was closed
+			}
+			if err := resp.Err(); err != nil {
+				if errors.Is(err, rpctypes.ErrNoLeader) {
+					return "member has no leader"
+				}
+				return ""
+			}
+			waiting = nil // any answer on the stream shows it moves
+		case <-tick.C:
+			if waiting != nil {
+				continue
+			}
+			rctx, rcancel := context.WithTimeout(ctx, progressTimeout)
+			err := p.cli.RequestProgress(rctx)
+			rcancel()
+			if err != nil && c.ctx.Err() == nil {
+				return fmt.Sprintf("progress request: %v", err)
+			}
+			waiting = time.After(progressTimeout)
+		case <-waiting:
+			if wch == nil {
+				return fmt.Sprintf("watch not confirmed within %v", progressTimeout)
+			}
+			return fmt.Sprintf("no watch progress within %v", progressTimeout)
+		}
+	}
+}
