@@ -11,6 +11,7 @@ type Metrics struct {
 	Registered     *prometheus.GaugeVec     // service
 	Maintenance    *prometheus.GaugeVec     // service
 	RegistryErrors *prometheus.CounterVec   // service, op
+	Pending        *prometheus.GaugeVec     // service, op
 	Transitions    *prometheus.CounterVec   // service, to
 }
 
@@ -37,12 +38,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		RegistryErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nerve_registry_errors_total", Help: "Failed registry operations (register, deregister, update), retried with backoff.",
 		}, []string{"service", "op"}),
+		Pending: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "nerve_registry_pending", Help: "1 while a change (op: register, deregister, update) waits for the registry to confirm it; retried until it does.",
+		}, []string{"service", "op"}),
 		Transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nerve_service_transitions_total", Help: "Health transitions by rise/fall, by target state (up, down).",
 		}, []string{"service", "to"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.CheckResults, m.CheckDuration, m.Up, m.Registered, m.Maintenance, m.RegistryErrors, m.Transitions)
+		reg.MustRegister(m.CheckResults, m.CheckDuration, m.Up, m.Registered, m.Maintenance, m.RegistryErrors, m.Pending, m.Transitions)
 	}
 	return m
 }
@@ -51,4 +55,5 @@ func (m *Metrics) forget(service string) {
 	for _, v := range []*prometheus.GaugeVec{m.Up, m.Registered, m.Maintenance} {
 		v.DeleteLabelValues(service)
 	}
+	m.Pending.DeletePartialMatch(prometheus.Labels{"service": service})
 }

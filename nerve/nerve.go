@@ -114,14 +114,22 @@ func (a *Agent) apply(cfg *Config) error {
 			continue
 		}
 		a.log.Info("stopping service", "service", name, "reason", map[bool]string{true: "changed", false: "removed"}[ok])
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		if err := s.stop(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("service %s: deregister: %w", name, err))
+		// A changed service hands an unconfirmed removal to the service
+		// that replaces it, which finishes it before it registers: no
+		// need to hold the reload (and the admin API) for long.
+		wait := 10 * time.Second
+		if ok {
+			wait = 2 * time.Second
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		leaving, err := s.stop(ctx)
 		cancel()
+		if err != nil && !ok {
+			errs = append(errs, fmt.Errorf("service %s: deregister: %w (still retried while the registry client lives)", name, err))
+		}
 		delete(a.services, name)
-		if ok { // keep what an operator set on the service
-			a.services[name] = &service{maint: s.maint, weight: s.weight}
+		if ok { // keep what an operator set on the service, and what it has still to remove
+			a.services[name] = &service{maint: s.maint, weight: s.weight, reg: leaving, leaving: leaving != nil}
 		}
 	}
 	names := make([]string, 0, len(cfg.Services))
@@ -141,7 +149,7 @@ func (a *Agent) apply(cfg *Config) error {
 			delete(a.services, name)
 			continue
 		}
-		s, err := newService(name, svcCfg, b, a.log, a.m)
+		s, err := newService(name, svcCfg, b, a.log, a.m, cfg.RegistryTimeout.D())
 		if err != nil {
 			errs = append(errs, fmt.Errorf("service %s: %w", name, err))
 			delete(a.services, name)
@@ -149,6 +157,7 @@ func (a *Agent) apply(cfg *Config) error {
 		}
 		if exists {
 			s.maint, s.weight = prev.maint, prev.weight
+			s.reg, s.leaving = prev.reg, prev.leaving
 			a.m.Maintenance.WithLabelValues(name).Set(b2f(s.maint != nil))
 		}
 		a.services[name] = s
@@ -191,13 +200,21 @@ func (a *Agent) closeUnusedBackends() {
 func (a *Agent) Shutdown(ctx context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if _, ok := ctx.Deadline(); !ok {
+		// A registry out of reach must not hold nerve's exit forever:
+		// once the client is closed, the session or lease ends and takes
+		// what could not be removed with it.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, a.cfg.RegistryTimeout.D())
+		defer cancel()
+	}
 	var wg sync.WaitGroup
 	errs := make(chan error, len(a.services))
 	for name, s := range a.services {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := s.stop(ctx); err != nil {
+			if _, err := s.stop(ctx); err != nil {
 				errs <- fmt.Errorf("service %s: %w", name, err)
 			}
 		}()

@@ -2,11 +2,13 @@ package nerve
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/syncstack/syncstack/internal/backoff"
 	"github.com/syncstack/syncstack/nerve/checks"
 	"github.com/syncstack/syncstack/registry"
 )
@@ -28,17 +30,24 @@ type Maintenance struct {
 
 // ServiceStatus is what GET /status reports for one service.
 type ServiceStatus struct {
-	Name        string        `json:"name"`
-	State       string        `json:"state"` // up, down, maintenance
-	Healthy     bool          `json:"healthy"`
-	Registered  bool          `json:"registered"`
-	Key         string        `json:"key,omitempty"`
-	Weight      *int          `json:"weight,omitempty"`
-	Maintenance *Maintenance  `json:"maintenance,omitempty"`
-	Checks      []CheckResult `json:"checks"`
-	GoodStreak  int           `json:"good_streak"`
-	BadStreak   int           `json:"bad_streak"`
-	LastError   string        `json:"registry_error,omitempty"`
+	Name    string `json:"name"`
+	State   string `json:"state"` // up, down, maintenance
+	Healthy bool   `json:"healthy"`
+	// Registered is what the registry has confirmed: true from the first
+	// confirmed write until the removal is confirmed.
+	Registered bool `json:"registered"`
+	// Pending is the change nerve wants and the registry has not confirmed
+	// yet (register, deregister, update), retried however long the
+	// registry is away; PendingSince is when it became pending.
+	Pending      string        `json:"pending,omitempty"`
+	PendingSince *time.Time    `json:"pending_since,omitempty"`
+	Key          string        `json:"key,omitempty"`
+	Weight       *int          `json:"weight,omitempty"`
+	Maintenance  *Maintenance  `json:"maintenance,omitempty"`
+	Checks       []CheckResult `json:"checks"`
+	GoodStreak   int           `json:"good_streak"`
+	BadStreak    int           `json:"bad_streak"`
+	LastError    string        `json:"registry_error,omitempty"`
 }
 
 // service runs one service's checks every interval, counts rise and fall
@@ -55,23 +64,39 @@ type service struct {
 	ctx     context.Context // the check loop's
 	cancel  context.CancelFunc
 
-	mu         sync.Mutex
-	healthy    bool
-	good, bad  int
-	results    []CheckResult
-	maint      *Maintenance
-	weight     *int // set through the admin API; nil: the config's
-	reg        registry.Registration
-	registered registry.Instance // the record last written
-	lastErr    string
-	backoff    time.Duration
-	reporting  bool           // a reportLoop runs
-	reporters  sync.WaitGroup // the reportLoops started
+	mu        sync.Mutex
+	healthy   bool
+	good, bad int
+	results   []CheckResult
+	maint     *Maintenance
+	weight    *int // set through the admin API; nil: the config's
+	// What the registry holds, as far as it has confirmed: reg is the
+	// registration (nil: none), registered the record confirmed written.
+	// leaving: its removal was asked for and is not confirmed yet. What
+	// nerve wants follows from healthy, maint and record(); the two are
+	// reconciled until they agree.
+	reg          registry.Registration
+	registered   registry.Instance
+	leaving      bool
+	pending      string // pendingOp() as last noted
+	pendingSince time.Time
+	lastErr      string
+	retries      *backoff.Backoff
+	// confirmWait bounds one wait for the registry to confirm a removal
+	// (the registry timeout): the keeper keeps trying in the background,
+	// the wait is counted as a registry error and starts again.
+	confirmWait time.Duration
+	reporting   bool           // a reportLoop runs
+	reporters   sync.WaitGroup // the reportLoops started
 }
 
-func newService(name string, cfg *ServiceConfig, backend registry.Backend, log *slog.Logger, m *Metrics) (*service, error) {
-	s := &service{name: name, cfg: cfg, backend: backend, m: m,
-		log: log.With("service", name), done: make(chan struct{})}
+func newService(name string, cfg *ServiceConfig, backend registry.Backend, log *slog.Logger, m *Metrics, confirmWait time.Duration) (*service, error) {
+	s := &service{name: name, cfg: cfg, backend: backend, m: m, confirmWait: confirmWait,
+		log: log.With("service", name), done: make(chan struct{}),
+		// A write to a registry out of reach already waits its timeout:
+		// the pause between attempts stays short, so a change lands soon
+		// after the registry is back.
+		retries: backoff.New(250*time.Millisecond, 2*time.Second)}
 	for _, cc := range cfg.Checks {
 		c, err := checks.New(cc)
 		if err != nil {
@@ -105,6 +130,7 @@ func (s *service) start(ctx context.Context) {
 func (s *service) poke() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.notePending()
 	if s.reporting || s.ctx.Err() != nil || !s.outOfStep() {
 		return
 	}
@@ -118,12 +144,40 @@ func (s *service) poke() {
 
 // outOfStep reports whether the registration differs from what it should
 // be; s.mu is held.
-func (s *service) outOfStep() bool {
+func (s *service) outOfStep() bool { return s.pendingOp() != "" }
+
+// pendingOp is the change the registry has still to confirm: deregister,
+// register, update, or "" when it holds what nerve wants. An unconfirmed
+// removal comes first whatever nerve wants now: registering again before
+// it is confirmed would leave two records for the instance. s.mu is held.
+func (s *service) pendingOp() string {
 	want := s.healthy && s.maint == nil
-	if want != (s.reg != nil) {
-		return true
+	switch {
+	case s.reg != nil && (s.leaving || !want):
+		return "deregister"
+	case want && s.reg == nil:
+		return "register"
+	case want && !s.record().Equal(s.registered):
+		return "update"
 	}
-	return s.reg != nil && !s.record().Equal(s.registered)
+	return ""
+}
+
+// notePending records when the pending change began, for the status and
+// the metric; s.mu is held.
+func (s *service) notePending() {
+	op := s.pendingOp()
+	if op == s.pending {
+		return
+	}
+	if s.pending != "" {
+		s.m.Pending.WithLabelValues(s.name, s.pending).Set(0)
+	}
+	s.pending, s.pendingSince = op, time.Time{}
+	if op != "" {
+		s.pendingSince = time.Now().UTC()
+		s.m.Pending.WithLabelValues(s.name, op).Set(1)
+	}
 }
 
 // checkLoop runs a check round every interval. It never waits on the
@@ -245,21 +299,39 @@ func (s *service) record() registry.Instance {
 	return in
 }
 
-// reconcile makes the registration match the desired state, and returns
-// when to try again (0: nothing pending). A registry error is "unknown":
-// nothing changes, the write is retried with backoff, and it never counts
-// against health.
+// reconcile takes one step towards what nerve wants, and returns when to
+// try again (0: at once if anything is still pending). A registry error is
+// "unknown": nothing changes, the write is retried with backoff, and it
+// never counts against health.
 func (s *service) reconcile(ctx context.Context) time.Duration {
 	s.mu.Lock()
-	want := s.healthy && s.maint == nil
+	op := s.pendingOp()
 	reg, rec := s.reg, s.record()
+	if op == "deregister" {
+		s.leaving = true
+	}
 	s.mu.Unlock()
 
 	var err error
-	var op string
-	switch {
-	case want && reg == nil:
-		op = "register"
+	switch op {
+	case "deregister":
+		// The keeper retries the removal until the registry confirms it;
+		// this only waits for that, a bounded time per pass.
+		dctx, cancel := context.WithTimeout(ctx, s.confirmWait)
+		err = reg.Deregister(dctx)
+		cancel()
+		if errors.Is(err, registry.ErrClosed) {
+			// The client closed: its session or lease ends, and the
+			// record with it.
+			err = nil
+		}
+		if err == nil {
+			s.mu.Lock()
+			s.reg, s.leaving = nil, false
+			s.mu.Unlock()
+			s.log.Info("deregistered", "key", reg.Key())
+		}
+	case "register":
 		var r registry.Registration
 		r, err = s.backend.Register(ctx, s.cfg.RegistryPath(), rec)
 		if err == nil {
@@ -268,19 +340,7 @@ func (s *service) reconcile(ctx context.Context) time.Duration {
 			s.mu.Unlock()
 			s.log.Info("registered", "key", r.Key())
 		}
-	case !want && reg != nil:
-		op = "deregister"
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		err = reg.Deregister(dctx)
-		cancel()
-		// The keeper has stopped whatever the outcome; a node it could not
-		// delete goes with the session.
-		s.mu.Lock()
-		s.reg = nil
-		s.mu.Unlock()
-		s.log.Info("deregistered", "key", reg.Key(), "err", err)
-	case want && reg != nil && !rec.Equal(s.registeredRecord()):
-		op = "update"
+	case "update":
 		err = reg.Update(ctx, rec)
 		if err == nil {
 			s.mu.Lock()
@@ -294,14 +354,23 @@ func (s *service) reconcile(ctx context.Context) time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.m.Registered.WithLabelValues(s.name).Set(b2f(s.reg != nil))
+	s.notePending()
 	if err != nil && ctx.Err() == nil {
 		s.m.RegistryErrors.WithLabelValues(s.name, op).Inc()
 		s.lastErr = op + ": " + err.Error()
-		s.backoff = min(max(2*s.backoff, 250*time.Millisecond), 30*time.Second)
-		s.log.Warn("registry write failed; will retry", "op", op, "err", err, "in", s.backoff)
-		return s.backoff
+		if op == "deregister" {
+			// Deregister itself waited; the keeper paces the retries.
+			s.log.Warn("registry has not confirmed the removal yet; still trying", "err", err, "pending_since", s.pendingSince)
+			return 100 * time.Millisecond
+		}
+		d := s.retries.Next()
+		s.log.Warn("registry write failed; will retry", "op", op, "err", err, "in", d)
+		return d
 	}
-	s.lastErr, s.backoff = "", 0
+	if err == nil {
+		s.lastErr = ""
+		s.retries.Reset()
+	}
 	return 0
 }
 
@@ -311,31 +380,44 @@ func (s *service) registeredRecord() registry.Instance {
 	return s.registered
 }
 
-// stop ends the check loop and deregisters.
-func (s *service) stop(ctx context.Context) error {
+// stop ends the check loop and deregisters. A registration whose removal
+// the registry has not confirmed by ctx's end is returned with the error:
+// its keeper keeps trying, and a service that replaces this one waits for
+// it before it registers.
+func (s *service) stop(ctx context.Context) (registry.Registration, error) {
 	s.cancel()
 	<-s.done
 	s.closeChecks()
 	s.mu.Lock()
 	reg := s.reg
-	s.reg = nil
 	s.mu.Unlock()
 	s.m.forget(s.name)
 	if reg == nil {
-		return nil
+		return nil, nil
 	}
 	err := reg.Deregister(ctx)
+	if errors.Is(err, registry.ErrClosed) {
+		err = nil
+	}
 	s.log.Info("deregistered", "key", reg.Key(), "err", err)
-	return err
+	if err != nil {
+		return reg, err
+	}
+	return nil, nil
 }
 
 func (s *service) status() ServiceStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.notePending()
 	st := ServiceStatus{
-		Name: s.name, Healthy: s.healthy, Registered: s.reg != nil,
+		Name: s.name, Healthy: s.healthy, Registered: s.reg != nil, Pending: s.pending,
 		Checks: append([]CheckResult(nil), s.results...), GoodStreak: s.good, BadStreak: s.bad,
 		LastError: s.lastErr, Weight: s.record().Weight,
+	}
+	if s.pending != "" {
+		since := s.pendingSince
+		st.PendingSince = &since
 	}
 	if s.reg != nil {
 		st.Key = s.reg.Key()

@@ -57,7 +57,13 @@ type Backend interface {
 type Registration interface {
 	// Update rewrites the record (a new weight, say) in place.
 	Update(ctx context.Context, inst Instance) error
-	// Deregister removes the record and stops keeping it.
+	// Deregister removes the record and stops keeping it. It returns nil
+	// once the registry has confirmed the removal (or the session or lease
+	// that held the record is known to be gone). If ctx ends first it
+	// returns an error and the removal goes on in the background, retried
+	// until confirmed or the Backend is closed: a session or lease outlives
+	// an outage of the registry, so a removal given up would leave the
+	// record there for good. Calling it again waits again.
 	Deregister(ctx context.Context) error
 	// Key is where the record lives now (it changes when it is re-created).
 	Key() string
