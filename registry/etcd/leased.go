@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/syncstack/syncstack/internal/backoff"
@@ -132,6 +133,9 @@ func (k *leasedKey) run() {
 			cancel()
 			k.c.count("writes", "put", err)
 			if err != nil {
+				if errors.Is(rpctypes.Error(err), rpctypes.ErrLeaseNotFound) {
+					k.c.checkLease() // etcd says the lease is gone: a new one now, not at the next renewal
+				}
 				d := putRetries.Next()
 				if k.ctx.Err() == nil {
 					k.c.log.Info("leased put failed; retrying", "key", k.key, "err", err, "in", d)
@@ -340,6 +344,9 @@ func (k *leasedKey) update(ctx context.Context, data []byte) error {
 			k.rev = max(k.rev, resp.Header.Revision)
 			k.mu.Unlock()
 			return nil
+		}
+		if errors.Is(rpctypes.Error(err), rpctypes.ErrLeaseNotFound) {
+			k.c.checkLease()
 		}
 		// The keeper will write it under whatever lease holds next.
 		k.mu.Lock()
