@@ -252,13 +252,15 @@ func badRecords(t *testing.T, h Harness) {
 	h.Plant(t, dir(t, ""), "junk_0000000004", []byte("not json"))
 	h.Plant(t, dir(t, ""), "port_0000000005", []byte(`{"host":"10.0.0.5","port":70000}`))
 	h.Plant(t, dir(t, ""), "hash_0000000006", []byte(`{"host":"10.0.0.6#x","port":80}`))
+	h.Plant(t, dir(t, ""), "dup_0000000007", []byte(`{"host":"10.0.0.7","port":80,"host":"6.6.6.6"}`))
+	h.Plant(t, dir(t, ""), "crt_0000000008", []byte(`{"host":"10.0.0.8","port":80,"haproxy_server_options":"ssl crt /etc/shadow"}`))
 	w := StartWatch(t, c, dir(t, ""))
 	got := w.WaitFor(t, 5*time.Second, "the good record", HasLen(1))
 	if got[0].Name != "good" {
 		t.Errorf("got %v, want only good", got)
 	}
-	if n := h.Skipped(c, dir(t, "")); n != 5 {
-		t.Errorf("skipped = %v, want 5", n)
+	if n := h.Skipped(c, dir(t, "")); n != 7 {
+		t.Errorf("skipped = %v, want 7", n)
 	}
 	// A bad record fixed in place is picked up; a new bad one leaves the rest.
 	h.Plant(t, dir(t, ""), "port_0000000005", []byte(`{"host":"10.0.0.5","port":7000,"name":"fixed"}`))
