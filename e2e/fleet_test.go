@@ -164,6 +164,10 @@ func (f *fleet) heal(t *testing.T) {
 			t.Logf("heal: backend %s was left stopped; starting it", id)
 			f.startBackend(id)
 		}
+		if f.nerves[id].exited() {
+			t.Logf("heal: nerve %s was left stopped; starting it", id)
+			f.startNerve(id)
+		}
 	}
 	if f.zk != nil {
 		for _, n := range f.zk.Nodes {

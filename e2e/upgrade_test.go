@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/syncstack/syncstack/internal/testserver"
+	"github.com/syncstack/syncstack/registry/registrytest"
 )
 
 // upgrade: the synapse binary is replaced (as a package upgrade does: a new
@@ -43,7 +44,17 @@ func upgrade(t *testing.T, f *fleet) {
 	replaceBinary(t, filepath.Join(binDir, "nerve"))
 	out := time.Now()
 	f.nerves["b"].stop()
-	f.waitServers(map[string]int{"a": 0, "c": 0}, 10*time.Second)
+	// Out of traffic: gone, or in maint while HAProxy still holds
+	// connections to it (del server waits for them).
+	registrytest.Eventually(t, 10*time.Second, "b out of HAProxy's traffic", func() bool {
+		got, err := testserver.TryHAProxyServers(f.stats(), "web")
+		for name, s := range got {
+			if strings.HasPrefix(name, "b_") {
+				return err == nil && s.Admin&1 != 0
+			}
+		}
+		return err == nil && len(got) == 2
+	})
 	f.startNerve("b")
 	f.waitServers(map[string]int{"a": 0, "b": 0, "c": 0}, 30*time.Second)
 	t.Logf("nerve restart: b out of HAProxy for %v (deregistered at stop, registered after rise 2 × 200 ms checks)", time.Since(out).Round(10*time.Millisecond))
