@@ -8,8 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -38,11 +36,9 @@ type EtcdMember struct {
 	dir  string // holds data/ and etcd.log
 	t    testing.TB
 
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	frozen bool
-	cli    *clientv3.Client // status probes; made on first use
-	id     uint64           // member ID, learned from a status answer
+	serverProcess                  // Kill, Freeze, Thaw, Frozen, Running; its mu guards the fields below too
+	cli           *clientv3.Client // status probes; made on first use
+	id            uint64           // member ID, learned from a status answer
 }
 
 // StartEtcdCluster starts n etcd processes that form one cluster, waits
@@ -216,63 +212,9 @@ func (m *EtcdMember) Start() {
 	defer log.Close()
 	cmd := exec.Command(EtcdBinary, m.args...)
 	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := m.startLocked(cmd); err != nil {
 		m.t.Fatalf("testserver: start etcd %s: %v", m.Name, err)
 	}
-	m.cmd, m.frozen = cmd, false
-}
-
-// Kill stops the member with SIGKILL (thawing it first, so the signal is
-// delivered at once) and waits for it to exit. Its data stays for Start.
-func (m *EtcdMember) Kill() {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.cmd == nil {
-		return
-	}
-	syscall.Kill(-m.cmd.Process.Pid, syscall.SIGCONT)
-	syscall.Kill(-m.cmd.Process.Pid, syscall.SIGKILL)
-	m.cmd.Wait()
-	m.cmd, m.frozen = nil, false
-}
-
-// Freeze stops the member with SIGSTOP: its sockets stay open but nothing
-// answers, as with a stalled disk or a hung host.
-func (m *EtcdMember) Freeze() {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.cmd == nil || m.frozen {
-		return
-	}
-	syscall.Kill(-m.cmd.Process.Pid, syscall.SIGSTOP)
-	m.frozen = true
-}
-
-// Thaw resumes a frozen member with SIGCONT.
-func (m *EtcdMember) Thaw() {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.cmd == nil || !m.frozen {
-		return
-	}
-	syscall.Kill(-m.cmd.Process.Pid, syscall.SIGCONT)
-	m.frozen = false
-}
-
-// Running reports whether the process was started and not killed (a
-// frozen member is running).
-func (m *EtcdMember) Running() bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.cmd != nil
-}
-
-// Frozen reports whether the member is stopped by Freeze.
-func (m *EtcdMember) Frozen() bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.frozen
 }
 
 // LogTail returns the last lines of the member's log.

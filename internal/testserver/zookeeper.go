@@ -8,8 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -26,9 +24,7 @@ type ZKNode struct {
 	dir        string
 	t          testing.TB
 
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	frozen bool
+	serverProcess // Kill, Freeze, Thaw, Frozen, Running
 }
 
 // ZKEnsemble is a standalone server (one node) or a quorum on loopback.
@@ -133,64 +129,11 @@ func (n *ZKNode) Start() {
 		"-Dzookeeper.admin.enableServer=false", "-cp", ZooKeeperJar,
 		"org.apache.zookeeper.server.quorum.QuorumPeerMain", filepath.Join(n.dir, "zoo.cfg"))
 	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		log.Close()
+	err = n.startLocked(cmd)
+	log.Close()
+	if err != nil {
 		n.t.Fatalf("testserver: start zookeeper: %v", err)
 	}
-	log.Close()
-	n.cmd, n.frozen = cmd, false
-}
-
-// Kill stops the node with SIGKILL (thawing it first, so the signal is
-// delivered at once) and waits for it to exit.
-func (n *ZKNode) Kill() {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.cmd == nil {
-		return
-	}
-	syscall.Kill(-n.cmd.Process.Pid, syscall.SIGCONT)
-	syscall.Kill(-n.cmd.Process.Pid, syscall.SIGKILL)
-	n.cmd.Wait()
-	n.cmd, n.frozen = nil, false
-}
-
-// Freeze stops the node with SIGSTOP: its sockets stay open but nothing
-// answers, as with a stalled disk or a hung host (a gray failure).
-func (n *ZKNode) Freeze() {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.cmd == nil || n.frozen {
-		return
-	}
-	syscall.Kill(-n.cmd.Process.Pid, syscall.SIGSTOP)
-	n.frozen = true
-}
-
-// Thaw resumes a frozen node with SIGCONT.
-func (n *ZKNode) Thaw() {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.cmd == nil || !n.frozen {
-		return
-	}
-	syscall.Kill(-n.cmd.Process.Pid, syscall.SIGCONT)
-	n.frozen = false
-}
-
-// Frozen reports whether the node is stopped by Freeze.
-func (n *ZKNode) Frozen() bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.frozen
-}
-
-// Running reports whether the process was started and not killed.
-func (n *ZKNode) Running() bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.cmd != nil
 }
 
 // WaitServing waits until the node answers srvr with a mode, which it does
