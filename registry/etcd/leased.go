@@ -34,7 +34,7 @@ type leasedKey struct {
 	firstOK chan struct{}
 	written chan struct{} // closed and replaced after every put of the keeper; under mu
 	done    chan struct{} // closed once the removal is confirmed (or the client closed)
-	repairs repairPacer
+	repairs *backoff.Pacer
 	watches atomic.Int64 // watches started, for tests
 
 	mu        sync.Mutex
@@ -58,7 +58,7 @@ func (c *Client) startLeased(ctx context.Context, key string, data []byte) *leas
 	k := &leasedKey{c: c, key: key, data: data,
 		kick: make(chan struct{}, 1), firstOK: make(chan struct{}), done: make(chan struct{}),
 		written: make(chan struct{}),
-		repairs: repairPacer{b: backoff.New(100*time.Millisecond, 5*time.Second)}}
+		repairs: backoff.NewPacer(100*time.Millisecond, 5*time.Second, 5*time.Second)}
 	k.ctx, k.cancel = context.WithCancel(ctx)
 	stop := context.AfterFunc(c.ctx, k.cancel)
 	c.wg.Add(1)
@@ -123,7 +123,7 @@ func (k *leasedKey) run() {
 		data := k.data
 		k.mu.Unlock()
 		if need && everPut {
-			if d := k.repairs.hold(time.Now()); d > 0 {
+			if d := k.repairs.Hold(time.Now()); d > 0 {
 				retry, need = time.After(d), false
 			}
 		}
@@ -252,33 +252,6 @@ func (k *leasedKey) readBack(cli *clientv3.Client) {
 	k.c.log.Info("read-back: leased key missing or changed; putting it back", "key", k.key)
 	k.putUnder = 0
 	k.kickNow()
-}
-
-// repairPacer spaces out the repairs of a key that another writer keeps
-// changing (two processes that claim the same key): the first two go at
-// once, further ones within a few seconds back off, so the two never write
-// in a tight loop.
-type repairPacer struct {
-	b    *backoff.Backoff
-	last time.Time // the last repair
-	next time.Time // no repair before
-}
-
-const repairQuiet = 5 * time.Second
-
-// hold returns how long to wait before repairing; 0: repair now.
-func (p *repairPacer) hold(now time.Time) time.Duration {
-	if now.Before(p.next) {
-		return p.next.Sub(now)
-	}
-	if !p.last.IsZero() && now.Sub(p.last) < repairQuiet {
-		p.next = now.Add(p.b.Next())
-	} else {
-		p.b.Reset()
-		p.next = now
-	}
-	p.last = now
-	return 0
 }
 
 // removeUntilConfirmed deletes the key and retries until etcd confirms it.

@@ -8,7 +8,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/syncstack/syncstack/internal/backoff"
 	"github.com/syncstack/syncstack/internal/testserver"
 	"github.com/syncstack/syncstack/registry"
 	"github.com/syncstack/syncstack/registry/registrytest"
@@ -163,30 +162,5 @@ func TestWatchWithoutLeaderBacksOff(t *testing.T) {
 	// 100 ms doubling to 5 s: about six in 3 s.
 	if n > 12 {
 		t.Errorf("%d watches started in 3s without a leader, want a backoff (≤ 12)", n)
-	}
-}
-
-// Repairs of a record another writer keeps changing: the first two at
-// once, then spaced out by a growing backoff; after a quiet spell, at once
-// again.
-func TestRepairPacer(t *testing.T) {
-	p := repairPacer{b: backoff.New(100*time.Millisecond, 5*time.Second)}
-	t0 := time.Unix(1000, 0)
-	for i, tc := range []struct {
-		at       time.Duration // since t0
-		min, max time.Duration // the hold
-	}{
-		{0, 0, 0},                     // first repair: now
-		{10 * time.Millisecond, 0, 0}, // second: now, and the next one waits
-		{20 * time.Millisecond, 1, 100 * time.Millisecond},
-		{200 * time.Millisecond, 0, 0},                      // its hold is over
-		{210 * time.Millisecond, 1, 200 * time.Millisecond}, // growing
-		{10 * time.Second, 0, 0},                            // after a quiet spell: at once
-		{10*time.Second + time.Millisecond, 0, 0},           // and the backoff starts over
-	} {
-		got := p.hold(t0.Add(tc.at))
-		if got < tc.min || got > tc.max {
-			t.Errorf("step %d at +%v: hold %v, want %v..%v", i, tc.at, got, tc.min, tc.max)
-		}
 	}
 }

@@ -37,7 +37,7 @@ type ephemeral struct {
 	firstOK    chan struct{} // closed after the first successful write
 	done       chan struct{} // closed once the removal is confirmed (or the client closed)
 	log        interface{ Info(string, ...any) }
-	repairs    repairPacer
+	repairs    *backoff.Pacer
 
 	mu        sync.Mutex
 	data      []byte
@@ -63,7 +63,7 @@ func (c *Client) startEphemeral(ctx context.Context, dir, child string, sequenti
 		c: c, dir: dir, child: child, sequential: sequential, data: data,
 		kick: make(chan struct{}, 1), firstOK: make(chan struct{}), done: make(chan struct{}),
 		log:     c.log.With("node", dir+"/"+child),
-		repairs: repairPacer{b: backoff.New(100*time.Millisecond, 5*time.Second)},
+		repairs: backoff.NewPacer(100*time.Millisecond, 5*time.Second, 5*time.Second),
 	}
 	e.ctx, e.cancel = context.WithCancel(ctx)
 	stop := context.AfterFunc(c.ctx, e.cancel)
@@ -181,33 +181,6 @@ type pacedError struct{ d time.Duration }
 
 func (p *pacedError) Error() string { return fmt.Sprintf("repair held off for %v", p.d) }
 
-// repairPacer spaces out the repairs of a record that another writer keeps
-// changing (two processes that claim the same record): the first two go at
-// once, further ones within a few seconds back off, so the two never write
-// in a tight loop.
-type repairPacer struct {
-	b    *backoff.Backoff
-	last time.Time // the last repair
-	next time.Time // no repair before
-}
-
-const repairQuiet = 5 * time.Second
-
-// hold returns how long to wait before repairing; 0: repair now.
-func (p *repairPacer) hold(now time.Time) time.Duration {
-	if now.Before(p.next) {
-		return p.next.Sub(now)
-	}
-	if !p.last.IsZero() && now.Sub(p.last) < repairQuiet {
-		p.next = now.Add(p.b.Next())
-	} else {
-		p.b.Reset()
-		p.next = now
-	}
-	p.last = now
-	return 0
-}
-
 // ensure makes sure the node exists in the current session with the current
 // data, and returns a watch that fires when it changes or vanishes.
 func (e *ephemeral) ensure() (<-chan zk.Event, error) {
@@ -234,7 +207,7 @@ func (e *ephemeral) ensure() (<-chan zk.Event, error) {
 		}
 		// Deleted by somebody else while our session lives: put it back,
 		// paced in case another writer keeps deleting it.
-		if d := e.repairs.hold(time.Now()); d > 0 {
+		if d := e.repairs.Hold(time.Now()); d > 0 {
 			return nil, &pacedError{d}
 		}
 	}
@@ -321,7 +294,7 @@ func (e *ephemeral) keepData(node string, stat *zk.Stat) error {
 	// Rewritten by somebody else: write ours back. The version guards
 	// against an Update landing meanwhile (whose watch brings the next
 	// pass); the pacer against another writer that insists.
-	if d := e.repairs.hold(time.Now()); d > 0 {
+	if d := e.repairs.Hold(time.Now()); d > 0 {
 		return &pacedError{d}
 	}
 	stat, err = conn.Set(node, data, stat.Version)
