@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/url"
 	"strings"
@@ -371,15 +372,15 @@ func (c *Client) keepLease() {
 	}()
 	var failingSince time.Time
 	failed := func(p *pin, err error, what string) {
+		if c.ctx.Err() != nil {
+			return // closing: the calls failed for that
+		}
 		if failingSince.IsZero() {
 			failingSince = time.Now()
 		}
 		c.log.Debug(what+" failed; retrying", "err", err, "endpoint", p.endpoint)
-		switch {
-		case errors.Is(err, errNoAnswer) || stalledCall(err):
-			c.abandon(p, fmt.Sprintf("%s: no answer within %v", what, timeout))
-		case errors.Is(rpctypes.Error(err), rpctypes.ErrNoLeader):
-			c.abandon(p, what+": member has no leader")
+		if why, leave := leaveMember(err, timeout); leave {
+			c.abandon(p, what+": "+why)
 		}
 		b.Wait(c.ctx)
 	}
@@ -397,7 +398,7 @@ func (c *Client) keepLease() {
 		if ls == nil {
 			// Opened before it is needed: a member shutting down refuses
 			// new streams while its lessor still counts.
-			if ls, err = c.openLeaseStream(p); err != nil {
+			if ls, err = c.openLeaseStream(p, timeout); err != nil {
 				failed(p, err, "lease keep-alive stream")
 				continue
 			}
@@ -466,11 +467,21 @@ type leaseStream struct {
 	cancel context.CancelFunc
 }
 
-func (c *Client) openLeaseStream(p *pin) (*leaseStream, error) {
+// openLeaseStream opens a keep-alive stream on p within timeout.
+func (c *Client) openLeaseStream(p *pin, timeout time.Duration) (*leaseStream, error) {
 	// Require a leader: a member cut off from the quorum ends the stream
 	// (ErrNoLeader) instead of holding the keep-alives.
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(c.ctx))
+	// Opening waits while the connection is being made, and a frozen
+	// member accepts TCP but never completes gRPC's handshake: without a
+	// deadline here the keeper would wait out the whole connect timeout
+	// (5 s) on it while the lease runs out.
+	late := time.AfterFunc(timeout, cancel)
 	s, err := pb.NewLeaseClient(p.cli.ActiveConnection()).LeaseKeepAlive(ctx)
+	if !late.Stop() {
+		cancel()
+		return nil, errNoAnswer
+	}
 	if err != nil {
 		cancel()
 		return nil, err
@@ -541,6 +552,33 @@ func (c *Client) renewTimeout() time.Duration {
 // answered with an error.
 func stalledCall(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded) || status.Code(err) == codes.DeadlineExceeded
+}
+
+// leaveMember tells whether a failed lease call (grant, stream open,
+// keep-alive) means the pinned member cannot carry the lease now, and why:
+// it did not answer within timeout (frozen), it cannot be reached or its
+// stream broke (killed: connection refused or reset; etcd's "request timed
+// out" and "leader changed" are Unavailable too), or it has no leader. Then
+// the keeper moves to another member at once: staying would retry a dead
+// member until the lease expired. Any other error is a working member's
+// answer (a permission, a bad request) that another member would give too.
+func leaveMember(err error, timeout time.Duration) (why string, leave bool) {
+	switch {
+	case err == nil:
+		return "", false
+	case errors.Is(err, errNoAnswer) || stalledCall(err):
+		return fmt.Sprintf("no answer within %v", timeout), true
+	case errors.Is(rpctypes.Error(err), rpctypes.ErrNoLeader):
+		return "member has no leader", true
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		// Send on a stream the member broke (its Recv holds the status).
+		return "stream broken", true
+	}
+	switch status.Code(err) {
+	case codes.Unavailable, codes.Canceled, codes.Aborted:
+		return fmt.Sprintf("unreachable: %v", err), true
+	}
+	return "", false
 }
 
 func (c *Client) leaseNow() (clientv3.LeaseID, <-chan struct{}) {

@@ -22,13 +22,19 @@ import (
 //
 // So the long-lived traffic of a Client — lease keep-alives and every watch
 // — goes over a second connection, a pin, to ONE configured endpoint. Two
-// detectors watch the pin: the lease keeper (a keep-alive that does not
-// answer within a fraction of the TTL) and the progress monitor (a watch
-// progress request that gets no answer within progressTimeout). Either
-// abandons the pin: its connection is closed, which fails every call and
-// watch still waiting on the stalled member at once, and the next pin goes
-// to the next endpoint, skipping endpoints that stalled recently. Watches
-// resume from their last revision on the new pin; the lease is renewed there.
+// detectors watch the pin: the lease keeper (a grant, stream open or
+// keep-alive that does not answer within a fraction of the TTL, or that
+// fails because the member cannot be reached or has no leader) and the
+// progress monitor (a watch progress request that gets no answer within
+// progressTimeout). Either abandons the pin: its connection is closed,
+// which fails every call and watch still waiting on the stalled member at
+// once, and the next pin goes to the next endpoint, skipping endpoints that
+// stalled recently. Watches resume from their last revision on the new pin;
+// the lease is renewed there.
+//
+// A killed member needs the same: its connection fails at once, but gRPC
+// then reconnects to that one endpoint for ever (connection refused), and a
+// pin that is not left keeps the lease on it until the lease expires.
 //
 // With a single configured endpoint (a load-balancer name) a new pin is a
 // new connection to it.
@@ -51,7 +57,11 @@ var (
 type pin struct {
 	cli      *clientv3.Client
 	endpoint string
-	down     chan struct{} // closed when the pin is abandoned
+	// ctx ends when the pin is abandoned: calls on the pin that may wait
+	// (a list, say) use it, so that they end with it rather than wait out
+	// their own time on a member that is gone.
+	ctx   context.Context
+	leave context.CancelFunc
 }
 
 // pinned returns the pin in force, connecting one when there is none.
@@ -79,7 +89,8 @@ func (c *Client) pinned(ctx context.Context) (*pin, error) {
 		c.stalled[ep] = time.Now()
 		return nil, fmt.Errorf("etcd: connect %s: %w", ep, err)
 	}
-	c.pin = &pin{cli: cli, endpoint: ep, down: make(chan struct{})}
+	pctx, leave := context.WithCancel(c.ctx)
+	c.pin = &pin{cli: cli, endpoint: ep, ctx: pctx, leave: leave}
 	c.log.Debug("pinned long-lived calls to an endpoint", "endpoint", ep)
 	return c.pin, nil
 }
@@ -122,11 +133,19 @@ func (c *Client) abandon(p *pin, why string) {
 		return
 	}
 	c.pin = nil
+	// Said once per endpoint and quarantine: while the whole cluster is
+	// down every endpoint is left again on every attempt.
+	at, known := c.stalled[p.endpoint]
+	again := known && time.Since(at) < quarantine
 	c.stalled[p.endpoint] = time.Now()
-	close(p.down)
+	p.leave()
 	c.pinMu.Unlock()
 	c.m.Errors.WithLabelValues(backendName, "member_stalled").Inc()
-	c.log.Warn("etcd member does not answer; moving lease keep-alive and watches to another member",
+	log := c.log.Warn
+	if again {
+		log = c.log.Debug
+	}
+	log("etcd member does not answer or cannot be reached; moving lease keep-alive and watches to another member",
 		"endpoint", p.endpoint, "why", why)
 	// Close may wait for the client's goroutines; nothing here needs to.
 	c.wg.Add(1)
@@ -143,7 +162,7 @@ func (c *Client) closePin() {
 	c.pin = nil
 	c.pinMu.Unlock()
 	if p != nil {
-		close(p.down)
+		p.leave()
 		p.cli.Close()
 	}
 }
@@ -152,7 +171,17 @@ func (c *Client) closePin() {
 // share outgoing metadata share one gRPC stream, and the monitor's progress
 // requests must travel on that stream. It starts the monitor.
 func (c *Client) watchContext(ctx context.Context) context.Context {
+	c.startMonitor()
+	return clientv3.WithRequireLeader(ctx)
+}
+
+// startMonitor starts the monitor of the pin once. Watches start it before
+// their first call on a pin: a list on a dead or frozen member would
+// otherwise wait out OpTimeout, and be retried there, with nothing to
+// notice that the member is gone.
+func (c *Client) startMonitor() {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if !c.monitorOn && !c.closed {
 		c.monitorOn = true
 		c.wg.Add(1)
@@ -161,8 +190,6 @@ func (c *Client) watchContext(ctx context.Context) context.Context {
 			c.monitorPins()
 		}()
 	}
-	c.mu.Unlock()
-	return clientv3.WithRequireLeader(ctx)
 }
 
 // monitorPins checks that the pinned member answers watch progress
@@ -208,7 +235,7 @@ func (c *Client) probe(p *pin) string {
 		select {
 		case <-c.ctx.Done():
 			return ""
-		case <-p.down:
+		case <-p.ctx.Done():
 			return ""
 		case wch = <-created:
 			waiting = nil

@@ -74,6 +74,7 @@ func watchPrefix[T, V any](ctx context.Context, c *Client, prefix string, decode
 	if _, err := c.conn(ctx); err != nil {
 		return err
 	}
+	c.startMonitor()
 	// rev is the revision entries reflect; 0: list again.
 	var rev int64
 	for {
@@ -94,12 +95,18 @@ func watchPrefix[T, V any](ctx context.Context, c *Client, prefix string, decode
 		if rev == 0 {
 			// List.
 			gctx, cancel := context.WithTimeout(ctx, c.cfg.OpTimeout)
+			stop := context.AfterFunc(p.ctx, cancel) // the pin left: list on the next
 			resp, err := p.cli.Get(gctx, prefix, clientv3.WithPrefix())
+			stop()
 			cancel()
 			c.count("reads", "range", err)
 			if err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
+				}
+				if p.ctx.Err() != nil && c.ctx.Err() == nil {
+					log.Debug("list moves to another member", "from", p.endpoint)
+					continue
 				}
 				d := b.Next()
 				log.Debug("list failed; keeping the last set", "err", err, "in", d)
@@ -131,7 +138,7 @@ func watchPrefix[T, V any](ctx context.Context, c *Client, prefix string, decode
 			case sendTo <- pending:
 				sent()
 				continue
-			case <-p.down:
+			case <-p.ctx.Done():
 				log.Debug("watch moves to another member", "from", p.endpoint, "revision", rev)
 				break watching
 			case wresp, ok = <-wch:
@@ -176,7 +183,7 @@ func watchPrefix[T, V any](ctx context.Context, c *Client, prefix string, decode
 			return registry.ErrClosed
 		}
 		select {
-		case <-p.down:
+		case <-p.ctx.Done():
 			b.Reset() // a new member: resume at once
 			continue
 		default:
