@@ -279,3 +279,22 @@ func (m *EtcdMember) stop() {
 		cli.Close()
 	}
 }
+
+// EtcdRevokesAfterStall reports whether EtcdBinary is an etcd whose leader,
+// resumed after a stall longer than a lease TTL, revokes every lease it no
+// longer owns (etcd-io/etcd#15247: 3.4 before 3.4.28, 3.5 before 3.5.11).
+func EtcdRevokesAfterStall() bool {
+	out, err := exec.Command(EtcdBinary, "--version").Output()
+	return err == nil && revokesAfterStall(string(out))
+}
+
+// revokesAfterStall reads `etcd --version` output.
+func revokesAfterStall(version string) bool {
+	var major, minor, patch int
+	for _, l := range strings.Split(version, "\n") {
+		if v, ok := strings.CutPrefix(l, "etcd Version: "); ok {
+			fmt.Sscanf(v, "%d.%d.%d", &major, &minor, &patch)
+		}
+	}
+	return major == 3 && (minor < 4 || minor == 4 && patch < 28 || minor == 5 && patch < 11)
+}

@@ -108,3 +108,18 @@ func TestEtcdClusterFaults(t *testing.T) {
 		t.Fatal("killed frozen member still running or frozen")
 	}
 }
+
+func TestRevokesAfterStall(t *testing.T) {
+	for v, want := range map[string]bool{
+		"etcd Version: 3.4.23\nGit SHA: Not provided (use ./build instead of go build)\n": true,
+		"etcd Version: 3.4.28\n": false,
+		"etcd Version: 3.5.10\n": true,
+		"etcd Version: 3.5.11\n": false,
+		"etcd Version: 3.6.16\n": false,
+		"nonsense":               false,
+	} {
+		if got := revokesAfterStall(v); got != want {
+			t.Errorf("revokesAfterStall(%q) = %v, want %v", v, got, want)
+		}
+	}
+}
