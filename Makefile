@@ -11,7 +11,8 @@ LDFLAGS := -X github.com/syncstack/syncstack/internal/version.Version=$(VERSION)
 # etcd, redis (nerve's redis check), and socat for poking HAProxy's sockets by hand.
 # chromium: the fleet page (synctl serve) is tested in a real headless browser;
 # zsh: synctl's zsh completion is loaded in a real zsh.
-DEB_PACKAGES := haproxy zookeeper etcd-server socat redis-server chromium zsh
+# rabbitmq-server: nerve's rabbitmq check (Airbnb's example config uses it), tested for real.
+DEB_PACKAGES := haproxy zookeeper etcd-server socat redis-server chromium zsh rabbitmq-server
 
 .PHONY: all build test unit vet deps deps-demo demo bench fuzz clean dist
 
@@ -32,7 +33,7 @@ deps:
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	@# Debian starts the packaged daemons; the tests start their own on loopback.
-	@for s in zookeeper etcd haproxy; do systemctl stop $$s >/dev/null 2>&1 || service $$s stop >/dev/null 2>&1 || true; done
+	@for s in zookeeper etcd haproxy rabbitmq-server; do systemctl stop $$s >/dev/null 2>&1 || service $$s stop >/dev/null 2>&1 || true; done
 	$(GO) mod download
 
 # demo: the whole system on one host, zero setup (installs haproxy if missing).
@@ -65,9 +66,17 @@ bench: deps
 unit:
 	$(GO) test -race -count=1 -short ./...
 
+# fuzz: every Fuzz target in the tree, FUZZTIME each (committed corpora
+# under testdata/fuzz seed them; a finding becomes a regression test).
+FUZZTIME ?= 30s
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 60s ./registry/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeChildName$$' -fuzztime 30s ./registry/
+	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' . | grep -v '^./third_party/' | sort); do \
+		d=./$$(dirname $${f#./}); \
+		for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+			echo "== $$t in $$d for $(FUZZTIME)"; \
+			$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) $$d; \
+		done; \
+	done
 
 # dist: one Debian package per program (nfpm, a Go packager, run at a pinned
 # version through the module proxy): binaries, systemd units, example
@@ -79,7 +88,7 @@ DEB_VERSION ?= $(shell v=$$(git describe --tags --match 'v[0-9]*' 2>/dev/null | 
 ARCH        ?= $(shell $(GO) env GOARCH)
 DIST        := dist
 dist:
-	@mkdir -p $(DIST)/bin
+	@mkdir -p $(DIST)/bin && rm -f $(DIST)/*.deb
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(DIST)/bin/ ./cmd/nerve ./cmd/synapse ./cmd/synctl
 	$(DIST)/bin/synctl completion bash > $(DIST)/bin/synctl.bash
 	$(DIST)/bin/synctl completion zsh > $(DIST)/bin/_synctl

@@ -168,6 +168,8 @@ func startSynapseOpts(b *testing.B, bin, method, hosts string, services int, doS
 	fmt.Fprintf(&cfg, `id: bench
 admin: {listen: "127.0.0.1:%[2]d"}
 overrides: {method: %[3]s, hosts: [%[4]s], root: /syncstack}
+# The benchmarks replace every backend at once on purpose: no panic hold.
+panic_threshold: 0
 haproxy:
   manage: true
   do_socket: %[5]v

@@ -102,8 +102,12 @@ func Load(path string) (*Config, error) {
 		cfg.Services = map[string]*ServiceConfig{}
 	}
 	if cfg.ServiceConfDir != "" {
-		if err := confutil.LoadServiceDir(path, cfg.ServiceConfDir, cfg.Services, &cfg.problems); err != nil {
+		note, err := confutil.LoadServiceDir(path, cfg.ServiceConfDir, cfg.Services, &cfg.problems)
+		if err != nil {
 			return nil, err
+		}
+		if note != "" {
+			cfg.Warnings = append(cfg.Warnings, note)
 		}
 	}
 	if err := cfg.Finalize(); err != nil {

@@ -224,7 +224,10 @@ func fromServerset(raw rawRecord, opts DecodeOptions) (Instance, error) {
 	}
 	in := Instance{Host: ep.Host, Port: port}
 	if raw.Shard != nil {
-		in.Name = "shard" + strconv.Itoa(*raw.Shard)
+		// The member's name is its shard number, as Airbnb's synapse
+		// names it (`decoded['shard'].to_s`): dashboards and alerts are
+		// keyed on the server names that follow from it.
+		in.Name = strconv.Itoa(*raw.Shard)
 	}
 	return in, nil
 }

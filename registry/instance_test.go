@@ -66,7 +66,11 @@ func TestDecode(t *testing.T) {
 		{"label keys differing in case", `{"host":"h1","port":80,"labels":{"az":"a","AZ":"b"}}`, DecodeOptions{},
 			Instance{Host: "h1", Port: 80, Labels: map[string]string{"az": "a", "AZ": "b"}}},
 		{"serverset", `{"serviceEndpoint":{"host":"10.1.1.1","port":31000},"additionalEndpoints":{"admin":{"host":"10.1.1.1","port":31001}},"status":"ALIVE","shard":3}`, DecodeOptions{},
-			Instance{Host: "10.1.1.1", Port: 31000, Name: "shard3"}},
+			Instance{Host: "10.1.1.1", Port: 31000, Name: "3"}},
+		// Airbnb's synapse names a member by its shard: shard 0 is "0"
+		// (Ruby's 0 is true), giving the server name 0_10.1.1.1:31000.
+		{"serverset shard 0", `{"serviceEndpoint":{"host":"10.1.1.1","port":31000},"status":"ALIVE","shard":0}`, DecodeOptions{},
+			Instance{Host: "10.1.1.1", Port: 31000, Name: "0"}},
 		{"serverset endpoint", `{"serviceEndpoint":{"host":"10.1.1.1","port":31000},"additionalEndpoints":{"admin":{"host":"10.1.1.1","port":31001}},"status":"ALIVE"}`, DecodeOptions{Endpoint: "admin"},
 			Instance{Host: "10.1.1.1", Port: 31001}},
 	} {

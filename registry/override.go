@@ -20,6 +20,13 @@ const (
 	StateReady OverrideState = "ready"
 	StateDrain OverrideState = "drain"
 	StateMaint OverrideState = "maint"
+	// StateConfirm is not a server state: it is an operator's confirmation
+	// that the removals a synapse's panic threshold holds back in the
+	// listed services are intended (synctl confirm). While it is active,
+	// synapses apply every removal in those services; it matches no
+	// server. Target names the first service, so the record's key
+	// (SERVICE@SERVICES~confirm) never meets a drain's.
+	StateConfirm OverrideState = "confirm"
 )
 
 // MaxReasonLen bounds an override's reason.
@@ -46,6 +53,9 @@ type Override struct {
 // override (state ready with a weight) ends in "~weight", so that setting a
 // weight never replaces a drain, and undraining keeps the weight.
 func (o Override) Key() string {
+	if o.State == StateConfirm {
+		return OverrideKey(o.Target, o.Services, false) + "~confirm"
+	}
 	return OverrideKey(o.Target, o.Services, o.State == StateReady && o.Weight != nil)
 }
 
@@ -72,8 +82,20 @@ func (o Override) Validate() error {
 	}
 	switch o.State {
 	case StateReady, StateDrain, StateMaint:
+	case StateConfirm:
+		// A confirmation names its services, carries no weight, and
+		// expires: a standing one would switch the guard off for good.
+		if len(o.Services) == 0 {
+			return errors.New("services: a confirmation names the services it confirms")
+		}
+		if o.Weight != nil {
+			return errors.New("weight: a confirmation carries no weight")
+		}
+		if o.ExpiresAt == nil {
+			return errors.New("expires_at: a confirmation must expire")
+		}
 	default:
-		return fmt.Errorf("state: %q is not one of ready, drain, maint", o.State)
+		return fmt.Errorf("state: %q is not one of ready, drain, maint, confirm", o.State)
 	}
 	if o.Weight != nil && (*o.Weight < 0 || *o.Weight > MaxWeight) {
 		return fmt.Errorf("weight: %d is outside 0..%d", *o.Weight, MaxWeight)
@@ -102,6 +124,9 @@ func (o Override) Active(now time.Time) bool {
 
 // Matches reports whether the override applies to inst in service.
 func (o Override) Matches(service string, inst Instance) bool {
+	if o.State == StateConfirm {
+		return false // a confirmation is about a service, not a server
+	}
 	if o.Target != inst.Host && (inst.Name == "" || o.Target != inst.Name) {
 		return false
 	}
@@ -147,6 +172,11 @@ type Ack struct {
 	// Quarantined lists the servers this synapse's HAProxy refused and it
 	// set aside ("service/server: reason"), at most MaxAckQuarantined.
 	Quarantined []string `json:"quarantined,omitempty"`
+	// Held lists the removals this synapse's panic threshold holds back
+	// ("service/server"), at most MaxAckQuarantined: the registry (or an
+	// override) takes them out, but more than the threshold's share of
+	// the service at once. synctl confirm SERVICE lets them go.
+	Held []string `json:"held,omitempty"`
 }
 
 // MaxAckQuarantined bounds the quarantined servers one ack names.
@@ -176,6 +206,14 @@ func (a Ack) Validate() error {
 			return fmt.Errorf("quarantined[%d]: %w", i, err)
 		}
 	}
+	if len(a.Held) > MaxAckQuarantined {
+		return fmt.Errorf("held: %d entries, at most %d", len(a.Held), MaxAckQuarantined)
+	}
+	for i, h := range a.Held {
+		if err := ValidateText(h, 512); err != nil {
+			return fmt.Errorf("held[%d]: %w", i, err)
+		}
+	}
 	return nil
 }
 
@@ -183,7 +221,7 @@ func (a Ack) Validate() error {
 type HistoryEntry struct {
 	At        time.Time  `json:"at"`
 	By        string     `json:"by"`
-	Action    string     `json:"action"` // drain, maint, weight, add-to-lb, weight-reset
+	Action    string     `json:"action"` // drain, maint, weight, add-to-lb, weight-reset, confirm
 	Targets   []string   `json:"targets"`
 	Services  []string   `json:"services,omitempty"`
 	Weight    *int       `json:"weight,omitempty"`

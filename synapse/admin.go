@@ -11,7 +11,10 @@ import (
 )
 
 // AdminHandler serves GET /status (the applied state, override revision,
-// last error), /metrics, /healthz and /debug/pprof/.
+// last error, quarantined servers, held removals), /metrics, /healthz, and
+// /debug/pprof/ only when admin.pprof is set: a profile or a goroutine
+// dump tells whoever reaches the listener more than it should (and a CPU
+// profile costs the process), so it is off unless someone is debugging.
 func (s *Synapse) AdminHandler(gatherer prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
@@ -22,7 +25,12 @@ func (s *Synapse) AdminHandler(gatherer prometheus.Gatherer) http.Handler {
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	if s.cfg.Admin.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }

@@ -18,6 +18,11 @@ type cache struct {
 	At        time.Time                      `json:"at"`
 	Sets      map[string][]registry.Instance `json:"sets"`
 	Overrides registry.OverrideSet           `json:"overrides"`
+	// Panic: for each service whose removals the panic threshold holds,
+	// the backends its reference counts as out (the held among them), so
+	// a synapse restarted mid-panic holds the same ones rather than
+	// letting them go.
+	Panic map[string][]registry.Instance `json:"panic,omitempty"`
 }
 
 // loadCache reads the cache; a missing file is no cache (nil, nil).
@@ -53,20 +58,37 @@ func loadCache(path string) (*cache, error) {
 		}
 	}
 	c.Overrides.Overrides = valid
+	for name, set := range c.Panic {
+		kept := set[:0]
+		for _, in := range set {
+			if in.Validate() == nil {
+				kept = append(kept, in)
+			}
+		}
+		c.Panic[name] = kept
+	}
 	return &c, nil
 }
 
-// saveCache writes the cache atomically (temp file, fsync, rename).
-func saveCache(path string, sets map[string][]registry.Instance, ovr registry.OverrideSet) error {
+// cacheMode is the state cache's mode: only synapse reads it. It maps the
+// fleet (every backend's address, who drained what and why), and synapse
+// serves HAProxy from it at start: nobody else has to read it, and nobody
+// else may write it.
+const cacheMode = 0o600
+
+// saveCache writes the cache atomically (temp file, fsync, rename), mode
+// 0600 (a new directory for it 0750).
+func saveCache(path string, c cache) error {
 	if path == "" {
 		return nil
 	}
-	data, err := json.Marshal(cache{At: time.Now().UTC(), Sets: sets, Overrides: ovr})
+	c.At = time.Now().UTC()
+	data, err := json.Marshal(c)
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return err
 	}
-	return atomicfile.WriteFile(path, data)
+	return atomicfile.Write(path, data, atomicfile.Options{Mode: cacheMode})
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/syncstack/syncstack/registry"
 	"github.com/syncstack/syncstack/registry/etcd"
 	"github.com/syncstack/syncstack/watchers"
+	"github.com/syncstack/syncstack/watchers/multi"
 )
 
 // DefaultAdminListen is where synapse serves /status and /metrics.
@@ -44,7 +45,12 @@ type Config struct {
 	EtcdSecurity etcd.Security `yaml:"etcd_security"`
 	Admin        struct {
 		Listen string `yaml:"listen"`
+		// Pprof serves /debug/pprof/ on the admin listener (default off:
+		// profiles and goroutine dumps are for whoever is debugging).
+		Pprof bool `yaml:"pprof"`
 	} `yaml:"admin"`
+	// GuardConfig: panic_threshold and panic_window (config_guard.go).
+	GuardConfig `yaml:",inline"`
 
 	Statsd confutil.Ignored `yaml:"statsd"`
 
@@ -71,7 +77,18 @@ type ServiceConfig struct {
 	// discovery returns none: an empty read never empties a backend.
 	UsePreviousBackends *bool `yaml:"use_previous_backends"`
 
-	DiscoveryMulti confutil.Ignored `yaml:"discovery_multi"`
+	// DiscoveryMulti adds child watchers to discovery (the "primary"),
+	// combined by a resolver (union or sequential): Airbnb's multi
+	// watcher, for moving a fleet from one registry to another.
+	DiscoveryMulti *multi.Config `yaml:"discovery_multi"`
+	// LeaderElection (Airbnb: only the backend registered first is in
+	// HAProxy) is refused, not warned: it needs each record's
+	// registration order, which the registry does not deliver yet, and
+	// ignoring it would send traffic to every backend of a service that
+	// must have one.
+	LeaderElection bool `yaml:"leader_election"`
+	// ServiceGuard: this service's panic_threshold (config_guard.go).
+	ServiceGuard `yaml:",inline"`
 }
 
 // UsePrevious reports use_previous_backends with its default.
@@ -90,14 +107,30 @@ func Load(path string) (*Config, error) {
 		cfg.Services = map[string]*ServiceConfig{}
 	}
 	if cfg.ServiceConfDir != "" {
-		if err := confutil.LoadServiceDir(path, cfg.ServiceConfDir, cfg.Services, &cfg.problems); err != nil {
+		note, err := confutil.LoadServiceDir(path, cfg.ServiceConfDir, cfg.Services, &cfg.problems)
+		if err != nil {
 			return nil, err
 		}
+		if note != "" {
+			cfg.Warnings = append(cfg.Warnings, note)
+		}
+	}
+	if cfg.HAProxy != nil && strings.EqualFold(filepath.Ext(path), ".json") {
+		// Airbnb's format: Airbnb's defaults (use_nerve_weights off).
+		cfg.HAProxy.AirbnbFormat = true
 	}
 	if err := cfg.Finalize(); err != nil {
 		return nil, err
 	}
 	return cfg, nil
+}
+
+// RecordWeights reports whether the weight of a registry record reaches
+// HAProxy (haproxy.use_nerve_weights, default off for an Airbnb-format
+// config, on for syncstack's YAML). Without it a record's weight is
+// dropped before the overrides apply: synctl's weights apply either way.
+func (cfg *Config) RecordWeights() bool {
+	return cfg.HAProxy == nil || cfg.HAProxy.NerveWeights()
 }
 
 // Finalize fills defaults and validates.
@@ -164,10 +197,19 @@ func (cfg *Config) Finalize() error {
 		if err := registry.ValidateName(name); err != nil {
 			p.Addf(key, "service name: %v", err)
 		}
-		if svc.DiscoveryMulti.Set() {
-			cfg.Warnings = append(cfg.Warnings, key+".discovery_multi: not implemented; only discovery is watched")
+		if svc.LeaderElection {
+			p.Addf(key+".leader_election", "not implemented: every backend would be in HAProxy, not only the leader")
 		}
 		svc.Discovery.Finalize(key+".discovery", svc.HAProxy.ServerPortOverride, &p)
+		cfg.Warnings = append(cfg.Warnings, svc.Discovery.Warnings...)
+		if m := svc.DiscoveryMulti; m != nil {
+			m.Finalize(key+".discovery_multi", svc.HAProxy.ServerPortOverride, &p)
+			for _, w := range m.Watchers {
+				if w != nil {
+					cfg.Warnings = append(cfg.Warnings, w.Warnings...)
+				}
+			}
+		}
 		for i, d := range svc.DefaultServers {
 			if err := d.Validate(); err != nil {
 				p.Addf(fmt.Sprintf("%s.default_servers[%d]", key, i), "%v", err)
@@ -183,7 +225,15 @@ func (cfg *Config) Finalize() error {
 	}
 	if cfg.HAProxy != nil {
 		checkBinds(cfg.Services, names, &p)
+		hs := map[string]*haproxy.ServiceConfig{}
+		for name, svc := range cfg.Services {
+			if svc != nil {
+				hs[name] = &svc.HAProxy
+			}
+		}
+		cfg.Warnings = append(cfg.Warnings, haproxy.CheckSharedFrontend(cfg.HAProxy, hs, names, &p)...)
 	}
+	cfg.finalizeGuards(&p)
 	return p.Err(cfg.File)
 }
 

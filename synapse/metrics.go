@@ -12,6 +12,8 @@ type Metrics struct {
 	Convergence    prometheus.Histogram
 	OverrideRev    prometheus.Gauge
 	Acks           *prometheus.CounterVec // result
+	Panics         *prometheus.CounterVec // service
+	Held           *prometheus.GaugeVec   // service
 }
 
 // NewMetrics creates synapse's metrics and registers them with reg (nil:
@@ -40,9 +42,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Acks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "synapse_acks_total", Help: "Override acks written, by result.",
 		}, []string{"result"}),
+		Panics: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "synapse_panics_total", Help: "Times an update would have taken more than the panic threshold's share of a service's backends out at once, and the rest were held.",
+		}, []string{"service"}),
+		Held: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "synapse_panic_held_backends", Help: "Backends the panic threshold keeps in HAProxy now although the registry or an override takes them out.",
+		}, []string{"service"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.WatcherUpdates, m.KeptPrevious, m.Backends, m.Applies, m.Convergence, m.OverrideRev, m.Acks)
+		reg.MustRegister(m.WatcherUpdates, m.KeptPrevious, m.Backends, m.Applies, m.Convergence, m.OverrideRev, m.Acks, m.Panics, m.Held)
 	}
 	for _, r := range []string{"ok", "error"} {
 		m.Acks.WithLabelValues(r) // exported at 0 before the first ack

@@ -223,7 +223,9 @@ func TestWeightChangesKeepRequestInFlight(t *testing.T) {
 	srv := testserver.StartEtcd(t)
 	ec := etcdClient(t, srv.Endpoint)
 	ctx := context.Background()
-	e := startEnv(t, envOpts{Method: "etcd", Hosts: srv.Endpoint, Services: []string{"web"}, Overrides: true})
+	// The one server is drained: panic_threshold 0, or the guard against
+	// mass removal would hold it (100 % of the service out at once).
+	e := startEnv(t, envOpts{Method: "etcd", Hosts: srv.Endpoint, Services: []string{"web"}, Overrides: true, Extra: "panic_threshold: 0\n"})
 	registrytest.Eventually(t, 10*time.Second, "HAProxy started", func() bool {
 		_, err := testserver.TryHAProxyWorkerPID(e.master)
 		return err == nil
@@ -329,7 +331,9 @@ func TestHostNameServiceNextToIPServiceNoReloads(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := startEnv(t, envOpts{Method: "etcd", Hosts: srv.Endpoint, Services: []string{"names", "ips"}, Overrides: true})
+	// b drained, then a deregistered: every server of ips out within the
+	// panic window. panic_threshold 0: this test is about reloads.
+	e := startEnv(t, envOpts{Method: "etcd", Hosts: srv.Endpoint, Services: []string{"names", "ips"}, Overrides: true, Extra: "panic_threshold: 0\n"})
 	e.waitServers(t, "names", map[string]int{"h": 0})
 	e.waitServers(t, "ips", map[string]int{"a": 0})
 	if got := get(t, e.url("names")); got != "h" {

@@ -21,10 +21,10 @@ import (
 	"time"
 
 	"github.com/syncstack/syncstack/generators"
-	"github.com/syncstack/syncstack/internal/version"
 	"github.com/syncstack/syncstack/generators/fileoutput"
 	"github.com/syncstack/syncstack/generators/haproxy"
 	"github.com/syncstack/syncstack/internal/backoff"
+	"github.com/syncstack/syncstack/internal/version"
 	"github.com/syncstack/syncstack/plugin"
 	"github.com/syncstack/syncstack/registry"
 	"github.com/syncstack/syncstack/registry/etcd"
@@ -32,6 +32,7 @@ import (
 	"github.com/syncstack/syncstack/watchers"
 	"github.com/syncstack/syncstack/watchers/dns"
 	"github.com/syncstack/syncstack/watchers/file"
+	"github.com/syncstack/syncstack/watchers/multi"
 	pluginwatch "github.com/syncstack/syncstack/watchers/plugin"
 	"github.com/syncstack/syncstack/watchers/registrywatch"
 	"github.com/syncstack/syncstack/watchers/static"
@@ -59,6 +60,9 @@ type Synapse struct {
 	mu     sync.Mutex
 	status Status
 
+	guards    guards          // the panic threshold; the loop's own
+	panicking map[string]bool // services in panic after the last apply
+
 	cacheMu      sync.Mutex
 	cachePending *cache
 	cacheBusy    bool
@@ -80,13 +84,17 @@ type Status struct {
 	// Quarantined lists the servers a generator set aside (HAProxy
 	// refused them, or their host name does not resolve); every other
 	// server keeps converging and acks keep flowing.
-	Quarantined []generators.Quarantined       `json:"quarantined"`
-	Sets        map[string][]registry.Instance `json:"-"`
+	Quarantined []generators.Quarantined `json:"quarantined"`
+	// Panic lists the services whose removals the panic threshold holds
+	// back, with the servers kept in HAProxy.
+	Panic []PanicStatus                  `json:"panic"`
+	Sets  map[string][]registry.Instance `json:"-"`
 }
 
 // New builds the generators and registry clients for cfg (finalized).
 func New(cfg *Config, opts Options) (*Synapse, error) {
-	s := &Synapse{cfg: cfg, log: opts.Logger, m: opts.Metrics, rm: opts.RegistryMetrics, clients: map[string]registry.Backend{}, cacheKick: make(chan struct{}, 1)}
+	s := &Synapse{cfg: cfg, log: opts.Logger, m: opts.Metrics, rm: opts.RegistryMetrics, clients: map[string]registry.Backend{}, cacheKick: make(chan struct{}, 1),
+		guards: guards{cfg: cfg}, panicking: map[string]bool{}}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -146,7 +154,17 @@ func (s *Synapse) client(method string, hosts []string, root string) (registry.B
 }
 
 func (s *Synapse) watcher(name string, svc *ServiceConfig) (watchers.Watcher, error) {
-	d := &svc.Discovery
+	if svc.DiscoveryMulti != nil {
+		// discovery_multi: discovery is the primary child, each child
+		// keeps its own last set, the resolver combines them.
+		return multi.New(svc.DiscoveryMulti, &svc.Discovery, func(_ string, d *watchers.Config) (watchers.Watcher, error) {
+			return s.discoveryWatcher(name, svc, d)
+		})
+	}
+	return s.discoveryWatcher(name, svc, &svc.Discovery)
+}
+
+func (s *Synapse) discoveryWatcher(name string, svc *ServiceConfig, d *watchers.Config) (watchers.Watcher, error) {
 	switch d.Method {
 	case "zookeeper", "etcd":
 		root := ""
@@ -268,7 +286,7 @@ const cacheWriteInterval = 100 * time.Millisecond
 
 // cacheLater hands a snapshot to the cache writer: written atomically in
 // the background, never on the path of a change.
-func (s *Synapse) cacheLater(sets map[string][]registry.Instance, ovr registry.OverrideSet) {
+func (s *Synapse) cacheLater(sets map[string][]registry.Instance, ovr registry.OverrideSet, panics map[string][]registry.Instance) {
 	if s.cfg.StateFilePath == "" {
 		return
 	}
@@ -278,7 +296,7 @@ func (s *Synapse) cacheLater(sets map[string][]registry.Instance, ovr registry.O
 	}
 	s.cacheMu.Lock()
 	defer s.cacheMu.Unlock()
-	s.cachePending = &cache{Sets: snap, Overrides: ovr}
+	s.cachePending = &cache{Sets: snap, Overrides: ovr, Panic: panics}
 	if s.cacheBusy {
 		return
 	}
@@ -305,7 +323,7 @@ func (s *Synapse) cacheLater(sets map[string][]registry.Instance, ovr registry.O
 			}
 			s.cacheLast = time.Now()
 			s.cacheMu.Unlock()
-			if err := saveCache(s.cfg.StateFilePath, c.Sets, c.Overrides); err != nil {
+			if err := saveCache(s.cfg.StateFilePath, *c); err != nil {
 				s.log.Warn("state cache not written", "err", err)
 			}
 		}
@@ -321,11 +339,26 @@ func (s *Synapse) flushCache() {
 	s.cacheWG.Wait()
 }
 
-// ackState is what an ack says: the override revision applied, and the
-// servers set aside.
+// ackState is what an ack says: the override revision applied, the
+// servers set aside, and the removals held back.
 type ackState struct {
 	rev         int64
 	quarantined []string
+	held        []string
+}
+
+// ackHeld names the held removals for an ack ("service/server"), bounded.
+func ackHeld(ps []PanicStatus) []string {
+	var out []string
+	for _, p := range ps {
+		for _, h := range p.Held {
+			if len(out) == registry.MaxAckQuarantined {
+				return out
+			}
+			out = append(out, p.Service+"/"+h)
+		}
+	}
+	return out
 }
 
 // ackQuarantined names the quarantined servers for an ack, bounded.
@@ -361,7 +394,7 @@ func (s *Synapse) ackLoop(ctx context.Context, acks <-chan ackState) {
 		case st := <-acks:
 			retry.Reset()
 			for ctx.Err() == nil {
-				err := s.overrides.PutAck(ctx, registry.Ack{ID: s.cfg.ID, Revision: st.rev, At: time.Now().UTC(), Services: services, Quarantined: st.quarantined})
+				err := s.overrides.PutAck(ctx, registry.Ack{ID: s.cfg.ID, Revision: st.rev, At: time.Now().UTC(), Services: services, Quarantined: st.quarantined, Held: st.held})
 				if err == nil {
 					s.m.Acks.WithLabelValues("ok").Inc()
 					break
@@ -438,6 +471,11 @@ func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets 
 			}
 		}
 		ovr = cache.Overrides
+		for name, missing := range cache.Panic {
+			if _, ok := s.cfg.Services[name]; ok && len(missing) > 0 {
+				s.guards.restore(name, missing, time.Now())
+			}
+		}
 		s.log.Info("state cache loaded: serving what synapse last knew until the registry answers", "services", len(sets), "at", cache.At)
 	}
 	resync := time.NewTicker(30 * time.Second)
@@ -457,7 +495,9 @@ func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets 
 	var built *generators.State   // the last state built
 	var dirtySvcs map[string]bool // services to build again; nil: all
 	appliedRev := int64(-1)
-	var ackedQ []string     // the quarantined servers the last ack named
+	var ackedQ []string // the quarantined servers the last ack named
+	var ackedH []string // the held removals the last ack named
+	var panics []PanicStatus
 	var pending []time.Time // receive times of updates not yet applied
 	var retry <-chan time.Time
 	var genRetry <-chan time.Time // a generator's unfinished work (generators.Retrier)
@@ -469,8 +509,11 @@ func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets 
 		// Apply when something changed (or a retry is due); the first
 		// pass applies the cache at once.
 		if dirty {
-			desired, nextExpiry := s.build(sets, known, heard, ovr, time.Now(), built, dirtySvcs)
-			built, dirtySvcs = &desired, map[string]bool{}
+			now := time.Now()
+			built0, nextExpiry := s.build(sets, known, heard, ovr, now, built, dirtySvcs)
+			built, dirtySvcs = &built0, map[string]bool{}
+			var desired generators.State
+			desired, panics = s.guard(built0, ovr, now)
 			if applied == nil || !desired.Equal(*applied) || retry == nil && s.hasErr() {
 				err := s.apply(ctx, desired)
 				var deferred *haproxy.ErrReloadDeferred
@@ -493,7 +536,7 @@ func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets 
 					release = time.After(releaseQuiet) // pushed back while the burst lasts
 				}
 				pending = pending[:0]
-				s.cacheLater(sets, ovr)
+				s.cacheLater(sets, ovr, s.guards.snapshot())
 				genRetry = nil
 				if at := s.retryAt(); !at.IsZero() {
 					genRetry = time.After(time.Until(at))
@@ -501,21 +544,23 @@ func (s *Synapse) loop(ctx context.Context, updates <-chan update, overrideSets 
 			}
 			quarantined := s.quarantined()
 			ackQ := ackQuarantined(quarantined)
+			ackH := ackHeld(panics)
 			// Ack a newly applied revision, and a change in what is set
-			// aside (synctl status shows it per synapse).
-			if haveOverrides && s.overrides != nil && !s.hasErr() && (ovr.Revision != appliedRev || !slices.Equal(ackQ, ackedQ)) {
-				appliedRev, ackedQ = ovr.Revision, ackQ
+			// aside or held back (synctl status shows it per synapse).
+			if haveOverrides && s.overrides != nil && !s.hasErr() && (ovr.Revision != appliedRev || !slices.Equal(ackQ, ackedQ) || !slices.Equal(ackH, ackedH)) {
+				appliedRev, ackedQ, ackedH = ovr.Revision, ackQ, ackH
 				s.m.OverrideRev.Set(float64(appliedRev))
 				select {
 				case <-acks:
 				default:
 				}
-				acks <- ackState{rev: appliedRev, quarantined: ackQ}
+				acks <- ackState{rev: appliedRev, quarantined: ackQ, held: ackH}
 			}
 			s.setStatus(func(st *Status) {
 				st.State, st.OverrideRevision, st.Overrides = *applied, ovr.Revision, ovr.Overrides
 				st.Watched = maps(heard)
 				st.Quarantined = quarantined
+				st.Panic = panics
 			})
 			dirty = false
 			if !nextExpiry.IsZero() && retry == nil {
@@ -692,6 +737,11 @@ func (s *Synapse) build(sets map[string][]registry.Instance, known, heard map[st
 		seen := map[string]bool{}
 		for _, in := range set {
 			b := generators.Backend{Instance: in.Clone(), State: registry.StateReady}
+			if !s.cfg.RecordWeights() {
+				// use_nerve_weights off (Airbnb's default for its JSON
+				// format): only synctl's weights reach HAProxy.
+				b.Weight = nil
+			}
 			if seen[b.ServerName()] {
 				continue
 			}
@@ -707,6 +757,50 @@ func (s *Synapse) build(sets map[string][]registry.Instance, known, heard map[st
 		s.m.Backends.WithLabelValues(name).Set(float64(len(bs)))
 	}
 	return st, next
+}
+
+// guard applies the panic threshold to the built state: it returns the
+// state to apply (built is not changed: the next build reuses its
+// services) and the services in panic. Entering and leaving a panic is
+// logged and counted.
+func (s *Synapse) guard(built generators.State, ovr registry.OverrideSet, now time.Time) (generators.State, []PanicStatus) {
+	st := generators.State{Services: make(map[string]generators.Service, len(built.Services))}
+	for k, v := range built.Services {
+		st.Services[k] = v
+	}
+	var active []registry.Override
+	for _, o := range ovr.Overrides {
+		if o.Active(now) {
+			active = append(active, o)
+		}
+	}
+	entered, panics := s.guards.apply(&st, active, now)
+	for _, name := range entered {
+		s.m.Panics.WithLabelValues(name).Inc()
+	}
+	inPanic := map[string]bool{}
+	for _, p := range panics {
+		inPanic[p.Service] = true
+		s.m.Held.WithLabelValues(p.Service).Set(float64(len(p.Held)))
+		if slices.Contains(entered, p.Service) {
+			s.log.Warn("panic threshold: more of the service's backends would leave HAProxy at once than it allows; holding the rest until the registry recovers or an operator confirms (synctl confirm)",
+				"service", p.Service, "threshold_percent", p.Threshold, "reference", p.Reference, "missing", p.Missing, "held", p.Held)
+		}
+	}
+	confirmed := confirmedServices(active)
+	for name := range s.panicking {
+		if inPanic[name] {
+			continue
+		}
+		s.m.Held.WithLabelValues(name).Set(0)
+		how := "the registry recovered"
+		if confirmed[name] {
+			how = "an operator confirmed the removal"
+		}
+		s.log.Info("panic threshold lifted: "+how, "service", name)
+	}
+	s.panicking = inPanic
+	return st, panics
 }
 
 // applyOverrides sets the backend's state (maint beats drain beats ready)

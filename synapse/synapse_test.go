@@ -502,7 +502,9 @@ func TestSecuredEtcd(t *testing.T) {
 	if _, err := reg.Register(context.Background(), "/services/web", inst(a, "a")); err != nil {
 		t.Fatal(err)
 	}
-	extra := fmt.Sprintf("etcd_security: {ca_file: %s, cert_file: %s, key_file: %s}\n", pki.CA, pki.ClientCert, pki.ClientKey)
+	// The one server is drained below: panic_threshold 0, or the guard
+	// against mass removal would hold it (100 % of the service out).
+	extra := fmt.Sprintf("etcd_security: {ca_file: %s, cert_file: %s, key_file: %s}\npanic_threshold: 0\n", pki.CA, pki.ClientCert, pki.ClientKey)
 	e := startEnv(t, envOpts{Method: "etcd", Hosts: srv.Endpoint, Services: []string{"web"}, Overrides: true, Extra: extra})
 	e.waitServers(t, "web", map[string]int{"a": 0})
 	if got := get(t, e.url("web")); got != "a" {

@@ -227,6 +227,11 @@ func (f *changeFlags) checkLimits() error {
 // refuse reports a plan the safety limits refuse (printing it), or nil.
 func refuse(env Env, f *changeFlags, res result, what string) error {
 	refusal := safety(res.Plan, f.minUp, f.maxDrained)
+	if refusal != "" && f.force && !f.dryRun {
+		// Forced past synctl's limits, a change can still be past the
+		// synapses' own guard: say what they will do with it.
+		fmt.Fprintf(env.Stderr, "synctl: warning: forced past the safety limits (%s); every synapse still holds back removals beyond its panic threshold (default 50 %% of a service at once) until the registry recovers or: synctl confirm SERVICE --reason ...\n", refusal)
+	}
 	if refusal == "" || f.force {
 		return nil
 	}
@@ -488,6 +493,9 @@ func (f *fleet) holdingOut(targets, scope []string) ([]string, error) {
 // holdsOut reports whether an override takes backends out of traffic: a
 // drain, a maint, or a weight of 0.
 func holdsOut(o registry.Override) bool {
+	if o.State == registry.StateConfirm {
+		return false // a confirmation of removals, not a removal
+	}
 	return o.State != registry.StateReady || (o.Weight != nil && *o.Weight == 0)
 }
 

@@ -14,7 +14,7 @@ import (
 // come from the same flag sets the commands parse, and service names from
 // the registry's catalogs when it answers quickly.
 
-var commands = []string{"drain", "maint", "add-to-lb", "weight", "status", "history", "serve", "completion"}
+var commands = []string{"drain", "maint", "add-to-lb", "weight", "confirm", "status", "history", "serve", "completion"}
 
 // commandFlags builds the flag set of cmd as the command itself does.
 func commandFlags(cmd string) *flag.FlagSet {
@@ -29,6 +29,8 @@ func commandFlags(cmd string) *flag.FlagSet {
 	case "weight":
 		f.register(fs, false)
 		f.registerSafety(fs)
+	case "confirm":
+		f.registerConfirm(fs)
 	case "status":
 		f.common.register(fs)
 		statusFlags(fs)

@@ -20,13 +20,15 @@ type statusReport struct {
 }
 
 type synapseStatus struct {
-	ID       string    `json:"id"`
-	Revision int64     `json:"revision"`
-	InSync   bool      `json:"in_sync"`
-	Live     bool      `json:"live"` // false: dead, only its catalog is left
+	ID       string `json:"id"`
+	Revision int64  `json:"revision"`
+	InSync   bool   `json:"in_sync"`
+	Live     bool   `json:"live"` // false: dead, only its catalog is left
 	// Quarantined: servers its HAProxy refused, set aside ("service/server: reason").
 	Quarantined []string `json:"quarantined,omitempty"`
-	At       time.Time `json:"at"`
+	// Held: removals its panic threshold holds back ("service/server").
+	Held []string  `json:"held,omitempty"`
+	At   time.Time `json:"at"`
 }
 
 func runStatus(ctx context.Context, env Env, args []string) error {
@@ -99,7 +101,7 @@ func buildStatus(ctx context.Context, b registry.Backend, c *common, now time.Ti
 	live := map[string]bool{}
 	for _, a := range fl.acks {
 		live[a.ID] = true
-		rep.Synapses = append(rep.Synapses, synapseStatus{ID: a.ID, Revision: a.Revision, InSync: a.Revision >= fl.overrides.Revision, Live: true, At: a.At, Quarantined: a.Quarantined})
+		rep.Synapses = append(rep.Synapses, synapseStatus{ID: a.ID, Revision: a.Revision, InSync: a.Revision >= fl.overrides.Revision, Live: true, At: a.At, Quarantined: a.Quarantined, Held: a.Held})
 	}
 	for _, cat := range fl.catalogs {
 		if !live[cat.ID] {
@@ -199,6 +201,28 @@ func printStatus(w io.Writer, rep statusReport, now time.Time, all bool) {
 	for _, s := range rep.Synapses {
 		for _, q := range s.Quarantined {
 			fmt.Fprintf(w, "  %s QUARANTINED %s\n", s.ID, q)
+		}
+	}
+	// Removals a synapse's panic threshold holds back: the registry (or
+	// an override) takes more out at once than the threshold allows.
+	held := map[string]int{}
+	for _, s := range rep.Synapses {
+		for _, h := range s.Held {
+			fmt.Fprintf(w, "  %s HOLDING %s (panic threshold: the registry takes it out with too many others at once)\n", s.ID, h)
+			svc, _, _ := strings.Cut(h, "/")
+			held[svc]++
+		}
+	}
+	for _, svc := range sortedKeys(held) {
+		fmt.Fprintf(w, "  %s: %d removals held; if they are intended: synctl confirm %s --reason ...\n", svc, held[svc], svc)
+	}
+	for _, o := range rep.Overrides {
+		if o.State == registry.StateConfirm {
+			until := "-"
+			if o.ExpiresAt != nil {
+				until = o.ExpiresAt.Format(time.RFC3339)
+			}
+			fmt.Fprintf(w, "removals in %s confirmed by %s until %s: %s\n", strings.Join(o.Services, ","), o.By, until, o.Reason)
 		}
 	}
 }

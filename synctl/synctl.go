@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/syncstack/syncstack/internal/confutil"
+	"github.com/syncstack/syncstack/internal/secretfile"
 	"github.com/syncstack/syncstack/internal/version"
 	"github.com/syncstack/syncstack/registry"
 	"github.com/syncstack/syncstack/registry/etcd"
@@ -73,6 +74,7 @@ Usage:
   synctl maint HOST[,HOST...] [same flags as drain]
   synctl add-to-lb HOST[,HOST...] [--service S] [--wait [--timeout D]] [--dry-run]
   synctl weight HOST[,HOST...] N|reset [--service S] [--wait] [--dry-run]
+  synctl confirm SERVICE[,SERVICE...] --reason TEXT [--for 10m] [--wait]   (let go removals the synapses' panic threshold holds)
   synctl status [SERVICE]
   synctl history [--limit N]
   synctl serve [--listen 127.0.0.1:9393]   (a read-only page of the fleet, on loopback)
@@ -115,6 +117,8 @@ func Main(ctx context.Context, args []string, env Env) int {
 		err = runAddToLB(ctx, env, rest)
 	case "weight":
 		err = runWeight(ctx, env, rest)
+	case "confirm":
+		err = runConfirm(ctx, env, rest)
 	case "status":
 		err = runStatus(ctx, env, rest)
 	case "history":
@@ -363,6 +367,15 @@ func (c *common) connect(env Env) (registry.Backend, error) {
 	case et != "":
 		ecfg := etcd.Config{Endpoints: splitList(et), Root: root, OpTimeout: c.opTimeout, Metrics: quiet, Logger: quietLogger()}
 		sec := c.security(env, fc.EtcdSecurity)
+		// A password or key others can read is not the operator's alone.
+		for _, f := range []string{sec.PasswordFile, sec.KeyFile} {
+			if f == "" {
+				continue
+			}
+			if err := secretfile.Check(f); err != nil {
+				return nil, usagef("etcd security: %v", err)
+			}
+		}
 		if err := sec.Apply(&ecfg); err != nil {
 			return nil, usagef("etcd security: %v", err)
 		}

@@ -56,6 +56,9 @@ type Config struct {
 	Plugin plugin.Config `yaml:",inline"`
 
 	DiscoveryJitter confutil.Ignored `yaml:"discovery_jitter"`
+
+	// Warnings: what Finalize accepted but will not do as written.
+	Warnings []string `yaml:"-"`
 }
 
 // Server is an instance record, or just a host name (Airbnb's dns watcher
@@ -111,6 +114,13 @@ func (c *Config) Options() registry.DecodeOptions {
 // Finalize validates the section; problems are reported under key.
 // portOverride is the service's server_port_override (0: none).
 func (c *Config) Finalize(key string, portOverride int, p *confutil.Problems) {
+	if c.DiscoveryJitter.Set() {
+		c.Warnings = append(c.Warnings, key+".discovery_jitter: not implemented; watches are event-driven and reads are spread by the registry clients' backoff")
+	}
+	if c.Method == "base" {
+		// Airbnb's base watcher: the default_servers alone.
+		c.Method = "static"
+	}
 	switch c.Method {
 	case "zookeeper":
 		if len(c.Hosts) == 0 {
@@ -171,6 +181,13 @@ func (c *Config) Finalize(key string, portOverride int, p *confutil.Problems) {
 	for i, s := range c.Instances(portOverride) {
 		k := fmt.Sprintf("%s.servers[%d]", key, i)
 		if s.Port == 0 {
+			if c.Method == "dns" {
+				// Airbnb's own examples list bare names without a port
+				// or server_port_override; its synapse then writes
+				// servers HAProxy refuses. Accepted, and said.
+				c.Warnings = append(c.Warnings, k+": no port (and no haproxy.server_port_override): the addresses of "+s.Host+" are not used until one is set")
+				continue
+			}
 			p.Addf(k+".port", "missing (or set haproxy.server_port_override)")
 			continue
 		}

@@ -50,7 +50,7 @@ func TestCheckConfig(t *testing.T) {
 		{[]string{"-config", bad, "-check-config"}, 1, []string{bad, "line 6", "chekcs"}},
 		{[]string{"-config", bad}, 1, []string{bad, "chekcs"}},
 		{[]string{"-config", "../../nerve/testdata/airbnb/nerve.conf.json", "-check-config"}, 0, []string{"OK, 4 services", "statsd: not implemented"}},
-		{[]string{"-config", "../../nerve/testdata/rabbitmq.conf.json", "-check-config"}, 1, []string{"rabbitmq_service.checks[0]", `"rabbitmq" is not supported`}},
+		{[]string{"-config", "../../nerve/testdata/rabbitmq.conf.json", "-check-config"}, 0, []string{"OK, 1 services"}},
 		{[]string{"-bogus"}, 2, []string{"bogus", "Usage: nerve"}},
 		{[]string{"-h"}, 0, []string{"Usage: nerve", "-check-config"}},
 		{[]string{"--help"}, 0, []string{"Usage: nerve"}},
@@ -76,6 +76,26 @@ func TestCheckConfig(t *testing.T) {
 			if !strings.Contains(out.String(), w) {
 				t.Errorf("nerve %v: output lacks %q:\n%s", tc.args, w, out.String())
 			}
+		}
+	}
+}
+
+// Airbnb's example nerve.conf.json, verbatim (rabbitmq check included), in
+// Airbnb's repository layout (testdata/airbnb/example) and run from the
+// repository's root as Airbnb's docs do: its service_conf_dir
+// "example/nerve_services" is found relative to the working directory,
+// and the warning says so.
+func TestAirbnbExampleConfig(t *testing.T) {
+	var out bytes.Buffer
+	cmd := exec.Command(nerveBin, "-config", "example/nerve.conf.json", "-check-config")
+	cmd.Dir = "testdata/airbnb"
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("nerve -check-config on Airbnb's example: %v\n%s", err, out.String())
+	}
+	for _, w := range []string{"OK, 5 services", `service_conf_dir: \"example/nerve_services\" is not next to the config`, "relative to the working directory"} {
+		if !strings.Contains(out.String(), w) {
+			t.Errorf("output lacks %q:\n%s", w, out.String())
 		}
 	}
 }

@@ -109,6 +109,41 @@ services:
 	}
 }
 
+// Airbnb's own example configs, verbatim, in Airbnb's repository layout
+// (testdata/airbnb: config/, spec/support/) and run from its root, load:
+// every key is implemented or warned about, svcdir_test.json finds its
+// service_conf_dir relative to the working directory and says so. Where
+// haproxy -c then refuses the rendered config, it is for a placeholder of
+// the example, named in the message: a certificate that does not exist, a
+// backend ("cache") no service defines, test keywords.
+func TestAirbnbExampleConfigs(t *testing.T) {
+	testserver.CheckHAProxy(t)
+	for _, tc := range []struct {
+		file string
+		want []string
+	}{
+		{"config/synapse.conf.json", []string{"statsd: not implemented", "haproxy -c", "/path/to/cert/example.pem"}},
+		{"config/discovery-multi.conf.json", []string{"services.service1.discovery_multi.watchers.secondary.discovery_jitter: not implemented", "haproxy -c", "/path/to/cert/example.pem"}},
+		{"config/hostheader_test.json", []string{"no port (and no haproxy.server_port_override)", "haproxy -c", "unable to find required use_backend: 'cache'"}},
+		{"config/svcdir_test.json", []string{"relative to the working directory", "haproxy -c", "unable to find required use_backend: 'cache'"}},
+		{"spec/support/minimum.conf.yaml", []string{"haproxy -c", "unknown keyword 'global_test_option'"}},
+	} {
+		var out bytes.Buffer
+		cmd := exec.Command(synapseBin, "-config", tc.file, "-check-config")
+		cmd.Dir = "testdata/airbnb"
+		cmd.Stdout, cmd.Stderr = &out, &out
+		cmd.Run()
+		if strings.Contains(out.String(), "invalid config: "+tc.file) {
+			t.Errorf("%s: refused before haproxy -c:\n%s", tc.file, out.String())
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(out.String(), w) {
+				t.Errorf("%s: output lacks %q:\n%s", tc.file, w, out.String())
+			}
+		}
+	}
+}
+
 // The binary: serves, picks up a new service on SIGHUP with one reload,
 // and on SIGTERM exits 0 leaving HAProxy serving.
 func TestSignals(t *testing.T) {

@@ -49,6 +49,25 @@ type Config struct {
 	// (in maint, taking no new ones) before they are shut down. Default 30s.
 	RemovalGrace confutil.Duration `yaml:"removal_grace"`
 
+	// UseNerveWeights writes a record's weight into HAProxy (Airbnb's
+	// use_nerve_weights). Default: off for an Airbnb-format config
+	// (AirbnbFormat: synapse.conf.json), as in Airbnb's synapse; on for
+	// syncstack's YAML. Weights set by synctl overrides apply either way.
+	UseNerveWeights *bool `yaml:"use_nerve_weights"`
+	// ServerOrderSeed seeds the default server order of every backend
+	// (backend_order unset): each host spreads load differently, and keeps
+	// its order across restarts. Default: derived from the host name.
+	ServerOrderSeed *int64 `yaml:"server_order_seed"`
+	// MaxServerID bounds the `id` given to each server (default 65535).
+	MaxServerID int `yaml:"max_server_id"`
+	// SharedFrontend is the head of one frontend ("shared-frontend") that
+	// services share: its bind and common lines; each service adds its
+	// own (its shared_frontend: ACLs on the Host header and use_backend).
+	SharedFrontend []string `yaml:"shared_frontend"`
+	// AirbnbFormat says the config came in Airbnb's format (JSON): set by
+	// the loader before Finalize, it picks Airbnb's defaults.
+	AirbnbFormat bool `yaml:"-"`
+
 	// Accepted for Airbnb compatibility, not implemented.
 	DoChecks                confutil.Ignored `yaml:"do_checks"`
 	CheckCommand            confutil.Ignored `yaml:"check_command"`
@@ -80,9 +99,37 @@ type ServiceConfig struct {
 
 	// ServerPortOverride is the port of discovered servers when discovery
 	// finds only names (dns).
-	ServerPortOverride int              `yaml:"server_port_override"`
-	SharedFrontend     confutil.Ignored `yaml:"shared_frontend"`
+	ServerPortOverride int `yaml:"server_port_override"`
+	// SharedFrontend lines go into haproxy.shared_frontend's frontend,
+	// after its own: typically an ACL on the Host header and a
+	// use_backend for it. Two services may not claim one host.
+	SharedFrontend []string `yaml:"shared_frontend"`
+
+	// BackendOrder orders the server lines of the backend: asc, desc
+	// (by server name), no_shuffle (as the state lists them), or, unset,
+	// a shuffle seeded by haproxy.server_order_seed.
+	BackendOrder string `yaml:"backend_order"`
+	// CookieValueMethod is the `cookie` value of each server: its name
+	// (default, "name"), or "hash": the SHA-1 of its name, in hex.
+	CookieValueMethod string `yaml:"cookie_value_method"`
 }
+
+// Backend orders (backend_order) and cookie value methods.
+const (
+	OrderShuffle   = "" // the default: seeded shuffle
+	OrderAsc       = "asc"
+	OrderDesc      = "desc"
+	OrderNoShuffle = "no_shuffle"
+
+	CookieName = "name"
+	CookieHash = "hash"
+)
+
+// DefaultMaxServerID is Airbnb's max_server_id default.
+const DefaultMaxServerID = 65535
+
+// NerveWeights reports use_nerve_weights with its default for the format.
+func (c *Config) NerveWeights() bool { return on(c.UseNerveWeights, !c.AirbnbFormat) }
 
 func on(b *bool, def bool) bool {
 	if b == nil {
@@ -102,6 +149,16 @@ func (c *Config) Finalize(p *confutil.Problems) {
 	}
 	if c.Binary == "" {
 		c.Binary = "haproxy"
+	}
+	if c.MaxServerID == 0 {
+		c.MaxServerID = DefaultMaxServerID
+	}
+	if c.MaxServerID < 1 {
+		p.Addf("haproxy.max_server_id", "%d must be positive", c.MaxServerID)
+	}
+	if c.ServerOrderSeed == nil {
+		seed := hostSeed()
+		c.ServerOrderSeed = &seed
 	}
 	if c.ReloadMinInterval == 0 {
 		c.ReloadMinInterval = confutil.Duration(2 * time.Second)
@@ -139,6 +196,9 @@ func (c *Config) Finalize(p *confutil.Problems) {
 	for i, l := range c.Defaults {
 		checkLine(p, fmt.Sprintf("haproxy.defaults[%d]", i), l)
 	}
+	for i, l := range c.SharedFrontend {
+		checkLine(p, fmt.Sprintf("haproxy.shared_frontend[%d]", i), l)
+	}
 	for name, lines := range c.ExtraSections {
 		checkLine(p, "haproxy.extra_sections", name)
 		for i, l := range lines {
@@ -170,11 +230,21 @@ func (s *ServiceConfig) Finalize(name string, defaults *Config, p *confutil.Prob
 	if err := registry.ValidateHost(strings.Trim(s.BindAddress, "[]")); err != nil && s.BindAddress != "*" {
 		p.Addf(key+".bind_address", "%v", err)
 	}
+	switch s.BackendOrder {
+	case OrderShuffle, OrderAsc, OrderDesc, OrderNoShuffle:
+	default:
+		p.Addf(key+".backend_order", "%q is not asc, desc or no_shuffle (unset: a seeded shuffle)", s.BackendOrder)
+	}
+	switch s.CookieValueMethod {
+	case "", CookieName, CookieHash:
+	default:
+		p.Addf(key+".cookie_value_method", "%q is not name or hash", s.CookieValueMethod)
+	}
 	checkLine(p, key+".bind_options", s.BindOptions)
 	// The operator's own server options are checked by haproxy -c, not
 	// by the allow-list that guards registry records.
 	checkLine(p, key+".server_options", s.ServerOptions.String())
-	for field, lines := range map[string][]string{"frontend": s.Frontend, "backend": s.Backend, "listen": s.Listen} {
+	for field, lines := range map[string][]string{"frontend": s.Frontend, "backend": s.Backend, "listen": s.Listen, "shared_frontend": s.SharedFrontend} {
 		for i, l := range lines {
 			checkLine(p, fmt.Sprintf("%s.%s[%d]", key, field, i), l)
 		}

@@ -56,6 +56,15 @@ type Generator struct {
 	applied     map[string]string   // backend/server → options it has
 	bootServers map[string][]string // backend → server lines of the file at start
 
+	// ids gives every server its `id` (read by render without g.mu).
+	ids *serverIDs
+	// idsFor: the state each service's ids were last assigned for.
+	idsFor map[string]generators.Service
+	// cookiePending: a server was added at runtime to a backend that
+	// persists by cookie; HAProxy 2.6 takes no cookie on `add server`, so
+	// a reload (reason cookie) gives it the cookie of its config line.
+	cookiePending bool
+
 	skel         string                        // the skeleton of this config
 	synced       map[string]generators.Service // what each service was last synced to
 	lastFullSync time.Time
@@ -115,6 +124,8 @@ func New(cfg *Config, services map[string]*ServiceConfig, log *slog.Logger, m *M
 		cfg: cfg, services: svcs, names: names, log: log.With("generator", "haproxy"), m: m,
 		rt:             RuntimeClient{Socket: cfg.SocketFilePath, Timeout: 10 * time.Second},
 		removing:       map[string]time.Time{},
+		ids:            newServerIDs(cfg.MaxServerID),
+		idsFor:         map[string]generators.Service{},
 		quarantined:    map[string]*quarantine{},
 		resync:         map[string]bool{},
 		addrs:          map[string]*resolved{},
@@ -191,7 +202,8 @@ func (g *Generator) restart(ctx context.Context, st generators.State, why error)
 	g.m.Restarts.Inc()
 	g.attached, g.runningSkel, g.synced, g.lastReload = false, "", nil, time.Time{}
 	clear(g.removing) // quarantines stay: the new HAProxy refuses the same
-	g.applied = nil   // the new HAProxy has the servers of the file
+	g.cookiePending = false
+	g.applied = nil // the new HAProxy has the servers of the file
 	return g.apply(ctx, st)
 }
 
@@ -231,12 +243,15 @@ func (g *Generator) startWatchdog() {
 	})
 }
 
-// Close stops the watchdog; HAProxy keeps running.
+// Close stops the watchdog and waits for a background config write in
+// flight (it must not write into a directory its owner removes next);
+// HAProxy keeps running.
 func (g *Generator) Close() error {
 	g.closeOnce.Do(func() {
 		close(g.stop)
 		g.watchWG.Wait()
 		g.resolveWG.Wait()
+		g.writerWG.Wait()
 	})
 	return nil
 }
@@ -248,6 +263,7 @@ func (g *Generator) apply(ctx context.Context, st generators.State) error {
 		content, _ := os.ReadFile(g.cfg.ConfigFilePath)
 		g.bootSkel, g.bootRead = skeletonOf(string(content)), true
 		g.applied, g.bootServers = serverOptsOf(string(content))
+		g.ids.load(string(content), time.Now())
 		if !on(g.cfg.DoSocket, true) {
 			g.bootSkel = string(content)
 		}
@@ -255,6 +271,7 @@ func (g *Generator) apply(ctx context.Context, st generators.State) error {
 	if g.resolveHosts(ctx, st) {
 		g.synced = nil // an address changed: look at every backend
 	}
+	g.assignIDs(st)
 	full := ""
 	render := func() string {
 		if full == "" {
@@ -303,6 +320,9 @@ func (g *Generator) apply(ctx context.Context, st generators.State) error {
 		}
 		reloadWhy = why
 	}
+	if reloadWhy == "" && g.cookiePending {
+		reloadWhy = reasonCookie
+	}
 	if writes && !structural {
 		if reloadWhy != "" {
 			if err := g.writeNow(ctx, st); err != nil {
@@ -321,6 +341,7 @@ func (g *Generator) apply(ctx context.Context, st generators.State) error {
 			return errors.Join(append(errs, err)...)
 		}
 		g.runningSkel = skel
+		g.cookiePending = false // the new worker has every cookie of the file
 		g.markLoaded(skel)
 		g.synced = nil // a new worker: check every backend
 		// The new worker loaded the server state file; fix whatever it
@@ -437,7 +458,7 @@ func (g *Generator) writeContent(ctx context.Context, content string) error {
 	// The candidate is validated where it will live (relative paths in
 	// the config resolve the same), then becomes the file.
 	candidate := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".candidate")
-	if err := atomicfile.WriteFile(candidate, []byte(content)); err != nil {
+	if err := atomicfile.Write(candidate, []byte(content), atomicfile.Options{Mode: configMode}); err != nil {
 		return fmt.Errorf("haproxy config: %w", err)
 	}
 	defer os.Remove(candidate)
@@ -446,7 +467,7 @@ func (g *Generator) writeContent(ctx context.Context, content string) error {
 		g.log.Error("rendered config rejected by haproxy -c; keeping the previous one", "err", err)
 		return err
 	}
-	if err := atomicfile.WriteFile(path, []byte(content)); err != nil {
+	if err := atomicfile.Write(path, []byte(content), atomicfile.Options{Mode: configMode}); err != nil {
 		return fmt.Errorf("haproxy config: %w", err)
 	}
 	g.lastWritten = content
@@ -504,6 +525,11 @@ func (g *Generator) attach(ctx context.Context) error {
 
 // loadedMarkPath holds the hash of the skeleton HAProxy last confirmed
 // loading (a start, or a reload with a new worker).
+// configMode is the mode of the files the generator writes: HAProxy's
+// config names every backend, its addresses and options (sometimes
+// credentials in `global`): owner and group only.
+const configMode = 0o640
+
 func (g *Generator) loadedMarkPath() string { return g.cfg.ConfigFilePath + ".loaded" }
 
 func skelHash(skel string) string {
@@ -515,7 +541,7 @@ func (g *Generator) markLoaded(skel string) {
 	if !on(g.cfg.DoWrites, true) {
 		return
 	}
-	if err := atomicfile.WriteFile(g.loadedMarkPath(), []byte(skelHash(skel)+"\n")); err != nil {
+	if err := atomicfile.Write(g.loadedMarkPath(), []byte(skelHash(skel)+"\n"), atomicfile.Options{Mode: configMode}); err != nil {
 		g.log.Warn("could not record the loaded config", "path", g.loadedMarkPath(), "err", err)
 	}
 }
@@ -567,6 +593,24 @@ func (g *Generator) start(ctx context.Context) error {
 	return nil
 }
 
+// assignIDs gives an id to every server of the services whose backends
+// changed since the last call (the runtime sync then corrects them from
+// what the running HAProxy has).
+func (g *Generator) assignIDs(st generators.State) {
+	now := time.Now()
+	for _, name := range g.serviceNames() {
+		svc := st.Services[name]
+		if g.unknown(svc) {
+			continue
+		}
+		if prev, ok := g.idsFor[name]; ok && prev.Equal(svc) {
+			continue
+		}
+		g.ids.assign(g.services[name].BackendName, svc.Backends, nil, now)
+		g.idsFor[name] = svc
+	}
+}
+
 func isIP(host string) bool {
 	_, err := netip.ParseAddr(host)
 	return err == nil
@@ -576,7 +620,7 @@ func isIP(host string) bool {
 // and validates it with haproxy -c.
 func Check(ctx context.Context, cfg *Config, services map[string]*ServiceConfig, file string) error {
 	g := New(cfg, services, nil, nil)
-	if err := os.WriteFile(file, []byte(g.render(generators.State{}, true)), 0o644); err != nil {
+	if err := os.WriteFile(file, []byte(g.render(generators.State{}, true)), configMode); err != nil {
 		return err
 	}
 	return g.validate(ctx, file)

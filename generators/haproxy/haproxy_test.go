@@ -30,6 +30,12 @@ type rig struct {
 // newRig makes a generator that manages its own HAProxy in a temp dir.
 func newRig(t *testing.T, services map[string]*ServiceConfig) *rig {
 	t.Helper()
+	return newRigWith(t, services, nil)
+}
+
+// newRigWith is newRig with edit applied to the config before Finalize.
+func newRigWith(t *testing.T, services map[string]*ServiceConfig, edit func(*Config)) *rig {
+	t.Helper()
 	testserver.CheckHAProxy(t)
 	dir := t.TempDir()
 	cfg := &Config{
@@ -42,6 +48,9 @@ func newRig(t *testing.T, services map[string]*ServiceConfig) *rig {
 		Manage:            true,
 		ReloadMinInterval: confutil.Duration(200 * time.Millisecond),
 		RemovalGrace:      confutil.Duration(time.Second),
+	}
+	if edit != nil {
+		edit(cfg)
 	}
 	var p confutil.Problems
 	cfg.Finalize(&p)
@@ -92,7 +101,7 @@ func (r *rig) pid(t *testing.T) int {
 
 func (r *rig) reloads() float64 {
 	var n float64
-	for _, why := range []string{"structure", "static_balance", "dns_name", "backend_missing", "other"} {
+	for _, why := range []string{"structure", "static_balance", "dns_name", "backend_missing", "cookie", "other"} {
 		n += testutil.ToFloat64(r.g.m.Reloads.WithLabelValues(why))
 	}
 	return n
@@ -132,6 +141,14 @@ func TestRuntimeChangesWithoutReload(t *testing.T) {
 	r.apply(t, state("web", backend(a, "a")))
 	if got := get(t, url); got != "a" {
 		t.Fatalf("got %q", got)
+	}
+	// The config names every backend: owner and group only.
+	for _, f := range []string{"haproxy.cfg", "haproxy.cfg.loaded"} {
+		if fi, err := os.Stat(filepath.Join(r.dir, f)); err != nil {
+			t.Error(err)
+		} else if fi.Mode().Perm() != 0o640 {
+			t.Errorf("%s: mode %v, want 0640", f, fi.Mode())
+		}
 	}
 	pid := r.pid(t)
 	reloads := r.reloads()

@@ -26,7 +26,10 @@ func TestOptsIdentityLeavesWeightOut(t *testing.T) {
 		{"record weight", w(5), "", "", "", " weight 5", 5},
 		{"record weight and options", w(5), "maxconn  10", "check", " check maxconn 10", " check maxconn 10 weight 5", 5},
 		{"operator weight", nil, "", "check weight 7", " check", " check weight 7", 7},
-		{"record weight beats operator weight", w(2), "", "weight 7", "", " weight 7 weight 2", 2},
+		// Airbnb's synapse leaves the options' weight out when the
+		// server has a weight of its own.
+		{"record weight beats operator weight", w(2), "", "check weight 7", " check", " check weight 2", 2},
+		{"id and cookie are not options it was added with", nil, "", "check id 4 cookie x", " check", " check id 4 cookie x", 1},
 		{"zero", w(0), "", "", "", " weight 0", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -42,12 +42,20 @@ func (g *Generator) reload(ctx context.Context, why string) error {
 // ReloadReasons are every value of synapse_haproxy_reloads_total's reason
 // label: each is exported at 0 from the start, so a dashboard (and the
 // demo's own hint) sees the series before the first reload.
-var ReloadReasons = []string{"structure", "static_balance", "backend_missing", "other"}
+var ReloadReasons = []string{"structure", "static_balance", "backend_missing", "cookie", "other"}
+
+// reasonCookie: servers were added at runtime to a backend that persists
+// by cookie, and HAProxy 2.6 refuses `cookie` on `add server` (and has no
+// `set server ... cookie`): they serve at once, and get their cookie, so
+// that sticky sessions reach them, at this (rate-limited) reload.
+const reasonCookie = "cookie: servers added at runtime to a backend with cookie persistence"
 
 func reasonLabel(why string) string {
 	switch {
 	case why == "structure":
 		return "structure"
+	case why == reasonCookie:
+		return "cookie"
 	case strings.Contains(why, "static balance"):
 		return "static_balance"
 	case strings.Contains(why, "missing"):
@@ -67,7 +75,7 @@ func (g *Generator) saveServerState(ctx context.Context) {
 		g.log.Warn("could not save the server state before a reload", "err", err)
 		return
 	}
-	if err := atomicfile.WriteFile(g.cfg.ServerStateFile, []byte(replies[0]+"\n")); err != nil {
+	if err := atomicfile.Write(g.cfg.ServerStateFile, []byte(replies[0]+"\n"), atomicfile.Options{Mode: configMode}); err != nil {
 		g.log.Warn("could not save the server state before a reload", "err", err)
 	}
 }

@@ -78,6 +78,7 @@ func (g *Generator) renderWith(st generators.State, servers bool, trial map[stri
 		}
 		g.renderService(&b, name, svc, backends, verbatim, trial)
 	}
+	g.renderSharedFrontend(&b)
 	return b.String()
 }
 
@@ -102,7 +103,7 @@ func (g *Generator) renderService(b *strings.Builder, name string, svc *ServiceC
 		// The options every server gets, so a change of them changes the
 		// skeleton (and takes a reload).
 		line(b, "# server options: "+serverOpts)
-		g.renderServers(b, svc.BackendName, backends, serverOpts, trial)
+		g.renderServers(b, svc, backends, serverOpts, trial)
 		for _, l := range verbatim {
 			line(b, l)
 		}
@@ -111,31 +112,36 @@ func (g *Generator) renderService(b *strings.Builder, name string, svc *ServiceC
 	if svc.Port > 0 {
 		b.WriteString("\nfrontend " + name + "\n")
 		line(b, bind)
-		for _, l := range svc.Listen {
+		// The section's own lines, then the listen ones, as Airbnb's
+		// synapse writes them: where a directive is repeated the last one
+		// wins, so the order is behaviour.
+		for _, l := range svc.Frontend {
 			line(b, l)
 		}
-		for _, l := range svc.Frontend {
+		for _, l := range svc.Listen {
 			line(b, l)
 		}
 		line(b, "default_backend "+svc.BackendName)
 	}
 	b.WriteString("\nbackend " + svc.BackendName + "\n")
-	for _, l := range svc.Listen {
-		line(b, l)
-	}
 	for _, l := range svc.Backend {
 		line(b, l)
 	}
+	for _, l := range svc.Listen {
+		line(b, l)
+	}
 	line(b, "# server options: "+serverOpts)
-	g.renderServers(b, svc.BackendName, backends, serverOpts, trial)
+	g.renderServers(b, svc, backends, serverOpts, trial)
 	for _, l := range verbatim {
 		line(b, l)
 	}
 }
 
-func (g *Generator) renderServers(b *strings.Builder, be string, backends []generators.Backend, serverOpts string, trial map[string]bool) {
+func (g *Generator) renderServers(b *strings.Builder, svc *ServiceConfig, backends []generators.Backend, serverOpts string, trial map[string]bool) {
+	be := svc.BackendName
 	anyRejected := g.anyQuarantined()
-	for _, bk := range backends {
+	cookies := !tcpMode(g.cfg.Defaults, svc)
+	for _, bk := range orderBackends(svc, g.seed(), backends) {
 		addr, err := g.addrOf(bk.Host)
 		if err != nil {
 			continue // a host name that does not resolve: quarantined
@@ -143,7 +149,7 @@ func (g *Generator) renderServers(b *strings.Builder, be string, backends []gene
 		if anyRejected && g.rejected(be+"/"+bk.ServerName(), sig(bk, addr, optsIdentity(bk, serverOpts)), trial) {
 			continue // HAProxy refused it: left out, or haproxy -c fails for all
 		}
-		l := "server " + bk.ServerName() + " " + joinAddr(addr, bk.Port) + serverParams(bk, serverOpts)
+		l := "server " + bk.ServerName() + " " + joinAddr(addr, bk.Port) + g.lineParams(svc, bk, serverOpts, cookies)
 		switch {
 		case bk.State == "maint":
 			l += " disabled"
@@ -159,16 +165,66 @@ func (g *Generator) renderServers(b *strings.Builder, be string, backends []gene
 	}
 }
 
+// lineParams is what follows the address on the server line of bk: its
+// `id` (unless its record's options carry one), its `cookie` (unless the
+// backend is in mode tcp), then serverParams, in the order of Airbnb's
+// synapse.
+func (g *Generator) lineParams(svc *ServiceConfig, bk generators.Backend, serverOpts string, cookie bool) string {
+	var s strings.Builder
+	name := bk.ServerName()
+	if optionID(bk.HAProxyServerOptions) == 0 {
+		if id := g.ids.get(svc.BackendName, name); id > 0 {
+			s.WriteString(" id " + strconv.Itoa(id))
+		}
+	}
+	if cookie {
+		s.WriteString(" cookie " + cookieValue(svc, name))
+	}
+	s.WriteString(serverParams(bk, serverOpts))
+	return s.String()
+}
+
+// addParams is what follows the address in `add server`: the line's
+// parameters without the cookie, which HAProxy 2.6 refuses on a dynamic
+// server (see cookieReload).
+func (g *Generator) addParams(svc *ServiceConfig, bk generators.Backend, serverOpts string) string {
+	return g.lineParams(svc, bk, serverOpts, false)
+}
+
+// seed is the seed of the default server order.
+func (g *Generator) seed() int64 {
+	if g.cfg.ServerOrderSeed != nil {
+		return *g.cfg.ServerOrderSeed
+	}
+	return 0
+}
+
 // optsIdentity is what a server is added with and cannot change at
 // runtime: the service's options and the record's, without any weight
 // (the weight is a runtime setting: a server whose weight changes keeps
-// its place, its id and its connections).
+// its place, its id and its connections), id or cookie (both follow from
+// its name, and a running server is never replaced for them: a reload
+// brings them).
 func optsIdentity(be generators.Backend, serverOpts string) string {
 	opts := serverOpts
 	if be.HAProxyServerOptions != "" {
 		opts += " " + be.HAProxyServerOptions
 	}
-	return stripWeight(strings.Fields(opts))
+	return identity(strings.Fields(opts))
+}
+
+// identity joins fields (" a b", or "") without their "weight N", "id N"
+// and "cookie V" pairs.
+func identity(f []string) string {
+	var s strings.Builder
+	for i := 0; i < len(f); i++ {
+		if (f[i] == "weight" || f[i] == "id" || f[i] == "cookie") && i+1 < len(f) {
+			i++
+			continue
+		}
+		s.WriteString(" " + f[i])
+	}
+	return s.String()
 }
 
 // stripWeight joins fields (" a b", or "") without their "weight N" pairs.
@@ -184,12 +240,15 @@ func stripWeight(f []string) string {
 	return s.String()
 }
 
-// serverParams is what follows the address on a server line and in `add
-// server`: the service's options, the record's options, then the
-// record's weight (last: HAProxy takes the last weight of a line, and the
-// record's weight field is the one weight).
+// serverParams is the service's options, the record's options, then the
+// backend's weight (last: HAProxy takes the last weight of a line). With a
+// weight of its own (the record's, under use_nerve_weights, or synctl's)
+// the `weight` of the options is left out, as Airbnb's synapse does.
 func serverParams(be generators.Backend, serverOpts string) string {
 	var s strings.Builder
+	if be.Weight != nil {
+		serverOpts = strings.TrimSpace(stripWeight(strings.Fields(serverOpts)))
+	}
 	if serverOpts != "" {
 		s.WriteString(" " + serverOpts)
 	}

@@ -118,7 +118,7 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 			g.synced[name] = st.Services[name]
 		}
 	}()
-	b := batch{attempted: map[string]attempt{}, then: map[string][]command{}}
+	b := batch{attempted: map[string]attempt{}, then: map[string][]command{}, cookie: map[string]bool{}}
 	// Without quarantines (the usual case) a server costs no quarantine
 	// lookups and no signature: this loop runs over every server of every
 	// changed service.
@@ -131,6 +131,9 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 		cur := running[be]
 		serverOpts := svc.ServerOptions.String()
 		dynamic := dynamicBalance(g.cfg.Defaults, svc.Listen, svc.Backend) && dynamicOptions(serverOpts)
+		// Ids of the servers HAProxy runs are what the file must say.
+		g.ids.assign(be, st.Services[name].Backends, cur, now)
+		b.cookie[name] = cookiePersistence(g.cfg.Defaults, svc) && !tcpMode(g.cfg.Defaults, svc)
 		want := map[string]bool{}    // servers HAProxy is to keep
 		desired := map[string]bool{} // servers of the state, quarantined or not
 		for _, bk := range st.Services[name].Backends {
@@ -178,10 +181,10 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 				// requests, and goes once its connections end or the
 				// grace passes; the new one is added right after.
 				b.cmds = append(b.cmds, g.retire(id, r, now)...)
-				b.then[id] = addCmds(id, joinAddr(addr, bk.Port), serverParams(bk, serverOpts), bk.State)
+				b.then[id] = addCmds(id, joinAddr(addr, bk.Port), g.addParams(svc, bk, serverOpts), bk.State)
 			default:
 				delete(g.removing, id) // gone by other means (a reload, an operator)
-				b.cmds = append(b.cmds, addCmds(id, joinAddr(addr, bk.Port), serverParams(bk, serverOpts), bk.State)...)
+				b.cmds = append(b.cmds, addCmds(id, joinAddr(addr, bk.Port), g.addParams(svc, bk, serverOpts), bk.State)...)
 			}
 			// Recorded when it got commands (their replies decide), or
 			// when it may be quarantined (a success releases it).
@@ -260,6 +263,9 @@ type batch struct {
 	then      map[string][]command // to send once the server of that id is deleted
 	deleted   []string             // ids deleted by this sync
 	failed    map[string]failure
+	// cookie: services whose backend persists by cookie; a server added
+	// to one at runtime has no cookie until a reload (cookieReload).
+	cookie map[string]bool
 }
 
 // runBatch sends cmds in one pipelined round trip and records each reply.
@@ -286,6 +292,9 @@ func (g *Generator) runBatch(ctx context.Context, b *batch, cmds []command) erro
 				b.deleted = append(b.deleted, c.id)
 			case opAdd:
 				g.setApplied(c.id, b.attempted[c.id].ident)
+				if b.cookie[b.attempted[c.id].service] {
+					g.cookiePending = true
+				}
 			}
 		case replyBusy:
 			// A removed server with connections stays in maint until
@@ -452,7 +461,7 @@ func serverOptsOf(cfg string) (opts map[string]string, lines map[string][]string
 		if n := len(params); n > 0 && params[n-1] == "disabled" {
 			params = params[:n-1]
 		}
-		out[section+"/"+f[1]] = stripWeight(params)
+		out[section+"/"+f[1]] = identity(params)
 		lines[section] = append(lines[section], strings.Join(f, " "))
 	}
 	return out, lines

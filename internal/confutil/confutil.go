@@ -253,19 +253,46 @@ func (s *StringOrList) UnmarshalYAML(n *yaml.Node) error {
 // String joins the parts with spaces.
 func (s StringOrList) String() string { return strings.Join(s, " ") }
 
+// ServiceDir resolves a service_conf_dir. A relative one is looked for
+// next to the config file first (syncstack's layout), then in the working
+// directory (Airbnb's nerve and synapse resolve it there, with
+// File.expand_path, and their example layouts rely on it). note says which
+// was used when it was not the config's directory, or when both exist.
+func ServiceDir(configPath, dir string) (path, note string, err error) {
+	if filepath.IsAbs(dir) {
+		return dir, "", nil
+	}
+	nextTo := filepath.Join(filepath.Dir(configPath), dir)
+	wd, werr := filepath.Abs(dir)
+	isDir := func(p string) bool { st, err := os.Stat(p); return err == nil && st.IsDir() }
+	switch {
+	case isDir(nextTo):
+		absNext, _ := filepath.Abs(nextTo)
+		if werr == nil && isDir(wd) && wd != absNext {
+			note = fmt.Sprintf("service_conf_dir: %q is both next to the config (%s, used) and in the working directory (%s, ignored)", dir, nextTo, wd)
+		}
+		return nextTo, note, nil
+	case werr == nil && isDir(wd):
+		return wd, fmt.Sprintf("service_conf_dir: %q is not next to the config (%s); using %s, relative to the working directory as Airbnb's tools resolve it", dir, nextTo, wd), nil
+	}
+	return "", "", fmt.Errorf("%q is neither a directory next to the config (%s) nor in the working directory (%s)", dir, nextTo, wd)
+}
+
 // LoadServiceDir adds to services one service per *.json, *.yaml or *.yml
-// file of dir (relative to the directory of the config file configPath),
-// named by the file. A missing dir is a problem reported under
-// service_conf_dir; a file that fails to decode, or that names a service
-// already defined, is an error naming it.
-func LoadServiceDir[T any](configPath, dir string, services map[string]*T, p *Problems) error {
-	if !filepath.IsAbs(dir) {
-		dir = filepath.Join(filepath.Dir(configPath), dir)
+// file of dir (resolved by ServiceDir), named by the file. A missing dir
+// is a problem reported under service_conf_dir; a file that fails to
+// decode, or that names a service already defined, is an error naming it.
+// note says where dir was found, when that is worth a warning.
+func LoadServiceDir[T any](configPath, dir string, services map[string]*T, p *Problems) (note string, err error) {
+	dir, note, err = ServiceDir(configPath, dir)
+	if err != nil {
+		p.Addf("service_conf_dir", "%v", err)
+		return "", nil
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		p.Addf("service_conf_dir", "%v", err)
-		return nil
+		return note, nil
 	}
 	for _, e := range entries {
 		ext := filepath.Ext(e.Name())
@@ -275,13 +302,13 @@ func LoadServiceDir[T any](configPath, dir string, services map[string]*T, p *Pr
 		name := strings.TrimSuffix(e.Name(), ext)
 		file := filepath.Join(dir, e.Name())
 		if _, dup := services[name]; dup {
-			return fmt.Errorf("%s: service %q is also defined in %s", file, name, configPath)
+			return note, fmt.Errorf("%s: service %q is also defined in %s", file, name, configPath)
 		}
 		svc := new(T)
 		if err := DecodeFile(file, svc); err != nil {
-			return err
+			return note, err
 		}
 		services[name] = svc
 	}
-	return nil
+	return note, nil
 }

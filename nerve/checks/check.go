@@ -26,7 +26,7 @@ type Check interface {
 }
 
 // Types lists the check types nerve implements.
-var Types = []string{"tcp", "http", "https", "exec", "redis", "plugin"}
+var Types = []string{"tcp", "http", "https", "exec", "redis", "rabbitmq", "plugin"}
 
 // DefaultTimeout is a check's timeout when none is set (capped by the
 // service's check interval).
@@ -57,8 +57,15 @@ type Config struct {
 	// exec: run through /bin/sh -c; exit 0 is healthy.
 	Command string `yaml:"command"`
 
-	// redis: AUTH before PING when set.
+	// redis: AUTH before PING when set. rabbitmq: the password (default
+	// guest).
 	Password string `yaml:"password"`
+
+	// rabbitmq: the login (default guest), the vhost (default "/") and the
+	// queue the check declares, publishes to and reads (default "nerve").
+	Username string `yaml:"username"`
+	Vhost    string `yaml:"vhost"`
+	Queue    string `yaml:"queue"`
 
 	// plugin: an out-of-process check (see package plugin).
 	Plugin plugin.Config `yaml:",inline"`
@@ -66,12 +73,6 @@ type Config struct {
 	// Service is the name of the service the check belongs to (set by
 	// nerve; plugins receive it).
 	Service string `yaml:"-"`
-
-	// Keys of Airbnb check types we do not implement; present so that the
-	// error names the type, not the key.
-	Username confutil.Ignored `yaml:"username"`
-	Vhost    confutil.Ignored `yaml:"vhost"`
-	Queue    confutil.Ignored `yaml:"queue"`
 
 	statusMin, statusMax int
 }
@@ -176,6 +177,8 @@ func New(c Config) (Check, error) {
 		return &Exec{Command: c.Command, name: c.Name}, nil
 	case "redis":
 		return &Redis{Addr: addr, Password: c.Password, name: c.Name}, nil
+	case "rabbitmq":
+		return &RabbitMQ{Addr: addr, Username: c.Username, Password: c.Password, Vhost: c.Vhost, Queue: c.Queue, name: c.Name}, nil
 	case "plugin":
 		return newPlugin(c)
 	}

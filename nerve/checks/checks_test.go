@@ -196,7 +196,7 @@ func TestConfigErrors(t *testing.T) {
 		cfg  Config
 		want string
 	}{
-		{Config{Type: "rabbitmq"}, `type: "rabbitmq" is not supported`},
+		{Config{Type: "mysql"}, `type: "mysql" is not supported`},
 		{Config{Type: "http", URI: "health"}, "uri"},
 		{Config{Type: "http", ExpectStatus: "2xy"}, "expect_status"},
 		{Config{Type: "http", ExpectStatus: "300-200"}, "expect_status"},

@@ -306,6 +306,14 @@ func TestSecurity(t *testing.T) {
 	os.WriteFile(pwFile, []byte("s3cret\n"), 0o600)
 	wrongPW := filepath.Join(dir, "wrong")
 	os.WriteFile(wrongPW, []byte("guess\n"), 0o600)
+	exposedPW := filepath.Join(dir, "exposed")
+	os.WriteFile(exposedPW, []byte("s3cret\n"), 0o644)
+	os.Chmod(exposedPW, 0o644) // whatever the umask
+	exposedKey := filepath.Join(dir, "exposed-key.pem")
+	if key, err := os.ReadFile(pki.ClientKey); err == nil {
+		os.WriteFile(exposedKey, key, 0o644)
+		os.Chmod(exposedKey, 0o644)
+	}
 	full := Security{CAFile: pki.CA, CertFile: pki.ClientCert, KeyFile: pki.ClientKey, Username: "nerve", PasswordFile: pwFile}
 
 	// Users and roles, then authentication on.
@@ -396,6 +404,10 @@ func TestSecurity(t *testing.T) {
 		{"CertWithoutKey", Security{CAFile: pki.CA, CertFile: pki.ClientCert}, srv.Endpoint, "cert_file and key_file"},
 		{"UserWithoutPassword", Security{CAFile: pki.CA, Username: "nerve"}, srv.Endpoint, "username and password_file"},
 		{"NotACA", Security{CAFile: pwFile}, srv.Endpoint, "no PEM certificate"},
+		// A credential others can read is somebody else's too: refused,
+		// naming the file, before it is used.
+		{"PasswordFileReadableByOthers", Security{CAFile: pki.CA, CertFile: pki.ClientCert, KeyFile: pki.ClientKey, Username: "nerve", PasswordFile: exposedPW}, srv.Endpoint, "password_file: credential file readable or writable by others: " + exposedPW},
+		{"KeyFileReadableByOthers", Security{CAFile: pki.CA, CertFile: pki.ClientCert, KeyFile: exposedKey}, srv.Endpoint, "key_file: credential file readable or writable by others: " + exposedKey},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := connect(t, tc.sec, tc.endpoint)

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/syncstack/syncstack/internal/secretfile"
 )
 
 // Security is how a client reaches a secured etcd cluster, as configs write
@@ -59,6 +61,9 @@ func (s Security) Apply(cfg *Config) error {
 			tc.RootCAs = pool
 		}
 		if s.CertFile != "" {
+			if err := secretfile.Check(s.KeyFile); err != nil {
+				return fmt.Errorf("key_file: %w", err)
+			}
 			cert, err := tls.LoadX509KeyPair(s.CertFile, s.KeyFile)
 			if err != nil {
 				return fmt.Errorf("cert_file, key_file: %w", err)
@@ -71,7 +76,7 @@ func (s Security) Apply(cfg *Config) error {
 		return errors.New("username and password_file: give both or neither")
 	}
 	if s.PasswordFile != "" {
-		b, err := os.ReadFile(s.PasswordFile)
+		b, err := secretfile.Read(s.PasswordFile)
 		if err != nil {
 			return fmt.Errorf("password_file: %w", err)
 		}
