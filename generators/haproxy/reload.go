@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/syncstack/syncstack/internal/atomicfile"
+	"github.com/syncstack/syncstack/internal/backoff"
 )
 
 // reload makes HAProxy load the config file: through the master CLI when
@@ -89,12 +90,16 @@ func (g *Generator) masterReload(ctx context.Context) error {
 		return fmt.Errorf("haproxy reload: %w", err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
+	retry := backoff.New(10*time.Millisecond, 50*time.Millisecond)
 	for {
 		err = g.sendReload(ctx)
 		if err == nil || time.Now().After(deadline) {
 			break
 		}
-		time.Sleep(10 * time.Millisecond)
+		if werr := retry.Wait(ctx); werr != nil {
+			err = werr
+			break
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("haproxy reload: master CLI %s: %w", g.cfg.MasterSocketPath, err)
