@@ -682,6 +682,7 @@ func (f *mxFleet) nerveAdmin(n *mxNode, method, path, body string) error {
 	if err != nil {
 		return err
 	}
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := adminClient.Do(req)
 	if err != nil {
 		return err

@@ -273,6 +273,7 @@ services:
 	call := func(method, path, body string, want int) map[string]any {
 		t.Helper()
 		req, _ := http.NewRequest(method, api.URL+path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)

@@ -2,6 +2,7 @@ package nerve
 
 import (
 	"fmt"
+	"net"
 	"slices"
 	"sort"
 	"strconv"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/syncstack/syncstack/internal/confutil"
+	"github.com/syncstack/syncstack/internal/secretfile"
 	"github.com/syncstack/syncstack/nerve/checks"
 	"github.com/syncstack/syncstack/registry"
 	"github.com/syncstack/syncstack/registry/etcd"
@@ -58,6 +60,15 @@ type Config struct {
 type AdminConfig struct {
 	// Listen is host:port; "off" disables the API. Default 127.0.0.1:9292.
 	Listen string `yaml:"listen"`
+	// TokenFile holds the bearer token every request but /healthz must
+	// carry (Authorization: Bearer …). Required when Listen is not a
+	// loopback address: whoever reaches the API can take this host out of
+	// every load balancer.
+	TokenFile string `yaml:"token_file"`
+	// Pprof serves /debug/pprof/ (off by default).
+	Pprof bool `yaml:"pprof"`
+
+	token string // read from TokenFile
 }
 
 // ServiceConfig is one service instance on this host.
@@ -136,6 +147,20 @@ func (cfg *Config) Finalize() error {
 		p.Addf("etcd_security", "%v", err)
 	}
 	if cfg.Admin.Listen != "off" {
+		if host, _, err := splitHostPort(cfg.Admin.Listen); err == nil && cfg.Admin.TokenFile == "" && !loopback(host) {
+			p.Addf("admin.token_file", "required when admin.listen (%s) is not a loopback address", cfg.Admin.Listen)
+		}
+		if cfg.Admin.TokenFile != "" {
+			b, err := secretfile.Read(cfg.Admin.TokenFile)
+			switch tok := strings.TrimSpace(string(b)); {
+			case err != nil:
+				p.Addf("admin.token_file", "%v", err)
+			case tok == "":
+				p.Addf("admin.token_file", "%s is empty", cfg.Admin.TokenFile)
+			default:
+				cfg.Admin.token = tok
+			}
+		}
 		if _, port, err := splitHostPort(cfg.Admin.Listen); err != nil || port == 0 {
 			p.Addf("admin.listen", "%q is not host:port (or off)", cfg.Admin.Listen)
 		}
@@ -280,6 +305,16 @@ func cmpOr(v, def int) int {
 		return def
 	}
 	return v
+}
+
+// loopback reports whether host (of host:port) is a loopback address.
+func loopback(host string) bool {
+	host = strings.Trim(host, "[]")
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func splitHostPort(s string) (string, int, error) {
