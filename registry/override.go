@@ -217,6 +217,20 @@ func (a Ack) Validate() error {
 	return nil
 }
 
+// CheckAckLive refuses an ack that could lie: one stored to outlive its
+// writer's session or lease (live false: a plain ZooKeeper node, an etcd
+// key without a lease), which would say "applied" for a synapse that is
+// gone, or one stored under another name than its synapse's ID.
+func CheckAckLive(name string, a Ack, live bool) error {
+	if !live {
+		return fmt.Errorf("ack %s: not tied to a session or lease (an ack outlives its synapse only if planted)", name)
+	}
+	if name != a.ID {
+		return fmt.Errorf("ack %s: claims to be synapse %q", name, a.ID)
+	}
+	return nil
+}
+
 // HistoryEntry is one line of the audit trail synctl keeps in the registry.
 type HistoryEntry struct {
 	At        time.Time  `json:"at"`

@@ -154,6 +154,9 @@ type result struct {
 	Revision int64      `json:"revision,omitempty"`
 	Acked    []string   `json:"acked,omitempty"`
 	Missing  []string   `json:"not_acked,omitempty"`
+	// Dead: synapses whose catalog is left but which no longer ack: not
+	// waited for, and named so nobody takes "every live synapse" for all.
+	Dead []string `json:"dead,omitempty"`
 }
 
 func runSet(ctx context.Context, env Env, action string, state registry.OverrideState, args []string) error {
@@ -194,7 +197,7 @@ func runSet(ctx context.Context, env Env, action string, state registry.Override
 		adds = append(adds, o)
 	}
 	after := replaceKeys(fl.overrides.Overrides, adds, nil)
-	res := result{Action: action, Targets: ts, DryRun: f.dryRun, Plan: fl.plan(fl.overrides.Overrides, after, nil, now)}
+	res := result{Action: action, Targets: ts, DryRun: f.dryRun, Plan: fl.plan(fl.overrides.Overrides, after, nil, now), Dead: fl.dead()}
 	if err := refuse(env, &f, res, action+" "+strings.Join(ts, ",")); err != nil {
 		return err
 	}
@@ -322,6 +325,9 @@ func finish(ctx context.Context, env Env, b registry.Backend, f *changeFlags, re
 		if f.wait && waitErr == nil {
 			fmt.Fprintf(w, "applied by every live synapse (%d)\n", len(res.Acked))
 		}
+		if f.wait && len(res.Dead) > 0 {
+			fmt.Fprintf(w, "not waited for: %s (no ack: dead or stopped; its HAProxy applies nothing)\n", strings.Join(res.Dead, ", "))
+		}
 	})
 	return waitErr
 }
@@ -415,7 +421,7 @@ func runAddToLB(ctx context.Context, env Env, args []string) error {
 		return err
 	}
 	after := replaceKeys(fl.overrides.Overrides, nil, del)
-	res := result{Action: "add-to-lb", Targets: ts, DryRun: f.dryRun, Plan: fl.plan(fl.overrides.Overrides, after, nil, now), Deleted: del}
+	res := result{Action: "add-to-lb", Targets: ts, DryRun: f.dryRun, Plan: fl.plan(fl.overrides.Overrides, after, nil, now), Deleted: del, Dead: fl.dead()}
 	if f.dryRun {
 		reportDryRun(env, &f, res, fmt.Sprintf("add-to-lb %s would remove %s and change", strings.Join(ts, ","), orNone(del)))
 		return nil
@@ -597,7 +603,7 @@ func runWeight(ctx context.Context, env Env, args []string) error {
 	if weight == nil {
 		action = "weight-reset"
 	}
-	res := result{Action: action, Targets: ts, DryRun: f.dryRun, Plan: fl.plan(fl.overrides.Overrides, after, nil, now), Deleted: del}
+	res := result{Action: action, Targets: ts, DryRun: f.dryRun, Plan: fl.plan(fl.overrides.Overrides, after, nil, now), Deleted: del, Dead: fl.dead()}
 	// A weight of 0 takes servers out of traffic: the same limits as a drain.
 	if err := refuse(env, &f, res, action+" "+strings.Join(ts, ",")); err != nil {
 		return err

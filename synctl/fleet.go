@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"sort"
 	"strings"
 	"time"
 
@@ -109,6 +110,22 @@ type backendState struct {
 	// state, or a weight of 0), and By who wrote it.
 	HeldBy string `json:"held_by,omitempty"`
 	By     string `json:"by,omitempty"`
+}
+
+// dead lists the synapses whose catalog is left but that no longer ack.
+func (f *fleet) dead() []string {
+	live := map[string]bool{}
+	for _, a := range f.acks {
+		live[a.ID] = true
+	}
+	var out []string
+	for _, c := range f.catalogs {
+		if !live[c.ID] {
+			out = append(out, c.ID)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // stateOf applies the active overrides to one backend as synapse does.

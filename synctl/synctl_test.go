@@ -488,3 +488,18 @@ func TestAddToLBClearsEveryOverrideHoldingTheBackend(t *testing.T) {
 		p.WaitServers(t, "web", map[string]int{"a": 0, "b": 0, "c": 0}, 5*time.Second)
 	}
 }
+
+// --wait waits for the live synapses only, and names the dead ones (their
+// catalog is left, their ack is gone with their session).
+func TestWaitNamesDeadSynapses(t *testing.T) {
+	w := newWorld(t, "zookeeper")
+	w.pairs[1].Stop()
+	registrytest.Eventually(t, 10*time.Second, "synapse-2's ack gone", func() bool {
+		acks, err := w.reg.Acks(context.Background())
+		return err == nil && len(acks) == 1
+	})
+	code, out, errs := w.synctl(t, "drain", "127.0.0.12", "--wait", "--timeout", "10s")
+	if code != 0 || !strings.Contains(out, "applied by every live synapse (1)") || !strings.Contains(out, "not waited for: synapse-2") {
+		t.Errorf("drain --wait with a dead synapse: exit %d\n%s%s", code, out, errs)
+	}
+}

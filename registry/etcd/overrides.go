@@ -187,6 +187,9 @@ func (c *Client) Acks(ctx context.Context) ([]registry.Ack, error) {
 	var acks []registry.Ack
 	for _, kv := range resp.Kvs {
 		a, err := registry.DecodeAck(kv.Value)
+		if err == nil {
+			err = registry.CheckAckLive(strings.TrimPrefix(string(kv.Key), c.acksPrefix()), a, kv.Lease != 0)
+		}
 		if err != nil {
 			c.skip(c.acksPrefix(), string(kv.Key), err)
 			continue

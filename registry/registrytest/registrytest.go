@@ -272,6 +272,9 @@ func badRecords(t *testing.T, h Harness) {
 	}
 }
 
+// testRoot is the registry root both backends' harnesses configure.
+const testRoot = "/syncstack-test"
+
 func overridesAndAcks(t *testing.T, h Harness) {
 	ctl, syn := newPair(t, h)
 	ctx := context.Background()
@@ -339,6 +342,19 @@ func overridesAndAcks(t *testing.T, h Harness) {
 	}
 	if acks, _ := ctl.Acks(ctx); len(acks) != 1 || acks[0].Revision != got.Revision {
 		t.Fatalf("acks after update = %+v", acks)
+	}
+	// Acks that cannot lie: one written to outlive any session (a plain
+	// node, a key without a lease) or under another synapse's name is
+	// not an ack: skipped and counted, never waited on as "applied".
+	acksDir := testRoot + "/acks"
+	before := h.Skipped(ctl, acksDir)
+	h.Plant(t, acksDir, "ghost", []byte(`{"id":"ghost","revision":999999999}`))
+	h.Plant(t, acksDir, "impostor", []byte(`{"id":"synapse-1","revision":999999999}`))
+	if acks, _ := ctl.Acks(ctx); len(acks) != 1 || acks[0].ID != "synapse-1" || acks[0].Revision != got.Revision {
+		t.Fatalf("acks with planted ones = %+v", acks)
+	}
+	if n := h.Skipped(ctl, acksDir) - before; n != 2 {
+		t.Errorf("planted acks skipped = %v, want 2", n)
 	}
 	// Acks live with their session: a synapse that is gone is not waited for.
 	syn.Close()

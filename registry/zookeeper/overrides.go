@@ -131,8 +131,11 @@ func (c *Client) Overrides(ctx context.Context) (registry.OverrideSet, error) {
 func (c *Client) Acks(ctx context.Context) ([]registry.Ack, error) {
 	var acks []registry.Ack
 	var rev int64
-	err := c.readAll(ctx, c.acksDir(), func(name string, data []byte, _ *zk.Stat) {
+	err := c.readAll(ctx, c.acksDir(), func(name string, data []byte, stat *zk.Stat) {
 		a, err := registry.DecodeAck(data)
+		if err == nil {
+			err = registry.CheckAckLive(name, a, stat.EphemeralOwner != 0)
+		}
 		if err != nil {
 			c.skip(c.acksDir(), name, err)
 			return
