@@ -16,6 +16,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/syncstack/syncstack/internal/version"
 )
 
 // maxAdminBody bounds a request body of the admin API.
@@ -104,7 +106,7 @@ func sameHost(r *http.Request) bool {
 
 func (a *Agent) adminRoutes(mux *http.ServeMux, gatherer prometheus.Gatherer) {
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"services": a.Status()})
+		writeJSON(w, http.StatusOK, map[string]any{"services": a.Status(), "build": version.Get()})
 	})
 	mux.HandleFunc("POST /services/{name}/maintenance", func(w http.ResponseWriter, r *http.Request) {
 		var body struct {

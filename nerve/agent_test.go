@@ -291,6 +291,9 @@ services:
 	time.Sleep(200 * time.Millisecond) // several healthy rounds: still held out
 	w.Quiet(t, 100*time.Millisecond, "during maintenance")
 	st := call("GET", "/status", "", 200)
+	if b, ok := st["build"].(map[string]any); !ok || b["version"] == "" || b["go_version"] == "" {
+		t.Errorf("/status has no build: %v", st["build"])
+	}
 	svc := st["services"].([]any)[0].(map[string]any)
 	if svc["state"] != "maintenance" || svc["maintenance"].(map[string]any)["reason"] != "kernel upgrade" || svc["registered"] != false {
 		t.Errorf("status in maintenance: %v", svc)
