@@ -195,22 +195,10 @@ func (s *serverIDs) set(be, server string, n int, now time.Time) {
 func (s *serverIDs) load(cfg string, now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	section := ""
-	for _, l := range strings.Split(cfg, "\n") {
-		f := strings.Fields(l)
-		if len(f) == 0 {
-			continue
-		}
-		if !strings.HasPrefix(l, " ") && !strings.HasPrefix(l, "\t") {
-			section = ""
-			if (f[0] == "backend" || f[0] == "listen") && len(f) > 1 {
-				section = f[1]
-			}
-			continue
-		}
-		if f[0] == "server" && len(f) > 3 && section != "" {
+	for _, sl := range serverLines(cfg) {
+		if f := sl.fields; len(f) > 3 {
 			if n := optionID(strings.Join(f[3:], " ")); n > 0 {
-				s.set(section, f[1], n, now)
+				s.set(sl.backend, f[1], n, now)
 			}
 		}
 	}

@@ -45,8 +45,8 @@ func hostBackends(names ...string) []generators.Backend {
 	return out
 }
 
-// serverLines renders st with g and returns its server lines, in order.
-func serverLines(g *Generator, st generators.State) []string {
+// renderedServerLines renders st with g and returns its server lines, in order.
+func renderedServerLines(g *Generator, st generators.State) []string {
 	g.assignIDs(st)
 	var out []string
 	for _, l := range strings.Split(g.render(st, true), "\n") {
@@ -83,7 +83,7 @@ func TestServerLineIDAndCookie(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := renderOnly(t, tc.defaults, 1, &tc.svc)
-			got := serverLines(g, generators.State{Services: map[string]generators.Service{"web": {Backends: hostBackends("a", "b")}}})
+			got := renderedServerLines(g, generators.State{Services: map[string]generators.Service{"web": {Backends: hostBackends("a", "b")}}})
 			if len(got) != 2 || got[0] != tc.want {
 				t.Errorf("server lines %q, want the first %q", got, tc.want)
 			}
@@ -100,7 +100,7 @@ func TestBackendOrder(t *testing.T) {
 	order := func(backendOrder string, seed int64, names ...string) []string {
 		g := renderOnly(t, nil, seed, &ServiceConfig{BackendOrder: backendOrder})
 		var out []string
-		for _, l := range serverLines(g, generators.State{Services: map[string]generators.Service{"web": {Backends: hostBackends(names...)}}}) {
+		for _, l := range renderedServerLines(g, generators.State{Services: map[string]generators.Service{"web": {Backends: hostBackends(names...)}}}) {
 			out = append(out, strings.SplitN(strings.Fields(l)[1], "_", 2)[0])
 		}
 		return out

@@ -434,20 +434,9 @@ func (g *Generator) forgetApplied(id string) { delete(g.applied, id) }
 func serverOptsOf(cfg string) (opts map[string]string, lines map[string][]string) {
 	out := map[string]string{}
 	lines = map[string][]string{}
-	section := ""
-	for _, l := range strings.Split(cfg, "\n") {
-		f := strings.Fields(l)
-		if len(f) == 0 {
-			continue
-		}
-		if !strings.HasPrefix(l, " ") && !strings.HasPrefix(l, "\t") {
-			section = ""
-			if (f[0] == "backend" || f[0] == "listen") && len(f) > 1 {
-				section = f[1]
-			}
-			continue
-		}
-		if f[0] != "server" || len(f) < 3 || section == "" {
+	for _, sl := range serverLines(cfg) {
+		f, section := sl.fields, sl.backend
+		if len(f) < 3 {
 			continue
 		}
 		params := f[3:]

@@ -66,21 +66,10 @@ func (g *Generator) serversAt(content string, verr *ValidationError, st generato
 		byBackend[g.services[name].BackendName] = name
 	}
 	var out []badServer
-	section := ""
-	for i, l := range strings.Split(content, "\n") {
-		f := strings.Fields(l)
-		if len(f) == 0 {
-			continue
-		}
-		if !strings.HasPrefix(l, " ") && !strings.HasPrefix(l, "\t") {
-			section = ""
-			if (f[0] == "backend" || f[0] == "listen") && len(f) > 1 {
-				section = f[1]
-			}
-			continue
-		}
-		reason, named := verr.Lines[i+1]
-		if !named || f[0] != "server" || len(f) < 2 || section == "" {
+	for _, sl := range serverLines(content) {
+		f, section := sl.fields, sl.backend
+		reason, named := verr.Lines[sl.line]
+		if !named {
 			continue
 		}
 		service, ok := byBackend[section]
