@@ -184,3 +184,30 @@ func New(c Config) (Check, error) {
 	}
 	return nil, fmt.Errorf("check type %q is not supported", c.Type)
 }
+
+// dialCheck connects to addr for one check round: the connection carries
+// ctx's deadline and is closed when ctx ends, so a server that accepts and
+// then says nothing cannot outlive the check's timeout. Close it when done.
+func dialCheck(ctx context.Context, addr string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	return &stopConn{Conn: c, stop: stop}, nil
+}
+
+// stopConn releases its context watch when closed.
+type stopConn struct {
+	net.Conn
+	stop func() bool
+}
+
+func (c *stopConn) Close() error {
+	c.stop()
+	return c.Conn.Close()
+}

@@ -193,17 +193,11 @@ const rabbitMessage = "nerve test message"
 
 // Check implements Check.
 func (r *RabbitMQ) Check(ctx context.Context) error {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", r.Addr)
+	c, err := dialCheck(ctx, r.Addr)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { c.Close() })
-	defer stop()
 	a := &amqpConn{c: c, rd: bufio.NewReader(c)}
 	user, pass, vhost, queue := or(r.Username, "guest"), or(r.Password, "guest"), or(r.Vhost, "/"), or(r.Queue, "nerve")
 

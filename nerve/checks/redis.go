@@ -21,17 +21,11 @@ func (r *Redis) Name() string { return r.name }
 
 // Check implements Check.
 func (r *Redis) Check(ctx context.Context) error {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", r.Addr)
+	c, err := dialCheck(ctx, r.Addr)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		c.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { c.Close() })
-	defer stop()
 	rd := bufio.NewReader(c)
 	if r.Password != "" {
 		if err := command(c, rd, "+OK", "AUTH", r.Password); err != nil {
