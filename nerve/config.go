@@ -14,6 +14,7 @@ import (
 	"github.com/syncstack/syncstack/nerve/checks"
 	"github.com/syncstack/syncstack/registry"
 	"github.com/syncstack/syncstack/registry/etcd"
+	"github.com/syncstack/syncstack/registry/zookeeper"
 )
 
 // Defaults, documented in nerve/README.md.
@@ -43,6 +44,9 @@ type Config struct {
 	// EtcdSecurity: TLS and authentication for every etcd cluster this
 	// nerve registers in.
 	EtcdSecurity etcd.Security `yaml:"etcd_security"`
+	// ZKAuthFile holds this process's ZooKeeper digest credentials
+	// (user:password, mode 0600 or 0640); unset, $SYNCSTACK_ZK_AUTH_FILE.
+	ZKAuthFile string `yaml:"zk_auth_file"`
 
 	// Accepted for Airbnb compatibility, not implemented (a warning says so).
 	MaxRepeatedReportFailures confutil.Ignored `yaml:"max_repeated_report_failures"`
@@ -145,6 +149,11 @@ func (cfg *Config) Finalize() error {
 	}
 	if err := cfg.EtcdSecurity.Apply(&etcd.Config{}); err != nil {
 		p.Addf("etcd_security", "%v", err)
+	}
+	if cfg.ZKAuthFile != "" {
+		if _, err := zookeeper.LoadAuth(cfg.ZKAuthFile); err != nil {
+			p.Addf("zk_auth_file", "%v", err)
+		}
 	}
 	if cfg.Admin.Listen != "off" {
 		if host, _, err := splitHostPort(cfg.Admin.Listen); err == nil && cfg.Admin.TokenFile == "" && !loopback(host) {

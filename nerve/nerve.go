@@ -66,7 +66,7 @@ func DefaultBackends(cfg *Config, log *slog.Logger, m *registry.Metrics) Backend
 	return func(svc *ServiceConfig) (registry.Backend, error) {
 		switch svc.ReporterType {
 		case "zookeeper":
-			return zookeeper.New(zookeeper.Config{Servers: svc.ZKHosts, SessionTimeout: cfg.ZKSessionTimeout.D(), OpTimeout: cfg.RegistryTimeout.D(), Logger: log, Metrics: m})
+			return zookeeper.New(zookeeper.Config{Servers: svc.ZKHosts, SessionTimeout: cfg.ZKSessionTimeout.D(), OpTimeout: cfg.RegistryTimeout.D(), AuthFile: cfg.ZKAuthFile, Logger: log, Metrics: m})
 		case "etcd":
 			ecfg := etcd.Config{Endpoints: svc.EtcdEndpoints, LeaseTTL: cfg.EtcdLeaseTTL.D(), OpTimeout: cfg.RegistryTimeout.D(), Logger: log, Metrics: m}
 			if err := cfg.EtcdSecurity.Apply(&ecfg); err != nil {

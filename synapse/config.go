@@ -14,6 +14,7 @@ import (
 	"github.com/syncstack/syncstack/internal/confutil"
 	"github.com/syncstack/syncstack/registry"
 	"github.com/syncstack/syncstack/registry/etcd"
+	"github.com/syncstack/syncstack/registry/zookeeper"
 	"github.com/syncstack/syncstack/watchers"
 	"github.com/syncstack/syncstack/watchers/multi"
 )
@@ -43,7 +44,10 @@ type Config struct {
 	// EtcdSecurity: TLS and authentication for every etcd cluster this
 	// synapse watches or writes acks to.
 	EtcdSecurity etcd.Security `yaml:"etcd_security"`
-	Admin        struct {
+	// ZKAuthFile holds this process's ZooKeeper digest credentials
+	// (user:password, mode 0600 or 0640); unset, $SYNCSTACK_ZK_AUTH_FILE.
+	ZKAuthFile string `yaml:"zk_auth_file"`
+	Admin      struct {
 		Listen string `yaml:"listen"`
 		// Pprof serves /debug/pprof/ on the admin listener (default off:
 		// profiles and goroutine dumps are for whoever is debugging).
@@ -151,6 +155,11 @@ func (cfg *Config) Finalize() error {
 	}
 	if err := cfg.EtcdSecurity.Apply(&etcd.Config{}); err != nil {
 		p.Addf("etcd_security", "%v", err)
+	}
+	if cfg.ZKAuthFile != "" {
+		if _, err := zookeeper.LoadAuth(cfg.ZKAuthFile); err != nil {
+			p.Addf("zk_auth_file", "%v", err)
+		}
 	}
 	if cfg.StateFilePath != "" && !filepath.IsAbs(cfg.StateFilePath) {
 		p.Addf("state_file_path", "%q must be absolute", cfg.StateFilePath)

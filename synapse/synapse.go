@@ -136,7 +136,7 @@ func (s *Synapse) client(method string, hosts []string, root string) (registry.B
 	var err error
 	switch method {
 	case "zookeeper":
-		c, err = zookeeper.New(zookeeper.Config{Servers: hosts, Root: root, Logger: s.log, Metrics: s.rm})
+		c, err = zookeeper.New(zookeeper.Config{Servers: hosts, Root: root, AuthFile: s.cfg.ZKAuthFile, Logger: s.log, Metrics: s.rm})
 	case "etcd":
 		ecfg := etcd.Config{Endpoints: hosts, Root: root, Logger: s.log, Metrics: s.rm}
 		if err := s.cfg.EtcdSecurity.Apply(&ecfg); err != nil {

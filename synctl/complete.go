@@ -14,7 +14,7 @@ import (
 // come from the same flag sets the commands parse, and service names from
 // the registry's catalogs when it answers quickly.
 
-var commands = []string{"drain", "maint", "add-to-lb", "weight", "confirm", "status", "history", "serve", "completion"}
+var commands = []string{"drain", "maint", "add-to-lb", "weight", "confirm", "status", "history", "serve", "setup-zk", "setup-etcd-roles", "completion"}
 
 // commandFlags builds the flag set of cmd as the command itself does.
 func commandFlags(cmd string) *flag.FlagSet {
@@ -40,6 +40,8 @@ func commandFlags(cmd string) *flag.FlagSet {
 	case "serve":
 		f.common.register(fs)
 		serveFlags(fs)
+	case "setup-zk", "setup-etcd-roles":
+		f.common.register(fs)
 	default:
 		return nil
 	}

@@ -5,6 +5,7 @@
 package synctl
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -78,10 +79,13 @@ Usage:
   synctl status [SERVICE]
   synctl history [--limit N]
   synctl serve [--listen 127.0.0.1:9393]   (a read-only page of the fleet, on loopback)
+  synctl setup-zk --services /services --nerve-auth-file F --synapse-auth-file F   (ZooKeeper ACLs, as the operator)
+  synctl setup-etcd-roles --services /services [--nerve-user U ...]   (etcd roles, as etcd's root)
   synctl drain|maint|add-to-lb HOST --local [--socket PATH]   (the local HAProxy, when the registry is down)
 
 The registry: --zk host:port,... or --etcd http://host:port,... (or SYNCTL_ZK, SYNCTL_ETCD,
 or --config FILE with zk/etcd/root/services/etcd_security), --root (default /syncstack).
+ZooKeeper credentials (user:password in a file, mode 0600): --zk-auth-file (or SYNCTL_ZK_AUTH_FILE).
 A secured etcd: --etcd-cacert, --etcd-cert, --etcd-key, --etcd-user, --etcd-password-file.
 The services and their paths come from the catalogs every synapse leaves in the registry.
 Every change is posted to --webhook [json=|slack=]URL (repeatable; SYNCTL_WEBHOOKS, or webhooks
@@ -125,6 +129,10 @@ func Main(ctx context.Context, args []string, env Env) int {
 		err = runHistory(ctx, env, rest)
 	case "serve":
 		err = runServe(ctx, env, rest)
+	case "setup-zk":
+		err = runSetupZK(ctx, env, rest)
+	case "setup-etcd-roles":
+		err = runSetupEtcdRoles(ctx, env, rest)
 	case "completion":
 		err = runCompletion(env, rest)
 	case "__complete":
@@ -212,6 +220,7 @@ func hoistCommand(args []string) (cmd string, rest []string, err error) {
 // common are the flags every command takes.
 type common struct {
 	zk, etcd, root, config, output string
+	zkAuthFile                     string // --zk-auth-file: user:password, never the secret itself
 	etcdSec                        etcd.Security
 	opTimeout                      time.Duration
 	services                       map[string]string // from --config
@@ -220,6 +229,7 @@ type common struct {
 
 func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.zk, "zk", "", "ZooKeeper servers, host:port,... (env SYNCTL_ZK)")
+	fs.StringVar(&c.zkAuthFile, "zk-auth-file", "", "ZooKeeper: file holding the operator's digest credentials, user:password (env SYNCTL_ZK_AUTH_FILE)")
 	fs.StringVar(&c.etcd, "etcd", "", "etcd endpoints, http://host:port,... (env SYNCTL_ETCD)")
 	fs.StringVar(&c.etcdSec.CAFile, "etcd-cacert", "", "etcd: CA certificate (PEM) of the servers (env SYNCTL_ETCD_CACERT)")
 	fs.StringVar(&c.etcdSec.CertFile, "etcd-cert", "", "etcd: client certificate (PEM) (env SYNCTL_ETCD_CERT)")
@@ -247,6 +257,8 @@ type fileConfig struct {
 	EtcdSecurity etcd.Security `yaml:"etcd_security"`
 	// Webhooks are told of every change.
 	Webhooks []webhook `yaml:"webhooks"`
+	// ZKAuthFile holds the operator's ZooKeeper digest credentials.
+	ZKAuthFile string `yaml:"zk_auth_file"`
 }
 
 // parse parses interspersed flags and positional arguments.
@@ -359,7 +371,8 @@ func (c *common) connect(env Env) (registry.Backend, error) {
 	case zk != "" && et != "":
 		return nil, usagef("both a ZooKeeper and an etcd registry given: pick one")
 	case zk != "":
-		b, err := zookeeper.New(zookeeper.Config{Servers: splitList(zk), Root: root, OpTimeout: c.opTimeout, Metrics: quiet, Logger: quietLogger()})
+		authFile := cmp.Or(c.zkAuthFile, env.Getenv("SYNCTL_ZK_AUTH_FILE"), fc.ZKAuthFile)
+		b, err := zookeeper.New(zookeeper.Config{Servers: splitList(zk), Root: root, OpTimeout: c.opTimeout, Metrics: quiet, Logger: quietLogger(), AuthFile: authFile})
 		if err != nil {
 			return nil, usagef("%v", err)
 		}

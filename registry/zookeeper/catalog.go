@@ -35,7 +35,7 @@ func (c *Client) PutCatalog(ctx context.Context, cat registry.Catalog) error {
 		_, err := c.conn.Set(p, data, -1)
 		c.countWrite("set", err)
 		if errors.Is(err, zk.ErrNoNode) {
-			_, err = c.conn.Create(p, data, 0, zk.WorldACL(zk.PermAll))
+			_, err = c.conn.Create(p, data, 0, c.acl())
 			c.countWrite("create", err)
 			if errors.Is(err, zk.ErrNodeExists) { // created meanwhile: set it
 				_, err = c.conn.Set(p, data, -1)
@@ -45,7 +45,7 @@ func (c *Client) PutCatalog(ctx context.Context, cat registry.Catalog) error {
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("zookeeper: catalog %s: %w", cat.ID, err)
+		return fmt.Errorf("zookeeper: catalog %s: %w", cat.ID, c.denied(dir+"/"+cat.ID, err))
 	}
 	return nil
 }

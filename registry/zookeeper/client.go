@@ -41,6 +41,13 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics defaults to registry.DefaultMetrics().
 	Metrics *registry.Metrics
+	// Auth is the digest identity of this process. Unset, it is read
+	// from AuthFile, else from the file named by $SYNCSTACK_ZK_AUTH_FILE;
+	// with none, every node created is writable by anyone (a warning says
+	// so). Never take it from a command line: others can read those.
+	Auth *Auth
+	// AuthFile is a credential file (user:password, mode 0600 or 0640).
+	AuthFile string
 
 	// hostProvider replaces go-zookeeper's (which shuffles the servers):
 	// tests use it to choose the server a session starts on.
@@ -78,7 +85,7 @@ func (cfg *Config) finalize() error {
 	if cfg.Metrics == nil {
 		cfg.Metrics = registry.DefaultMetrics()
 	}
-	return nil
+	return cfg.resolveAuth()
 }
 
 // ValidatePath checks a ZooKeeper path: absolute, no empty, "." or ".."
@@ -121,6 +128,7 @@ type Client struct {
 	subs       map[string]map[*subscriber]struct{} // by watched path
 	acks       map[string]*ephemeral
 	closed     bool
+	authed     bool // the credentials were added (or there are none)
 
 	// recvTimeout is go-zookeeper's read timeout for the session in force
 	// (2/3 of the negotiated session timeout), learnt by the dialer's
@@ -143,6 +151,10 @@ func New(cfg Config) (*Client, error) {
 		changed: make(chan struct{}),
 		subs:    map[string]map[*subscriber]struct{}{},
 		acks:    map[string]*ephemeral{},
+		authed:  cfg.Auth == nil,
+	}
+	if cfg.Auth == nil {
+		c.log.Warn("no ZooKeeper credentials (zk_auth_file or " + AuthFileEnv + "): the nodes this process creates are writable by anyone")
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	opts := options(
@@ -171,6 +183,13 @@ func New(cfg Config) (*Client, error) {
 		defer c.wg.Done()
 		c.heartbeat()
 	}()
+	if cfg.Auth != nil {
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.authenticate()
+		}()
+	}
 	return c, nil
 }
 
@@ -315,7 +334,7 @@ func (c *Client) onEvent(ev zk.Event) {
 func (c *Client) session() (ok bool, id int64, changed <-chan struct{}) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.hasSess || c.conn == nil {
+	if !c.hasSess || c.conn == nil || !c.authed {
 		return false, 0, c.changed
 	}
 	return c.conn.State() == zk.StateHasSession, c.conn.SessionID(), c.changed
@@ -374,10 +393,10 @@ func (c *Client) ensurePath(p string) error {
 	if err := c.ensurePath(parentOf(p)); err != nil {
 		return err
 	}
-	_, err = c.conn.Create(p, nil, 0, zk.WorldACL(zk.PermAll))
+	_, err = c.conn.Create(p, nil, 0, c.acl())
 	c.countWrite("create", err)
 	if err != nil && !errors.Is(err, zk.ErrNodeExists) {
-		return err
+		return c.denied(p, err)
 	}
 	return nil
 }

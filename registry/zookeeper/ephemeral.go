@@ -35,6 +35,7 @@ type ephemeral struct {
 	cancel     context.CancelFunc
 	kick       chan struct{}
 	firstOK    chan struct{} // closed after the first successful write
+	refused    chan error    // the first write was refused for lack of permission
 	done       chan struct{} // closed once the removal is confirmed (or the client closed)
 	log        interface{ Info(string, ...any) }
 	repairs    *backoff.Pacer
@@ -61,7 +62,7 @@ var ignoreWatch atomic.Bool
 func (c *Client) startEphemeral(ctx context.Context, dir, child string, sequential bool, data []byte) *ephemeral {
 	e := &ephemeral{
 		c: c, dir: dir, child: child, sequential: sequential, data: data,
-		kick: make(chan struct{}, 1), firstOK: make(chan struct{}), done: make(chan struct{}),
+		kick: make(chan struct{}, 1), firstOK: make(chan struct{}), refused: make(chan error, 1), done: make(chan struct{}),
 		log:     c.log.With("node", dir+"/"+child),
 		repairs: backoff.NewPacer(100*time.Millisecond, 5*time.Second, 5*time.Second),
 	}
@@ -84,6 +85,10 @@ func (e *ephemeral) waitFirst(ctx context.Context) error {
 	select {
 	case <-e.firstOK:
 		return nil
+	case err := <-e.refused:
+		// Retrying cannot help: the identity is wrong (or missing).
+		e.cancel()
+		return err
 	case <-ctx.Done():
 		e.cancel()
 		if errors.Is(e.c.ctx.Err(), context.Canceled) {
@@ -111,6 +116,13 @@ func (e *ephemeral) run() {
 		case errors.Is(err, errNoSession):
 			// the next session state change brings the next pass
 		case err != nil:
+			var ae *AuthError
+			if first && errors.As(err, &ae) {
+				select {
+				case e.refused <- err:
+				default:
+				}
+			}
 			d := retries.Next()
 			e.log.Info("ephemeral write failed; retrying", "err", err, "in", d)
 			retry = time.After(d)
@@ -326,7 +338,7 @@ func (e *ephemeral) noteWritten(data []byte, stat *zk.Stat) {
 // node).
 func (e *ephemeral) create(sid int64, data []byte) (string, int32, error) {
 	conn := e.c.conn
-	acl := zk.WorldACL(zk.PermAll)
+	acl := e.c.acl()
 	if e.sequential {
 		p, err := conn.Create(e.dir+"/"+e.child, data, zk.FlagEphemeral|zk.FlagSequence, acl)
 		e.c.countWrite("create", err)
@@ -336,7 +348,7 @@ func (e *ephemeral) create(sid int64, data []byte) (string, int32, error) {
 				e.uncertain = sid
 				e.mu.Unlock()
 			}
-			return "", 0, err
+			return "", 0, e.c.denied(e.dir+"/"+e.child, err)
 		}
 		return p, 0, nil
 	}
@@ -365,7 +377,7 @@ func (e *ephemeral) create(sid int64, data []byte) (string, int32, error) {
 			err = errors.New("replaced a node of another session; creating again")
 		}
 	}
-	return p, 0, err
+	return p, 0, e.c.denied(p, err)
 }
 
 // claims maps every node a keeper of this process holds to its keeper, so

@@ -34,10 +34,10 @@ func (c *Client) AppendHistory(ctx context.Context, h registry.HistoryEntry) err
 		if err := c.ensurePath(dir); err != nil {
 			return err
 		}
-		_, err := c.conn.Create(dir+"/entry-", data, zk.FlagSequence, zk.WorldACL(zk.PermAll))
+		_, err := c.conn.Create(dir+"/entry-", data, zk.FlagSequence, c.acl())
 		c.countWrite("create", err)
 		if err != nil {
-			return fmt.Errorf("zookeeper: history: %w", err)
+			return fmt.Errorf("zookeeper: history: %w", c.denied(dir, err))
 		}
 		names, _, err := c.conn.Children(dir)
 		c.countRead("children", err)

@@ -44,7 +44,7 @@ func (c *Client) PutOverride(ctx context.Context, o registry.Override) (int64, e
 			if err := c.ensurePath(c.overridesDir()); err != nil {
 				return err
 			}
-			_, err = c.conn.Create(p, data, 0, zk.WorldACL(zk.PermAll))
+			_, err = c.conn.Create(p, data, 0, c.acl())
 			c.countWrite("create", err)
 			if errors.Is(err, zk.ErrNodeExists) {
 				continue // created by another writer meanwhile: overwrite it
@@ -63,7 +63,7 @@ func (c *Client) PutOverride(ctx context.Context, o registry.Override) (int64, e
 		return errors.New("override node keeps changing under us")
 	})
 	if err != nil {
-		return 0, fmt.Errorf("zookeeper: put override %s: %w", p, err)
+		return 0, fmt.Errorf("zookeeper: put override %s: %w", p, c.denied(p, err))
 	}
 	return rev, nil
 }
@@ -98,7 +98,7 @@ func (c *Client) DeleteOverride(ctx context.Context, key string) (int64, error) 
 		return nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("zookeeper: delete override %s: %w", p, err)
+		return 0, fmt.Errorf("zookeeper: delete override %s: %w", p, c.denied(p, err))
 	}
 	return rev, nil
 }
