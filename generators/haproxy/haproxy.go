@@ -568,7 +568,8 @@ func (g *Generator) running(ctx context.Context) bool {
 // start runs HAProxy in master-worker mode as a daemon, so it outlives
 // synapse, and waits until its worker serves the stats socket.
 func (g *Generator) start(ctx context.Context) error {
-	args := []string{"-W", "-S", g.cfg.MasterSocketPath, "-f", g.cfg.ConfigFilePath, "-D"}
+	// The master CLI can reload and stop HAProxy: owner only, as the stats socket.
+	args := []string{"-W", "-S", g.cfg.MasterSocketPath + ",mode,600", "-f", g.cfg.ConfigFilePath, "-D"}
 	if g.cfg.PIDFile != "" {
 		args = append(args, "-p", g.cfg.PIDFile)
 	}

@@ -142,12 +142,13 @@ func TestRuntimeChangesWithoutReload(t *testing.T) {
 	if got := get(t, url); got != "a" {
 		t.Fatalf("got %q", got)
 	}
-	// The config names every backend: owner and group only.
-	for _, f := range []string{"haproxy.cfg", "haproxy.cfg.loaded"} {
+	// The config names every backend: owner and group only; the sockets
+	// that change HAProxy: owner only.
+	for f, want := range map[string]os.FileMode{"haproxy.cfg": 0o640, "haproxy.cfg.loaded": 0o640, "stats.sock": 0o600, "master.sock": 0o600} {
 		if fi, err := os.Stat(filepath.Join(r.dir, f)); err != nil {
 			t.Error(err)
-		} else if fi.Mode().Perm() != 0o640 {
-			t.Errorf("%s: mode %v, want 0640", f, fi.Mode())
+		} else if fi.Mode().Perm() != want {
+			t.Errorf("%s: mode %v, want %v", f, fi.Mode().Perm(), want)
 		}
 	}
 	pid := r.pid(t)
