@@ -96,9 +96,8 @@ func (g *Generator) masterReload(ctx context.Context) error {
 		if err == nil || time.Now().After(deadline) {
 			break
 		}
-		if werr := retry.Wait(ctx); werr != nil {
-			err = werr
-			break
+		if retry.Wait(ctx) != nil {
+			break // err stays the master CLI's own
 		}
 	}
 	if err != nil {
