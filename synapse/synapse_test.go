@@ -118,8 +118,8 @@ func (e *env) url(svc string) string { return fmt.Sprintf("http://127.0.0.1:%d/"
 
 func (e *env) reloads() float64 {
 	var n float64
-	for _, why := range []string{"structure", "static_balance", "dns_name", "backend_missing", "other"} {
-		n += testutil.ToFloat64(e.hm.Reloads.WithLabelValues(why))
+	for _, why := range haproxy.ReloadReasons {
+		n += testutil.ToFloat64(e.hm.Reloads.WithLabelValues(string(why)))
 	}
 	return n
 }

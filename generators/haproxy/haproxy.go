@@ -309,22 +309,22 @@ func (g *Generator) apply(ctx context.Context, st generators.State) error {
 		skel = g.runningSkel // an invalid config is never loaded: no reload
 	}
 
-	reloadWhy := ""
+	var reloadWhy reloadNeed
 	if skel != g.runningSkel {
-		reloadWhy = "structure"
+		reloadWhy = reloadNeed{reason: ReloadStructure}
 	}
-	if reloadWhy == "" && on(g.cfg.DoSocket, true) {
+	if !reloadWhy.needed() && on(g.cfg.DoSocket, true) {
 		why, err := g.runtimeSync(ctx, st)
 		if err != nil {
 			errs = append(errs, err)
 		}
 		reloadWhy = why
 	}
-	if reloadWhy == "" && g.cookiePending {
-		reloadWhy = reasonCookie
+	if !reloadWhy.needed() && g.cookiePending {
+		reloadWhy = reloadNeed{reason: ReloadCookie, detail: "servers added at runtime to a backend with cookie persistence"}
 	}
 	if writes && !structural {
-		if reloadWhy != "" {
+		if reloadWhy.needed() {
 			if err := g.writeNow(ctx, st); err != nil {
 				return errors.Join(append(errs, err)...)
 			}
@@ -332,7 +332,7 @@ func (g *Generator) apply(ctx context.Context, st generators.State) error {
 			g.writeLater(st)
 		}
 	}
-	if reloadWhy != "" && on(g.cfg.DoReloads, true) {
+	if reloadWhy.needed() && on(g.cfg.DoReloads, true) {
 		if wait := time.Until(g.lastReload.Add(g.cfg.ReloadMinInterval.D())); !g.lastReload.IsZero() && wait > 0 {
 			g.m.ReloadsDeferred.Inc()
 			return errors.Join(append(errs, &ErrReloadDeferred{At: time.Now().Add(wait)})...)

@@ -101,8 +101,8 @@ func (r *rig) pid(t *testing.T) int {
 
 func (r *rig) reloads() float64 {
 	var n float64
-	for _, why := range []string{"structure", "static_balance", "dns_name", "backend_missing", "cookie", "other"} {
-		n += testutil.ToFloat64(r.g.m.Reloads.WithLabelValues(why))
+	for _, why := range ReloadReasons {
+		n += testutil.ToFloat64(r.g.m.Reloads.WithLabelValues(string(why)))
 	}
 	return n
 }

@@ -61,7 +61,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"result"}),
 	}
 	for _, r := range ReloadReasons {
-		m.Reloads.WithLabelValues(r)
+		m.Reloads.WithLabelValues(string(r))
 	}
 	for _, r := range []string{"ok", "changed", "error"} {
 		m.Resolutions.WithLabelValues(r)

@@ -15,7 +15,7 @@ func TestCountersStartAtZero(t *testing.T) {
 	NewMetrics(reg)
 	want := "synapse_haproxy_reloads_total{reason=\"structure\"} 0\n"
 	if err := testutil.GatherAndCompare(reg, strings.NewReader("# HELP synapse_haproxy_reloads_total HAProxy reloads, by reason.\n# TYPE synapse_haproxy_reloads_total counter\n"+
-		"synapse_haproxy_reloads_total{reason=\"backend_missing\"} 0\nsynapse_haproxy_reloads_total{reason=\"cookie\"} 0\nsynapse_haproxy_reloads_total{reason=\"other\"} 0\nsynapse_haproxy_reloads_total{reason=\"static_balance\"} 0\n"+want),
+		"synapse_haproxy_reloads_total{reason=\"backend_missing\"} 0\nsynapse_haproxy_reloads_total{reason=\"cookie\"} 0\nsynapse_haproxy_reloads_total{reason=\"static_balance\"} 0\n"+want),
 		"synapse_haproxy_reloads_total"); err != nil {
 		t.Error(err)
 	}

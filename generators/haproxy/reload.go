@@ -20,7 +20,7 @@ import (
 // there is one (confirmed by the worker PID changing), else reload_command.
 // The server state is saved first, so the new worker starts with every
 // server's drain, maint and weight as they are now.
-func (g *Generator) reload(ctx context.Context, why string) error {
+func (g *Generator) reload(ctx context.Context, why reloadNeed) error {
 	start := time.Now()
 	g.saveServerState(ctx)
 	var err error
@@ -34,35 +34,54 @@ func (g *Generator) reload(ctx context.Context, why string) error {
 		g.m.ReloadFailures.Inc()
 		return err
 	}
-	g.m.Reloads.WithLabelValues(reasonLabel(why)).Inc()
+	g.m.Reloads.WithLabelValues(string(why.reason)).Inc()
 	g.m.ReloadSeconds.Observe(time.Since(start).Seconds())
-	g.log.Info("haproxy reloaded", "reason", why, "took", time.Since(start))
+	g.log.Info("haproxy reloaded", "reason", why.String(), "took", time.Since(start))
 	return nil
 }
 
-// ReloadReasons are every value of synapse_haproxy_reloads_total's reason
-// label: each is exported at 0 from the start, so a dashboard (and the
-// demo's own hint) sees the series before the first reload.
-var ReloadReasons = []string{"structure", "static_balance", "backend_missing", "cookie", "other"}
+// ReloadReason says why HAProxy had to be reloaded; it is the reason label
+// of synapse_haproxy_reloads_total.
+type ReloadReason string
 
-// reasonCookie: servers were added at runtime to a backend that persists
-// by cookie, and HAProxy 2.6 refuses `cookie` on `add server` (and has no
-// `set server ... cookie`): they serve at once, and get their cookie, so
-// that sticky sessions reach them, at this (rate-limited) reload.
-const reasonCookie = "cookie: servers added at runtime to a backend with cookie persistence"
+// The reasons for a reload. Membership, weight and drain never are one.
+const (
+	// ReloadStructure: the config's skeleton changed (a service, a
+	// section line, global or defaults).
+	ReloadStructure ReloadReason = "structure"
+	// ReloadStaticBalance: the membership of a backend whose balance
+	// algorithm HAProxy cannot change at runtime (static-rr, uri, ...).
+	ReloadStaticBalance ReloadReason = "static_balance"
+	// ReloadBackendMissing: the running HAProxy does not know a backend
+	// the file has.
+	ReloadBackendMissing ReloadReason = "backend_missing"
+	// ReloadCookie: servers were added at runtime to a backend that
+	// persists by cookie, and HAProxy 2.6 refuses `cookie` on `add server`
+	// (and has no `set server ... cookie`): they serve at once, and get
+	// their cookie, so that sticky sessions reach them, at this
+	// (rate-limited) reload.
+	ReloadCookie ReloadReason = "cookie"
+)
 
-func reasonLabel(why string) string {
-	switch {
-	case why == "structure":
-		return "structure"
-	case why == reasonCookie:
-		return "cookie"
-	case strings.Contains(why, "static balance"):
-		return "static_balance"
-	case strings.Contains(why, "missing"):
-		return "backend_missing"
+// ReloadReasons are every reason: each is exported at 0 from the start, so
+// a dashboard (and the demo's own hint) sees the series before the first
+// reload, and tests sum over them.
+var ReloadReasons = []ReloadReason{ReloadStructure, ReloadStaticBalance, ReloadBackendMissing, ReloadCookie}
+
+// reloadNeed is a reload to do: why, and the detail a person reads in the
+// log ("backend web membership").
+type reloadNeed struct {
+	reason ReloadReason
+	detail string
+}
+
+func (n reloadNeed) needed() bool { return n.reason != "" }
+
+func (n reloadNeed) String() string {
+	if n.detail == "" {
+		return string(n.reason)
 	}
-	return "other"
+	return string(n.reason) + ": " + n.detail
 }
 
 // saveServerState writes `show servers state` to the server state file

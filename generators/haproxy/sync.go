@@ -58,7 +58,7 @@ func dynamicOptions(opts string) bool {
 // match st through the runtime API in one pipelined batch. It returns a
 // reason when something cannot be done at runtime and needs a reload. A
 // server HAProxy refuses is quarantined, not an error: the others converge.
-func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reload string, err error) {
+func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reload reloadNeed, err error) {
 	now := time.Now()
 	// Only the services whose backends changed since the last sync (and
 	// those with removals pending or quarantines due) are read and
@@ -81,7 +81,7 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 		names = append(names, name)
 	}
 	if len(names) == 0 {
-		return "", nil
+		return reloadNeed{}, nil
 	}
 	show := make([]string, len(names))
 	for i, name := range names {
@@ -89,25 +89,25 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 	}
 	replies, err := g.rt.Run(ctx, show...)
 	if err != nil {
-		return "", err
+		return reloadNeed{}, err
 	}
 	running := map[string]map[string]serverState{}
 	for i, r := range replies {
 		if strings.HasPrefix(strings.TrimSpace(r), "Can't find backend") {
 			// The running HAProxy loaded an older config than the file
 			// (a reload that failed before this synapse started, say).
-			return "backend " + g.services[names[i]].BackendName + " missing from the running HAProxy", nil
+			return reloadNeed{ReloadBackendMissing, "backend " + g.services[names[i]].BackendName + " missing from the running HAProxy"}, nil
 		}
 		st, err := parseServersState(r)
 		if err != nil {
-			return "", fmt.Errorf("%s: %w", show[i], err)
+			return reloadNeed{}, fmt.Errorf("%s: %w", show[i], err)
 		}
 		for be, servers := range st {
 			running[be] = servers
 		}
 	}
 	defer func() {
-		if err != nil || reload != "" {
+		if err != nil || reload.needed() {
 			g.synced = nil
 			return
 		}
@@ -174,7 +174,7 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 					b.cmds = append(b.cmds, command{opSetState, id, string(bk.State)})
 				}
 			case !dynamic:
-				return "backend " + be + " (static balance) membership", nil
+				return reloadNeed{ReloadStaticBalance, "backend " + be + " membership"}, nil
 			case exists:
 				// Its options changed, which only a new server can carry
 				// (and it has the same name): the old one takes no new
@@ -207,7 +207,7 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 				continue
 			}
 			if !dynamic {
-				return "backend " + be + " (static balance) membership", nil
+				return reloadNeed{ReloadStaticBalance, "backend " + be + " membership"}, nil
 			}
 			id := be + "/" + sname
 			if _, held := g.held(id, removedSig, now); held {
@@ -221,7 +221,7 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 		}
 	}
 	if err := g.runBatch(ctx, &b, b.cmds); err != nil {
-		return "", err
+		return reloadNeed{}, err
 	}
 	// Replacements whose old server is gone: the new one now.
 	var then []command
@@ -229,7 +229,7 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 		then = append(then, b.then[id]...)
 	}
 	if err := g.runBatch(ctx, &b, then); err != nil {
-		return "", err
+		return reloadNeed{}, err
 	}
 	for id, a := range b.attempted {
 		if f, failed := b.failed[id]; failed {
@@ -238,7 +238,7 @@ func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reloa
 			g.release(id)
 		}
 	}
-	return "", nil
+	return reloadNeed{}, nil
 }
 
 // removedSig is the signature of a server being removed.

@@ -115,8 +115,8 @@ func (p *Pair) URL(service string) string {
 // Reloads counts this pair's HAProxy reloads.
 func (p *Pair) Reloads() float64 {
 	var n float64
-	for _, why := range []string{"structure", "static_balance", "dns_name", "backend_missing", "other"} {
-		n += testutil.ToFloat64(p.HAProxyMetrics.Reloads.WithLabelValues(why))
+	for _, why := range haproxy.ReloadReasons {
+		n += testutil.ToFloat64(p.HAProxyMetrics.Reloads.WithLabelValues(string(why)))
 	}
 	return n
 }
