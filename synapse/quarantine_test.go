@@ -5,12 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -164,40 +162,6 @@ func TestBadRecordsQuarantinedAcksFlow(t *testing.T) {
 	})
 }
 
-// holdServer answers /hold only when released: a request in flight.
-type holdServer struct {
-	host    string
-	port    int
-	entered chan struct{}
-	release chan struct{}
-	once    sync.Once
-}
-
-func startHoldServer(t *testing.T, id, host string) *holdServer {
-	t.Helper()
-	ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(testserver.FreePort(t))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &holdServer{host: host, port: ln.Addr().(*net.TCPAddr).Port, entered: make(chan struct{}, 16), release: make(chan struct{})}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/hold" {
-			h.entered <- struct{}{}
-			select {
-			case <-h.release:
-			case <-r.Context().Done():
-				return
-			}
-		}
-		fmt.Fprint(w, id)
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { h.free(); srv.Close() })
-	return h
-}
-
-func (h *holdServer) free() { h.once.Do(func() { close(h.release) }) }
-
 // scur is HAProxy's current sessions of backend's server named prefix_….
 func (e *env) scur(t *testing.T, backend, prefix string) int {
 	t.Helper()
@@ -230,8 +194,8 @@ func TestWeightChangesKeepRequestInFlight(t *testing.T) {
 		_, err := testserver.TryHAProxyWorkerPID(e.master)
 		return err == nil
 	})
-	h := startHoldServer(t, "h", "127.0.0.21")
-	reg, err := ec.Register(ctx, "/services/web", registry.Instance{Host: h.host, Port: h.port, Name: "h"})
+	h := testserver.StartHoldBackend(t, "h", "127.0.0.21")
+	reg, err := ec.Register(ctx, "/services/web", registry.Instance{Host: h.Host, Port: h.Port, Name: "h"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +226,7 @@ func TestWeightChangesKeepRequestInFlight(t *testing.T) {
 		done <- fmt.Sprintf("%d %s", resp.StatusCode, b)
 	}()
 	select {
-	case <-h.entered:
+	case <-h.Entered:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the request did not reach the backend")
 	}
@@ -282,23 +246,23 @@ func TestWeightChangesKeepRequestInFlight(t *testing.T) {
 		}
 	}
 	w := 5
-	if err := reg.Update(ctx, registry.Instance{Host: h.host, Port: h.port, Name: "h", Weight: &w}); err != nil {
+	if err := reg.Update(ctx, registry.Instance{Host: h.Host, Port: h.Port, Name: "h", Weight: &w}); err != nil {
 		t.Fatal(err)
 	}
 	check("the record's weight 5", 5, 0)
 	ow := 3
-	if _, err := ec.PutOverride(ctx, registry.Override{Target: h.host, State: registry.StateReady, Weight: &ow, By: "t", At: time.Now()}); err != nil {
+	if _, err := ec.PutOverride(ctx, registry.Override{Target: h.Host, State: registry.StateReady, Weight: &ow, By: "t", At: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	check("synctl weight 3", 3, 0)
-	if _, err := ec.PutOverride(ctx, registry.Override{Target: h.host, State: registry.StateDrain, By: "t", At: time.Now()}); err != nil {
+	if _, err := ec.PutOverride(ctx, registry.Override{Target: h.Host, State: registry.StateDrain, By: "t", At: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	check("a drain", 3, 0x08)
 	if n := ops() - before; n != 0 {
 		t.Errorf("%v add/del server commands for weight and drain changes, want 0", n)
 	}
-	h.free()
+	h.Free()
 	select {
 	case got := <-done:
 		if got != "200 h" {

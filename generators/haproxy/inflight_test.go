@@ -4,11 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,43 +18,8 @@ import (
 	"github.com/syncstack/syncstack/registry"
 )
 
-// holdBackend answers /hold only when the test releases it: a request in
-// flight for as long as the test needs, with no guess at durations.
-type holdBackend struct {
-	id, host string
-	port     int
-	entered  chan struct{}
-	release  chan struct{}
-	once     sync.Once
-}
-
-func startHold(t *testing.T, id, host string) *holdBackend {
-	t.Helper()
-	ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(testserver.FreePort(t))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &holdBackend{id: id, host: host, port: ln.Addr().(*net.TCPAddr).Port, entered: make(chan struct{}, 16), release: make(chan struct{})}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/hold" {
-			h.entered <- struct{}{}
-			select {
-			case <-h.release:
-			case <-r.Context().Done():
-				return
-			}
-		}
-		fmt.Fprint(w, id)
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { h.free(); srv.Close() })
-	return h
-}
-
-func (h *holdBackend) free() { h.once.Do(func() { close(h.release) }) }
-
-func (h *holdBackend) backend() generators.Backend {
-	return generators.Backend{Instance: registry.Instance{Host: h.host, Port: h.port, Name: h.id}, State: registry.StateReady}
+func holdBackendOf(h *testserver.HoldBackend) generators.Backend {
+	return generators.Backend{Instance: registry.Instance{Host: h.Host, Port: h.Port, Name: h.ID}, State: registry.StateReady}
 }
 
 // result of a request through HAProxy.
@@ -69,7 +32,7 @@ type result struct {
 // hold sends a request to url/hold and returns its result channel once
 // the request is attached to server in HAProxy (its scur counts it) and
 // has reached the backend.
-func (r *rig) hold(t *testing.T, url, server string, h *holdBackend) <-chan result {
+func (r *rig) hold(t *testing.T, url, server string, h *testserver.HoldBackend) <-chan result {
 	t.Helper()
 	done := make(chan result, 1)
 	go func() {
@@ -84,7 +47,7 @@ func (r *rig) hold(t *testing.T, url, server string, h *holdBackend) <-chan resu
 		done <- result{status: resp.StatusCode, body: string(b)}
 	}()
 	select {
-	case <-h.entered:
+	case <-h.Entered:
 	case res := <-done:
 		t.Fatalf("the request ended before reaching the backend: %+v", res)
 	case <-time.After(5 * time.Second):
@@ -193,8 +156,8 @@ func TestChangesKeepRequestInFlight(t *testing.T) {
 		{"WeightAndDrain", nil, []func(*generators.Backend){weight(5), set(registry.StateDrain), weight(0), set(registry.StateReady)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := startHold(t, fmt.Sprintf("s%d", i), fmt.Sprintf("127.0.0.%d", 21+i))
-			b := h.backend()
+			h := testserver.StartHoldBackend(t, fmt.Sprintf("s%d", i), fmt.Sprintf("127.0.0.%d", 21+i))
+			b := holdBackendOf(h)
 			if tc.base != nil {
 				tc.base(&b)
 			}
@@ -230,11 +193,11 @@ func TestChangesKeepRequestInFlight(t *testing.T) {
 			if d := r.membershipOps() - ops; d != 0 {
 				t.Errorf("%v add/del server commands sent for weight/state changes, want 0", d)
 			}
-			h.free()
+			h.Free()
 			select {
 			case res := <-done:
-				if res.err != nil || res.status != 200 || res.body != h.id {
-					t.Errorf("the request in flight: %+v, want 200 %q", res, h.id)
+				if res.err != nil || res.status != 200 || res.body != h.ID {
+					t.Errorf("the request in flight: %+v, want 200 %q", res, h.ID)
 				}
 			case <-time.After(10 * time.Second):
 				t.Fatal("the request in flight never ended")
@@ -260,8 +223,8 @@ func TestOptionChangeDrainsBeforeReplacing(t *testing.T) {
 	r.cfg.RemovalGrace = confutil.Duration(time.Minute) // the request must end by itself
 	r.apply(t, generators.State{Services: map[string]generators.Service{"web": {}}})
 	a := testserver.StartBackend(t, "a", "127.0.0.11")
-	h := startHold(t, "h", "127.0.0.31")
-	b := h.backend()
+	h := testserver.StartHoldBackend(t, "h", "127.0.0.31")
+	b := holdBackendOf(h)
 	r.apply(t, state("web", backend(a, "a"), b))
 	id := "web/" + b.ServerName()
 	before, _ := r.server(t, id)
@@ -296,7 +259,7 @@ func TestOptionChangeDrainsBeforeReplacing(t *testing.T) {
 	if _, present := r.server(t, id); !present || ok("del server") != dels {
 		t.Fatal("the old server went while its request was in flight")
 	}
-	h.free()
+	h.Free()
 	if res := <-done; res.err != nil || res.status != 200 {
 		t.Errorf("the request in flight: %+v", res)
 	}
@@ -315,7 +278,7 @@ func TestOptionChangeDrainsBeforeReplacing(t *testing.T) {
 
 // holdMaybe sends a /hold request; it returns its result channel if it
 // reached h, nil if round robin sent it elsewhere (answered at once).
-func (r *rig) holdMaybe(t *testing.T, url, id string, h *holdBackend) <-chan result {
+func (r *rig) holdMaybe(t *testing.T, url, id string, h *testserver.HoldBackend) <-chan result {
 	t.Helper()
 	done := make(chan result, 1)
 	go func() {
@@ -330,7 +293,7 @@ func (r *rig) holdMaybe(t *testing.T, url, id string, h *holdBackend) <-chan res
 		done <- result{status: resp.StatusCode, body: string(b)}
 	}()
 	select {
-	case <-h.entered:
+	case <-h.Entered:
 	case <-done:
 		return nil
 	case <-time.After(5 * time.Second):
