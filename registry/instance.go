@@ -31,6 +31,13 @@ type Instance struct {
 	Weight               *int              `json:"weight,omitempty" yaml:"weight"`
 	HAProxyServerOptions string            `json:"haproxy_server_options,omitempty" yaml:"haproxy_server_options"`
 	Labels               map[string]string `json:"labels,omitempty" yaml:"labels"`
+
+	// Seq is the registration order the registry gives the record (the
+	// ZooKeeper sequence number of its node, the etcd create revision of
+	// its key): lower registered earlier. 0 when unknown (static, file,
+	// dns). It is not part of the record: leader_election and
+	// backend_order no_shuffle use it.
+	Seq int64 `json:"-" yaml:"-"`
 }
 
 // Address is host:port, with brackets around an IPv6 host.
