@@ -5,6 +5,7 @@ package generators
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -26,6 +27,18 @@ type Generator interface {
 // state, the zero time when it has nothing left to do.
 type Retrier interface {
 	RetryAt() time.Time
+}
+
+// DeferredError says a generator has work due that it holds back (a
+// rate-limited reload): Apply again at (or after) At. What could be done
+// at once (runtime changes) was done.
+type DeferredError struct {
+	At     time.Time
+	Reason string // what is held back, for the log
+}
+
+func (e *DeferredError) Error() string {
+	return fmt.Sprintf("%s deferred until %s", e.Reason, e.At.Format(time.RFC3339Nano))
 }
 
 // State is the whole desired state: every configured service with the

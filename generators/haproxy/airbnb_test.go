@@ -265,7 +265,7 @@ func (r *rig) applyUntilDone(t *testing.T, st generators.State) {
 	t.Helper()
 	for range 20 {
 		err := r.g.Apply(context.Background(), st)
-		var d *ErrReloadDeferred
+		var d *generators.DeferredError
 		if !errors.As(err, &d) {
 			if err != nil {
 				t.Fatalf("Apply: %v", err)

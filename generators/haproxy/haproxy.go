@@ -94,14 +94,6 @@ type Generator struct {
 	lastBackgroundWrite time.Time
 }
 
-// ErrReloadDeferred says a reload is due but rate-limited: Apply again at
-// (or after) At; runtime changes were applied already.
-type ErrReloadDeferred struct{ At time.Time }
-
-func (e *ErrReloadDeferred) Error() string {
-	return fmt.Sprintf("haproxy reload deferred until %s (reload_min_interval)", e.At.Format(time.RFC3339Nano))
-}
-
 // New makes a generator for cfg and the services' haproxy sections (both
 // finalized).
 func New(cfg *Config, services map[string]*ServiceConfig, log *slog.Logger, m *Metrics) *Generator {
@@ -335,7 +327,7 @@ func (g *Generator) apply(ctx context.Context, st generators.State) error {
 	if reloadWhy.needed() && on(g.cfg.DoReloads, true) {
 		if wait := time.Until(g.lastReload.Add(g.cfg.ReloadMinInterval.D())); !g.lastReload.IsZero() && wait > 0 {
 			g.m.ReloadsDeferred.Inc()
-			return errors.Join(append(errs, &ErrReloadDeferred{At: time.Now().Add(wait)})...)
+			return errors.Join(append(errs, &generators.DeferredError{At: time.Now().Add(wait), Reason: "haproxy reload (reload_min_interval)"})...)
 		}
 		if err := g.reload(ctx, reloadWhy); err != nil {
 			return errors.Join(append(errs, err)...)

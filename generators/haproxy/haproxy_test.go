@@ -295,9 +295,9 @@ func TestStaticBalanceReloadsRateLimited(t *testing.T) {
 	}
 	// A second change within reload_min_interval is deferred, then applied.
 	err := r.g.Apply(context.Background(), state("web", backend(b, "b")))
-	var deferred *ErrReloadDeferred
+	var deferred *generators.DeferredError
 	if !errors.As(err, &deferred) {
-		t.Fatalf("second reload within the interval: %v, want ErrReloadDeferred", err)
+		t.Fatalf("second reload within the interval: %v, want generators.DeferredError", err)
 	}
 	time.Sleep(time.Until(deferred.At))
 	r.apply(t, state("web", backend(b, "b")))

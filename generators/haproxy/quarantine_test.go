@@ -23,7 +23,7 @@ func (r *rig) applyDeferred(t *testing.T, st generators.State) {
 	t.Helper()
 	for {
 		err := r.g.Apply(context.Background(), st)
-		var deferred *ErrReloadDeferred
+		var deferred *generators.DeferredError
 		if !errors.As(err, &deferred) {
 			if err != nil {
 				t.Fatalf("Apply: %v", err)
