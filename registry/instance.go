@@ -332,7 +332,9 @@ func EqualSets(a, b []Instance) bool {
 		return false
 	}
 	for i := range a {
-		if !a[i].Equal(b[i]) {
+		// Seq counts too: a record re-created with the same data is a new
+		// registration, and leader_election follows registration order.
+		if !a[i].Equal(b[i]) || a[i].Seq != b[i].Seq {
 			return false
 		}
 	}

@@ -268,3 +268,15 @@ func TestOverride(t *testing.T) {
 		}
 	}
 }
+
+func TestEqualSetsComparesRegistrationOrder(t *testing.T) {
+	a := Instance{Host: "10.0.0.1", Port: 80, Name: "a", Seq: 5}
+	again := a
+	again.Seq = 9 // the same record, registered again
+	if EqualSets([]Instance{a}, []Instance{again}) {
+		t.Error("a set whose record was registered again is equal to the old one: leader_election would miss the new order")
+	}
+	if !EqualSets([]Instance{a}, []Instance{a.Clone()}) {
+		t.Error("a set is not equal to its copy")
+	}
+}

@@ -17,6 +17,7 @@ import (
 type entry[T any] struct {
 	val T
 	ok  bool
+	seq int64 // the key's create revision: registration order
 }
 
 // watchPrefix keeps entries in step with the keys under prefix: a Get at
@@ -39,7 +40,7 @@ func watchPrefix[T, V any](ctx context.Context, c *Client, prefix string, decode
 			skipped.Inc()
 			log.Warn("skipping bad registry record", "key", string(kv.Key), "err", err)
 		}
-		entries[string(kv.Key)] = entry[T]{val: v, ok: err == nil}
+		entries[string(kv.Key)] = entry[T]{val: v, ok: err == nil, seq: kv.CreateRevision}
 	}
 	var pending V
 	var sendTo chan<- V // out while a value waits, else nil
@@ -209,7 +210,11 @@ func (c *Client) Watch(ctx context.Context, dir string, opts registry.DecodeOpti
 	decode := func(_ string, val []byte) (registry.Instance, error) { return registry.Decode(val, opts) }
 	quiet := func(err error) bool { return errors.Is(err, registry.ErrNotAlive) }
 	return watchPrefix(ctx, c, dir+"/", decode, quiet, func(entries map[string]entry[registry.Instance], _ int64) ([]registry.Instance, bool) {
-		set := registry.SetOf(entries, func(e entry[registry.Instance]) (registry.Instance, bool) { return e.val, e.ok })
+		set := registry.SetOf(entries, func(e entry[registry.Instance]) (registry.Instance, bool) {
+			inst := e.val
+			inst.Seq = e.seq
+			return inst, e.ok
+		})
 		if !first && registry.EqualSets(set, last) {
 			return nil, false
 		}

@@ -37,6 +37,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("OverridesAndAcks", func(t *testing.T) { overridesAndAcks(t, h) })
 	t.Run("History", func(t *testing.T) { history(t, h) })
 	t.Run("CatalogOutlivesSession", func(t *testing.T) { catalog(t, h) })
+	t.Run("RegistrationOrder", func(t *testing.T) { registrationOrder(t, h) })
 }
 
 // Inst is a short constructor for tests.
@@ -446,5 +447,46 @@ func catalog(t *testing.T, h Harness) {
 		if err := h.New(t).PutCatalog(ctx, bad); err == nil {
 			t.Errorf("PutCatalog accepted %+v", bad)
 		}
+	}
+}
+
+// registrationOrder: Watch gives each instance its registration order
+// (Seq), earlier registrations lower, and a record registered again comes
+// after the others: leader_election and no_shuffle rely on it.
+func registrationOrder(t *testing.T, h Harness) {
+	reg, watch := newPair(t, h)
+	d := dir(t, "/services/web/services")
+	w := StartWatch(t, watch, d)
+	w.WaitFor(t, 10*time.Second, "the empty first set", HasLen(0))
+	ctx := context.Background()
+	seqs := func(s []registry.Instance) map[string]int64 {
+		m := map[string]int64{}
+		for _, in := range s {
+			m[in.Name] = in.Seq
+		}
+		return m
+	}
+	var regs []registry.Registration
+	for i, name := range []string{"a", "b", "c"} {
+		r, err := reg.Register(ctx, d, Inst("127.0.0.1", 9100+i, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		regs = append(regs, r)
+	}
+	got := seqs(w.WaitFor(t, 10*time.Second, "a, b and c", HasLen(3)))
+	if !(0 < got["a"] && got["a"] < got["b"] && got["b"] < got["c"]) {
+		t.Fatalf("Seq of a, b, c = %d, %d, %d; want increasing and > 0", got["a"], got["b"], got["c"])
+	}
+	if err := regs[0].Deregister(ctx); err != nil {
+		t.Fatal(err)
+	}
+	w.WaitFor(t, 10*time.Second, "a gone", HasLen(2))
+	if _, err := reg.Register(ctx, d, Inst("127.0.0.1", 9100, "a")); err != nil {
+		t.Fatal(err)
+	}
+	again := seqs(w.WaitFor(t, 10*time.Second, "a back", HasLen(3)))
+	if again["a"] <= again["c"] || again["b"] != got["b"] || again["c"] != got["c"] {
+		t.Fatalf("after a registered again: Seq %v (before %v); want a after c, b and c unchanged", again, got)
 	}
 }

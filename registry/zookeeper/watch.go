@@ -107,6 +107,7 @@ type entry[T any] struct {
 	val   T
 	ok    bool  // decoded and valid
 	mzxid int64 // of the data read; 0 when decoded from the name
+	czxid int64 // the node's creation: registration order; 0 when decoded from the name
 }
 
 // codec turns a child into a value: from its name alone when the name
@@ -294,7 +295,7 @@ func fetchChild[T any](c *Client, dir, name string, cd codec[T]) (r fetched[T]) 
 		r.err = err
 	default:
 		v, derr := cd.fromData(name, data)
-		r.e, r.badData = entry[T]{val: v, ok: derr == nil, mzxid: stat.Mzxid}, derr
+		r.e, r.badData = entry[T]{val: v, ok: derr == nil, mzxid: stat.Mzxid, czxid: stat.Czxid}, derr
 	}
 	return r
 }
@@ -317,7 +318,11 @@ func (c *Client) Watch(ctx context.Context, dir string, opts registry.DecodeOpti
 	var last []registry.Instance
 	first := true
 	return watchChildren(ctx, c, dir, cd, func(entries map[string]entry[registry.Instance], _ int64) bool {
-		set := registry.SetOf(entries, func(e entry[registry.Instance]) (registry.Instance, bool) { return e.val, e.ok })
+		set := registry.SetOf(entries, func(e entry[registry.Instance]) (registry.Instance, bool) {
+			inst := e.val
+			inst.Seq = e.czxid
+			return inst, e.ok
+		})
 		if !first && registry.EqualSets(set, last) {
 			return true
 		}
