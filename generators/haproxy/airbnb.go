@@ -7,10 +7,7 @@ import (
 	"hash/fnv"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/syncstack/syncstack/generators"
 	"github.com/syncstack/syncstack/internal/confutil"
@@ -128,134 +125,6 @@ func orderBackends(svc *ServiceConfig, seed int64, backends []generators.Backend
 		out[i] = k.be
 	}
 	return out
-}
-
-// optionID is the `id N` of options ("" fields), 0 without one.
-func optionID(opts string) int {
-	f := strings.Fields(opts)
-	for i := 0; i+1 < len(f); i++ {
-		if f[i] == "id" {
-			if n, err := strconv.Atoi(f[i+1]); err == nil && n > 0 {
-				return n
-			}
-		}
-	}
-	return 0
-}
-
-// idKeep is how long the id of a server that left stays reserved for it
-// (Airbnb keeps departed servers, and their ids, in its state file for
-// state_file_ttl: 24 hours by default), so a server that comes back gets
-// its id again and no other server takes it meanwhile.
-const idKeep = 24 * time.Hour
-
-// serverIDs gives each server of a backend an `id`, stable for its name
-// (name_host:port) for as long as the generator runs, and across restarts
-// through the ids of the config file it started with (the ids the running
-// HAProxy has). New servers get the lowest free id, as Airbnb's
-// find_next_id. Safe for concurrent use: the background writer renders
-// with it.
-type serverIDs struct {
-	mu     sync.Mutex
-	max    int
-	byName map[string]map[string]int       // backend → server → id
-	byID   map[string]map[int]string       // backend → id → server
-	seen   map[string]map[string]time.Time // backend → server → last wanted
-}
-
-func newServerIDs(max int) *serverIDs {
-	if max <= 0 {
-		max = DefaultMaxServerID
-	}
-	return &serverIDs{max: max, byName: map[string]map[string]int{}, byID: map[string]map[int]string{}, seen: map[string]map[string]time.Time{}}
-}
-
-// set gives server the id n, taking it from whichever server had it.
-func (s *serverIDs) set(be, server string, n int, now time.Time) {
-	if s.byName[be] == nil {
-		s.byName[be], s.byID[be], s.seen[be] = map[string]int{}, map[int]string{}, map[string]time.Time{}
-	}
-	if old, ok := s.byName[be][server]; ok {
-		if old == n {
-			return
-		}
-		delete(s.byID[be], old)
-	}
-	if other, ok := s.byID[be][n]; ok {
-		delete(s.byName[be], other)
-	}
-	s.byName[be][server], s.byID[be][n] = n, server
-	if _, ok := s.seen[be][server]; !ok {
-		s.seen[be][server] = now
-	}
-}
-
-// load takes the ids of a config file's server lines (the file HAProxy was
-// started or last reloaded with).
-func (s *serverIDs) load(cfg string, now time.Time) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, sl := range serverLines(cfg) {
-		if f := sl.fields; len(f) > 3 {
-			if n := optionID(strings.Join(f[3:], " ")); n > 0 {
-				s.set(sl.backend, f[1], n, now)
-			}
-		}
-	}
-}
-
-// assign gives every server of backends an id: the `id` of its record's
-// options first, then the one the running HAProxy has (running may be
-// nil), then the one it had, else the lowest free one. Servers HAProxy
-// still has keep their ids reserved; ids of servers gone for idKeep are
-// freed.
-func (s *serverIDs) assign(be string, backends []generators.Backend, running map[string]serverState, now time.Time) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for name, r := range running {
-		if r.ID > 0 {
-			s.set(be, name, r.ID, now)
-		}
-	}
-	for _, bk := range backends {
-		if n := optionID(bk.HAProxyServerOptions); n > 0 {
-			s.set(be, bk.ServerName(), n, now)
-		}
-	}
-	if s.byName[be] == nil {
-		s.byName[be], s.byID[be], s.seen[be] = map[string]int{}, map[int]string{}, map[string]time.Time{}
-	}
-	for _, bk := range backends {
-		s.seen[be][bk.ServerName()] = now
-	}
-	for name, at := range s.seen[be] {
-		if _, live := running[name]; !live && now.Sub(at) > idKeep {
-			delete(s.byID[be], s.byName[be][name])
-			delete(s.byName[be], name)
-			delete(s.seen[be], name)
-		}
-	}
-	next := 1
-	for _, bk := range backends {
-		name := bk.ServerName()
-		if _, ok := s.byName[be][name]; ok {
-			continue
-		}
-		for next <= s.max && s.byID[be][next] != "" {
-			next++
-		}
-		if next > s.max {
-			continue // out of ids: the server goes without one (as Airbnb's)
-		}
-		s.set(be, name, next, now)
-	}
-}
-
-// get is the id of be/server, 0 for none.
-func (s *serverIDs) get(be, server string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.byName[be][server]
 }
 
 // SharedFrontendName is the frontend haproxy.shared_frontend makes (Airbnb's

@@ -138,7 +138,7 @@ func TestBackendOrder(t *testing.T) {
 // Ids: the lowest free one for a new server; a server that left keeps its
 // id reserved (it gets it back); out of ids (max_server_id), no id.
 func TestServerIDAssignment(t *testing.T) {
-	ids := newServerIDs(3)
+	ids := newServerIDs(3, nil, nil)
 	now := time.Now()
 	get := func(names ...string) []int {
 		var out []int

@@ -1,7 +1,11 @@
 package haproxy
 
 import (
+	"bufio"
+	"errors"
 	"fmt"
+	"io"
+	"strconv"
 	"strings"
 )
 
@@ -43,7 +47,7 @@ func (k opKind) label() string {
 // command is one runtime API command about one server.
 type command struct {
 	kind opKind
-	id   string // backend/server
+	key  serverKey
 	// arg: the address and port (opSetAddr: "IP port N"), the weight
 	// (opSetWeight), the state (opSetState), or the address and
 	// parameters (opAdd).
@@ -53,21 +57,21 @@ type command struct {
 func (c command) String() string {
 	switch c.kind {
 	case opSetAddr:
-		return "set server " + c.id + " addr " + c.arg
+		return "set server " + c.key.String() + " addr " + c.arg
 	case opSetWeight:
-		return "set server " + c.id + " weight " + c.arg
+		return "set server " + c.key.String() + " weight " + c.arg
 	case opSetState:
-		return "set server " + c.id + " state " + c.arg
+		return "set server " + c.key.String() + " state " + c.arg
 	case opAdd:
-		return "add server " + c.id + " " + c.arg
+		return "add server " + c.key.String() + " " + c.arg
 	case opDel:
-		return "del server " + c.id
+		return "del server " + c.key.String()
 	case opShutdown:
-		return "shutdown sessions server " + c.id
+		return "shutdown sessions server " + c.key.String()
 	case opEnableHealth:
-		return "enable health " + c.id
+		return "enable health " + c.key.String()
 	case opEnableAgent:
-		return "enable agent " + c.id
+		return "enable agent " + c.key.String()
 	}
 	panic(fmt.Sprintf("haproxy: unknown command kind %d", c.kind))
 }
@@ -111,10 +115,53 @@ func (c command) judge(reply string) replyResult {
 	return replyError
 }
 
+// backendMissing reports whether HAProxy's reply to `show servers state
+// BACKEND` says it has no such backend (it loaded an older config than
+// the file).
+func backendMissing(reply string) bool {
+	return strings.HasPrefix(strings.TrimSpace(reply), "Can't find backend")
+}
+
 func strs(cmds []command) []string {
 	out := make([]string, len(cmds))
 	for i, c := range cmds {
 		out[i] = c.String()
 	}
 	return out
+}
+
+// parseShowProc reads the master CLI's `show proc` and returns the PID of
+// the current worker: the first of the "# workers" section (older workers
+// that still finish their connections are listed under "# old workers").
+func parseShowProc(r io.Reader) (int, error) {
+	sc := bufio.NewScanner(r)
+	inWorkers := false
+	for sc.Scan() {
+		l := sc.Text()
+		switch {
+		case strings.HasPrefix(l, "# workers"):
+			inWorkers = true
+		case strings.HasPrefix(l, "#"):
+			inWorkers = false
+		case inWorkers:
+			f := strings.Fields(l)
+			if len(f) >= 2 && f[1] == "worker" {
+				return strconv.Atoi(f[0])
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return 0, err
+	}
+	return 0, errors.New("show proc: no current worker")
+}
+
+// parseInfoPID reads the Pid of `show info`.
+func parseInfoPID(out string) (int, error) {
+	for _, l := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(l, "Pid: "); ok {
+			return strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	return 0, errors.New("show info: no Pid")
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -154,8 +155,12 @@ func TestRuntimeChangesWithoutReload(t *testing.T) {
 	pid := r.pid(t)
 	reloads := r.reloads()
 
-	// A new backend: added live.
+	// A new backend: added live, in one batch of commands.
+	batches := r.batches(t)
 	r.apply(t, state("web", backend(a, "a"), backend(b, "b")))
+	if n := r.batches(t) - batches; n != 1 {
+		t.Errorf("%d runtime batches for one change, want 1", n)
+	}
 	if got := spread(t, url, 20); got["a"] == 0 || got["b"] == 0 {
 		t.Errorf("after adding b: %v", got)
 	}
@@ -182,7 +187,11 @@ func TestRuntimeChangesWithoutReload(t *testing.T) {
 
 	// Drain: no new requests.
 	bw.State = registry.StateDrain
+	batches = r.batches(t)
 	r.apply(t, state("web", backend(a, "a"), bw))
+	if n := r.batches(t) - batches; n != 1 {
+		t.Errorf("%d runtime batches for a drain, want 1", n)
+	}
 	if got := spread(t, url, 20); got["b"] != 0 {
 		t.Errorf("drained b still served %d requests", got["b"])
 	}
@@ -220,7 +229,12 @@ func TestNewServiceReloadsOnceWithoutFailedRequests(t *testing.T) {
 	pid := r.pid(t)
 
 	load := testserver.StartLoad(fmt.Sprintf("http://127.0.0.1:%d/", webPort), 4, 5*time.Millisecond)
-	time.Sleep(200 * time.Millisecond)
+	stopLoad := sync.OnceFunc(load.Stop)
+	defer stopLoad()
+	// The load runs through HAProxy before the reload: HAProxy counted
+	// its requests on the server, and they were answered.
+	aID := "web/" + backend(a, "a").ServerName()
+	waitFor(t, func() bool { return r.stot(t, aID) >= 20 && load.OK.Load() >= 20 }, "the load to be served by HAProxy")
 
 	// A new generator with one more service, as synapse makes on SIGHUP.
 	api := &ServiceConfig{Port: apiPort, BindAddress: "127.0.0.1"}
@@ -232,15 +246,20 @@ func TestNewServiceReloadsOnceWithoutFailedRequests(t *testing.T) {
 	st.Services["api"] = generators.Service{Backends: []generators.Backend{backend(a, "a")}}
 	before := r.reloads()
 	r.apply(t, st)
-	time.Sleep(300 * time.Millisecond)
-	load.Stop()
-
-	if n := r.reloads() - before; n != 1 {
-		t.Errorf("%v reloads for a new service, want exactly 1", n)
-	}
-	if p := r.pid(t); p == pid {
+	newPID := r.pid(t)
+	if newPID == pid {
 		t.Error("worker PID unchanged: the new service was not loaded")
 	}
+	// The load goes on through the new worker (its counters start at 0).
+	okAt := load.OK.Load()
+	waitFor(t, func() bool { return r.stot(t, aID) >= 20 && load.OK.Load() >= okAt+20 }, "the new worker to serve the load")
+	// Exactly one reload: none follows (a second reload would change the
+	// worker PID, or count).
+	stays(t, 300*time.Millisecond, func() bool {
+		p, err := r.g.WorkerPID(context.Background()) // refused: the master re-executes for a reload
+		return err == nil && p == newPID && r.reloads()-before == 1
+	}, "one reload, the same new worker")
+	stopLoad()
 	if got := get(t, fmt.Sprintf("http://127.0.0.1:%d/", apiPort)); got != "a" {
 		t.Errorf("new service answered %q", got)
 	}
@@ -335,8 +354,7 @@ func TestWithoutSocketEveryChangeReloads(t *testing.T) {
 	b := testserver.StartBackend(t, "b", "127.0.0.12")
 	r.apply(t, state("web", backend(a, "a")))
 	before := r.reloads()
-	time.Sleep(250 * time.Millisecond) // reload_min_interval
-	r.apply(t, state("web", backend(a, "a"), backend(b, "b")))
+	r.applyWhenDue(t, state("web", backend(a, "a"), backend(b, "b")))
 	if n := r.reloads() - before; n != 1 {
 		t.Errorf("%v reloads, want 1", n)
 	}
@@ -411,10 +429,11 @@ func TestRemovalWaitsForConnectionsThenFinishes(t *testing.T) {
 				}
 				done <- err
 			}()
-			time.Sleep(150 * time.Millisecond) // the request reaches b
+			bName := backend(b, "b").ServerName()
+			// The request reaches b: HAProxy counts it on the server.
+			waitFor(t, func() bool { return r.scur(t, "web/"+bName) >= 1 }, "the request to be in flight on b")
 			only := state("web", backend(a, "a"))
 			r.apply(t, only)
-			bName := backend(b, "b").ServerName()
 			if s, ok := servers()[bName]; !ok || s.Admin&1 == 0 {
 				t.Fatalf("b with a request in flight: %+v, want it kept in maint", s)
 			}
@@ -515,7 +534,7 @@ func TestReloadCommand(t *testing.T) {
 			cfg.MasterSocketPath, cfg.ReloadCommand, cfg.Manage = "", tc.command, false
 			m := NewMetrics(nil)
 			g := New(&cfg, map[string]*ServiceConfig{"web": web, "api": api}, nil, m)
-			g.confirmTimeout = 2 * time.Second
+			g.proc.confirmTimeout = 2 * time.Second
 			err := g.Apply(context.Background(), both)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
@@ -564,12 +583,10 @@ func TestManagedHAProxyRestarted(t *testing.T) {
 	testserver.KillHAProxy(r.cfg.PIDFile)
 	killed := time.Now()
 	var got map[string]int
-	for time.Since(killed) < 10*time.Second {
-		if _, err := r.g.WorkerPID(context.Background()); err == nil {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	// Back means the watchdog's restart is done, not merely that the new
+	// master answers: killing it again while the restart still waits for
+	// its sockets is another test (TestHAProxyDiesWhileStarting).
+	r.restartDone(t, 1)
 	t.Logf("HAProxy back %v after kill -9 (watchdog every %v)", time.Since(killed), watchdogEvery)
 	if got = spread(t, url, 10); got["a"] != 10 {
 		t.Errorf("after the restart: %v, want a only (b drained)", got)
@@ -615,9 +632,34 @@ func TestServerOptionsRoundTrip(t *testing.T) {
 	st := state("web", ready, drained, maint, zeroWeight, zeroDrained)
 	opts, _ := serverOptsOf(g.render(st, true))
 	for _, b := range st.Services["web"].Backends {
-		id := "web/" + b.ServerName()
+		id := serverKey{"web", b.ServerName()}
 		if want := optsIdentity(b, svc.ServerOptions.String()); opts[id] != want {
 			t.Errorf("%s (%s): read back %q, added with %q", id, b.State, opts[id], want)
 		}
+	}
+}
+
+// A HAProxy that dies while it starts (killed, OOM) fails the start at
+// once, not after the 10 s its sockets are waited for (which, in the
+// watchdog's restart, held every Apply), and the next Apply starts it.
+func TestHAProxyDiesWhileStarting(t *testing.T) {
+	port := testserver.FreePort(t)
+	r := newRig(t, map[string]*ServiceConfig{"web": {Port: port, BindAddress: "127.0.0.1"}})
+	a := testserver.StartBackend(t, "a", "127.0.0.11")
+	st := state("web", backend(a, "a"))
+	r.g.proc.startedHook = func() { testserver.KillHAProxy(r.cfg.PIDFile) }
+	start := time.Now()
+	err := r.g.Apply(context.Background(), st)
+	took := time.Since(start)
+	if err == nil || !strings.Contains(err.Error(), "gone before answering") {
+		t.Fatalf("Apply with HAProxy killed as it started = %v, want the start to fail", err)
+	}
+	if took > 3*time.Second {
+		t.Errorf("the failed start took %v: it waited for a dead HAProxy", took)
+	}
+	r.g.proc.startedHook = nil
+	r.apply(t, st)
+	if got := get(t, fmt.Sprintf("http://127.0.0.1:%d/", port)); got != "a" {
+		t.Errorf("after the next Apply: %q", got)
 	}
 }

@@ -59,7 +59,7 @@ func TestHostNameBackendsWithoutReloads(t *testing.T) {
 	} {
 		// Every step stands for a periodic full sync as well (every
 		// fullSyncEvery), where the host-name service is read again.
-		r.g.lastFullSync = time.Time{}
+		r.g.runtime.lastFullSync = time.Time{}
 		names := []generators.Backend{named}
 		if i >= 2 {
 			names = append(names, unresolvable)
@@ -122,7 +122,7 @@ func TestHostNameAddressChange(t *testing.T) {
 	serveAt(t, "new", "127.0.0.52", bport)
 	addr := netip.MustParseAddr("127.0.0.51")
 	var fail error
-	r.g.lookup = func(ctx context.Context, host string) ([]netip.Addr, error) {
+	r.g.res.lookup = func(ctx context.Context, host string) ([]netip.Addr, error) {
 		if host != "svc.example" {
 			return nil, fmt.Errorf("unknown %s", host)
 		}
@@ -141,13 +141,13 @@ func TestHostNameAddressChange(t *testing.T) {
 	// refresh: as if dnsRefresh had passed; the apply that notices starts
 	// a background lookup, the next one applies what it found.
 	refresh := func() {
-		r.g.rmu.Lock()
-		for _, e := range r.g.addrs {
+		r.g.res.mu.Lock()
+		for _, e := range r.g.res.addrs {
 			e.at = time.Time{}
 		}
-		r.g.rmu.Unlock()
+		r.g.res.mu.Unlock()
 		r.apply(t, st)
-		r.g.resolveWG.Wait()
+		r.g.res.wg.Wait()
 		r.apply(t, st)
 	}
 	addr = netip.MustParseAddr("127.0.0.52")

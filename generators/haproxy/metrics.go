@@ -16,6 +16,7 @@ type Metrics struct {
 	Quarantined         *prometheus.GaugeVec   // service
 	Quarantines         *prometheus.CounterVec // service
 	Resolutions         *prometheus.CounterVec // result (ok, changed, error)
+	ServerIDsRefused    *prometheus.CounterVec // reason (taken, out_of_range)
 }
 
 // NewMetrics creates the metrics and registers them with reg (nil: not registered).
@@ -59,16 +60,22 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Resolutions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "synapse_haproxy_host_resolutions_total", Help: "Host name lookups of backends, by result (ok, changed, error).",
 		}, []string{"result"}),
+		ServerIDsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "synapse_haproxy_server_ids_refused_total", Help: "Records whose haproxy_server_id (or `id` option) was not given to their server, by reason (taken: an older record has it; out_of_range: outside 1..max_server_id); the server got an id of its own.",
+		}, []string{"reason"}),
 	}
 	for _, r := range ReloadReasons {
 		m.Reloads.WithLabelValues(string(r))
+	}
+	for _, r := range []string{idTaken, idOutOfRange} {
+		m.ServerIDsRefused.WithLabelValues(r)
 	}
 	for _, r := range []string{"ok", "changed", "error"} {
 		m.Resolutions.WithLabelValues(r)
 	}
 	if reg != nil {
 		reg.MustRegister(m.RuntimeOps, m.RuntimeBatchSeconds, m.Reloads, m.ReloadFailures, m.ReloadsDeferred, m.ReloadSeconds, m.ConfigWrites, m.ValidationFailures, m.Restarts,
-			m.Quarantined, m.Quarantines, m.Resolutions)
+			m.Quarantined, m.Quarantines, m.Resolutions, m.ServerIDsRefused)
 	}
 	return m
 }

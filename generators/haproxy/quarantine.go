@@ -1,9 +1,10 @@
 package haproxy
 
 import (
+	"log/slog"
 	"sort"
 	"strconv"
-	"strings"
+	"sync"
 	"time"
 
 	"github.com/syncstack/syncstack/generators"
@@ -40,16 +41,42 @@ const (
 	qStuck
 )
 
+// serverKey names one server of one backend: what the runtime API calls
+// backend/server. Typed, so that finding a backend's servers never parses
+// "be/name" strings.
+type serverKey struct {
+	backend, server string
+}
+
+func (k serverKey) String() string { return k.backend + "/" + k.server }
+
 // quarantine is one quarantined server.
 type quarantine struct {
 	kind    quarantineKind
 	service string
-	id      string // backend/server
 	reason  string
 	sig     string // the backend as it was when rejected: a change retries
 	since   time.Time
 	retryAt time.Time
 	bo      *backoff.Backoff
+}
+
+// quarantines are the servers set aside, kept by the runtime sync (which
+// quarantines what HAProxy refuses at runtime) and read by render and the
+// config file's writer (which quarantines what haproxy -c refuses). It
+// has its own lock: the background writer reaches it without the apply
+// lock.
+type quarantines struct {
+	log *slog.Logger
+	m   *Metrics
+
+	mu          sync.Mutex
+	quarantined map[serverKey]*quarantine
+	resync      map[string]bool // services whose qInvalid quarantines changed
+}
+
+func newQuarantines(log *slog.Logger, m *Metrics) *quarantines {
+	return &quarantines{log: log, m: m, quarantined: map[serverKey]*quarantine{}, resync: map[string]bool{}}
 }
 
 // sig identifies what was asked of HAProxy for a server: a record change
@@ -63,57 +90,57 @@ func sig(b generators.Backend, addr, opts string) string {
 	return addr + "|" + opts + "|" + w + "|" + string(b.State)
 }
 
-// quarantineServer sets a server aside (or keeps it aside with a longer
-// delay when it failed again with the same record). It logs once per
-// record: a retry that fails again only logs at debug.
-func (g *Generator) quarantineServer(kind quarantineKind, service, id, signature, reason string) {
-	g.qmu.Lock()
-	defer g.qmu.Unlock()
+// put sets a server aside (or keeps it aside with a longer delay when it
+// failed again with the same record). It logs once per record: a retry
+// that fails again only logs at debug.
+func (qs *quarantines) put(kind quarantineKind, service string, key serverKey, signature, reason string) {
+	qs.mu.Lock()
+	defer qs.mu.Unlock()
 	now := time.Now()
-	q, ok := g.quarantined[id]
+	q, ok := qs.quarantined[key]
 	if ok && q.sig == signature && q.kind == kind {
 		q.reason = reason
 		q.retryAt = now.Add(q.bo.Next())
-		g.log.Debug("quarantined server rejected again", "service", service, "server", id, "reason", reason, "retry_at", q.retryAt)
+		qs.log.Debug("quarantined server rejected again", "service", service, "server", key.String(), "reason", reason, "retry_at", q.retryAt)
 		return
 	}
 	if !ok {
 		q = &quarantine{since: now, bo: backoff.New(quarantineRetryBase, quarantineRetryMax)}
-		g.quarantined[id] = q
-		g.m.Quarantines.WithLabelValues(service).Inc()
+		qs.quarantined[key] = q
+		qs.m.Quarantines.WithLabelValues(service).Inc()
 	}
 	if kind == qInvalid {
-		g.resync[service] = true // the runtime sync takes it out of HAProxy
+		qs.resync[service] = true // the runtime sync takes it out of HAProxy
 	}
-	q.kind, q.service, q.id, q.reason, q.sig = kind, service, id, reason, signature
+	q.kind, q.service, q.reason, q.sig = kind, service, reason, signature
 	q.retryAt = now.Add(q.bo.Next())
-	g.log.Error("server quarantined: skipped until its record changes; every other server keeps converging",
-		"service", service, "server", id, "reason", reason, "retry_at", q.retryAt)
-	g.updateQuarantineGauge(service)
+	qs.log.Error("server quarantined: skipped until its record changes; every other server keeps converging",
+		"service", service, "server", key.String(), "reason", reason, "retry_at", q.retryAt)
+	qs.updateGauge(service)
 }
 
 // release lifts a server's quarantine (it was applied, or left the state).
-func (g *Generator) release(id string) {
-	g.qmu.Lock()
-	defer g.qmu.Unlock()
-	q, ok := g.quarantined[id]
+func (qs *quarantines) release(key serverKey) {
+	qs.mu.Lock()
+	defer qs.mu.Unlock()
+	q, ok := qs.quarantined[key]
 	if !ok {
 		return
 	}
-	delete(g.quarantined, id)
+	delete(qs.quarantined, key)
 	if q.kind == qInvalid {
-		g.resync[q.service] = true // the runtime sync adds it
+		qs.resync[q.service] = true // the runtime sync adds it
 	}
-	g.log.Info("server out of quarantine", "service", q.service, "server", id)
-	g.updateQuarantineGauge(q.service)
+	qs.log.Info("server out of quarantine", "service", q.service, "server", key)
+	qs.updateGauge(q.service)
 }
 
 // held reports whether a server is quarantined for this very record and
 // its retry is not due: it is skipped.
-func (g *Generator) held(id, signature string, now time.Time) (quarantineKind, bool) {
-	g.qmu.Lock()
-	defer g.qmu.Unlock()
-	q, ok := g.quarantined[id]
+func (qs *quarantines) held(key serverKey, signature string, now time.Time) (quarantineKind, bool) {
+	qs.mu.Lock()
+	defer qs.mu.Unlock()
+	q, ok := qs.quarantined[key]
 	if !ok || q.sig != signature {
 		return 0, false
 	}
@@ -125,36 +152,36 @@ func (g *Generator) held(id, signature string, now time.Time) (quarantineKind, b
 
 // takeResync reports (once) whether the file writer changed a quarantine
 // of service, which the runtime sync must then apply.
-func (g *Generator) takeResync(service string) bool {
-	g.qmu.Lock()
-	defer g.qmu.Unlock()
-	if !g.resync[service] {
+func (qs *quarantines) takeResync(service string) bool {
+	qs.mu.Lock()
+	defer qs.mu.Unlock()
+	if !qs.resync[service] {
 		return false
 	}
-	delete(g.resync, service)
+	delete(qs.resync, service)
 	return true
 }
 
-// releaseInvalid lifts the qInvalid quarantines a valid file was rendered
-// with (their retry was due, so render included them).
-func (g *Generator) releaseInvalid(tried map[string]bool) {
-	for id := range tried {
-		g.release(id)
+// releaseAll lifts the quarantines of keys: the qInvalid ones a valid file
+// was rendered with (their retry was due, so render included them).
+func (qs *quarantines) releaseAll(keys map[serverKey]bool) {
+	for key := range keys {
+		qs.release(key)
 	}
 }
 
 // invalidDue lists the qInvalid quarantines due for a retry: render
 // includes them, and a valid file releases them.
-func (g *Generator) invalidDue(now time.Time) map[string]bool {
-	g.qmu.Lock()
-	defer g.qmu.Unlock()
-	var out map[string]bool
-	for id, q := range g.quarantined {
+func (qs *quarantines) invalidDue(now time.Time) map[serverKey]bool {
+	qs.mu.Lock()
+	defer qs.mu.Unlock()
+	var out map[serverKey]bool
+	for key, q := range qs.quarantined {
 		if q.kind == qInvalid && !now.Before(q.retryAt) {
 			if out == nil {
-				out = map[string]bool{}
+				out = map[serverKey]bool{}
 			}
-			out[id] = true
+			out[key] = true
 		}
 	}
 	return out
@@ -163,31 +190,31 @@ func (g *Generator) invalidDue(now time.Time) map[string]bool {
 // rejected reports whether a server is to be left out of the file: HAProxy
 // refused it with this record (a qInvalid one is tried again when its retry
 // is due, listed in trial).
-func (g *Generator) rejected(id, signature string, trial map[string]bool) bool {
-	g.qmu.Lock()
-	defer g.qmu.Unlock()
-	q, ok := g.quarantined[id]
+func (qs *quarantines) rejected(key serverKey, signature string, trial map[serverKey]bool) bool {
+	qs.mu.Lock()
+	defer qs.mu.Unlock()
+	q, ok := qs.quarantined[key]
 	if !ok || q.sig != signature {
 		return false
 	}
-	return q.kind == qRejected || q.kind == qInvalid && !trial[id]
+	return q.kind == qRejected || q.kind == qInvalid && !trial[key]
 }
 
-// anyQuarantined reports whether any server is quarantined (render skips
-// its per-server checks otherwise).
-func (g *Generator) anyQuarantined() bool {
-	g.qmu.Lock()
-	defer g.qmu.Unlock()
-	return len(g.quarantined) > 0
+// any reports whether any server is quarantined (render and the runtime
+// sync skip their per-server checks otherwise).
+func (qs *quarantines) any() bool {
+	qs.mu.Lock()
+	defer qs.mu.Unlock()
+	return len(qs.quarantined) > 0
 }
 
-// quarantineDue reports whether a quarantined server of backend be is due
-// for a retry by the runtime sync (qInvalid ones are the file writer's).
-func (g *Generator) quarantineDue(be string, now time.Time) bool {
-	g.qmu.Lock()
-	defer g.qmu.Unlock()
-	for id, q := range g.quarantined {
-		if q.kind != qInvalid && strings.HasPrefix(id, be+"/") && !now.Before(q.retryAt) {
+// due reports whether a quarantined server of backend be is due for a
+// retry by the runtime sync (qInvalid ones are the file writer's).
+func (qs *quarantines) due(be string, now time.Time) bool {
+	qs.mu.Lock()
+	defer qs.mu.Unlock()
+	for key, q := range qs.quarantined {
+		if q.kind != qInvalid && key.backend == be && !now.Before(q.retryAt) {
 			return true
 		}
 	}
@@ -197,36 +224,32 @@ func (g *Generator) quarantineDue(be string, now time.Time) bool {
 // forgetGone drops the quarantine of servers of the service that are no
 // longer in its desired state (a server HAProxy refused to delete stays
 // while HAProxy has it).
-func (g *Generator) forgetGone(service, be string, desired map[string]bool, cur map[string]serverState) {
-	g.qmu.Lock()
-	defer g.qmu.Unlock()
+func (qs *quarantines) forgetGone(service, be string, desired map[string]bool, cur map[string]serverState) {
+	qs.mu.Lock()
+	defer qs.mu.Unlock()
 	changed := false
-	for id, q := range g.quarantined {
-		if q.service != service {
+	for key, q := range qs.quarantined {
+		if q.service != service || key.backend != be || desired[key.server] {
 			continue
 		}
-		sname, ok := strings.CutPrefix(id, be+"/")
-		if !ok || desired[sname] {
-			continue
-		}
-		if _, still := cur[sname]; q.kind != qStuck || !still {
-			delete(g.quarantined, id)
+		if _, still := cur[key.server]; q.kind != qStuck || !still {
+			delete(qs.quarantined, key)
 			changed = true
 		}
 	}
 	if changed {
-		g.updateQuarantineGauge(service)
+		qs.updateGauge(service)
 	}
 }
 
-// nextQuarantineRetry is the earliest quarantine retry; zero if none. A
-// retry that is due but could not run (its service unknown, a reload
-// deferred) is asked for again a removalPoll later, never in a tight loop.
-func (g *Generator) nextQuarantineRetry() time.Time {
-	g.qmu.Lock()
-	defer g.qmu.Unlock()
+// nextRetry is the earliest quarantine retry; zero if none. A retry that
+// is due but could not run (its service unknown, a reload deferred) is
+// asked for again a removalPoll later, never in a tight loop.
+func (qs *quarantines) nextRetry() time.Time {
+	qs.mu.Lock()
+	defer qs.mu.Unlock()
 	var at time.Time
-	for _, q := range g.quarantined {
+	for _, q := range qs.quarantined {
 		if at.IsZero() || q.retryAt.Before(at) {
 			at = q.retryAt
 		}
@@ -237,28 +260,24 @@ func (g *Generator) nextQuarantineRetry() time.Time {
 	return at
 }
 
-// updateQuarantineGauge sets the service's gauge; g.qmu is held.
-func (g *Generator) updateQuarantineGauge(service string) {
+// updateGauge sets the service's gauge; qs.mu is held.
+func (qs *quarantines) updateGauge(service string) {
 	n := 0
-	for _, q := range g.quarantined {
+	for _, q := range qs.quarantined {
 		if q.service == service {
 			n++
 		}
 	}
-	g.m.Quarantined.WithLabelValues(service).Set(float64(n))
+	qs.m.Quarantined.WithLabelValues(service).Set(float64(n))
 }
 
-// Quarantined implements generators.Quarantiner.
-func (g *Generator) Quarantined() []generators.Quarantined {
-	g.qmu.Lock()
-	defer g.qmu.Unlock()
-	out := make([]generators.Quarantined, 0, len(g.quarantined))
-	for id, q := range g.quarantined {
-		server := id
-		if i := strings.IndexByte(id, '/'); i >= 0 {
-			server = id[i+1:]
-		}
-		out = append(out, generators.Quarantined{Service: q.service, Server: server, Reason: q.reason, Since: q.since, RetryAt: q.retryAt})
+// list is every quarantined server, by service and server.
+func (qs *quarantines) list() []generators.Quarantined {
+	qs.mu.Lock()
+	defer qs.mu.Unlock()
+	out := make([]generators.Quarantined, 0, len(qs.quarantined))
+	for key, q := range qs.quarantined {
+		out = append(out, generators.Quarantined{Service: q.service, Server: key.server, Reason: q.reason, Since: q.since, RetryAt: q.retryAt})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Service != out[j].Service {

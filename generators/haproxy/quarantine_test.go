@@ -161,9 +161,9 @@ func TestRejectedServersQuarantined(t *testing.T) {
 	// Its retry due with the same record, the line haproxy -c rejected is
 	// tried again by the file writer: still rejected, still quarantined,
 	// counted and logged once.
-	r.g.qmu.Lock()
-	r.g.quarantined["legacy/"+badLegacy.ServerName()].retryAt = time.Now()
-	r.g.qmu.Unlock()
+	r.g.runtime.q.mu.Lock()
+	r.g.runtime.q.quarantined[serverKey{"legacy", badLegacy.ServerName()}].retryAt = time.Now()
+	r.g.runtime.q.mu.Unlock()
 	failures := testutil.ToFloat64(r.g.m.ValidationFailures)
 	r.applyDeferred(t, st)
 	r.g.Flush()
@@ -225,7 +225,7 @@ func TestDisabledOptionServerRemoved(t *testing.T) {
 	}
 	// The same state again sends nothing: ready is ready despite CMAINT.
 	ops := testutil.ToFloat64(r.g.m.RuntimeOps.WithLabelValues("set server", "ok"))
-	r.g.lastFullSync = time.Time{}
+	r.g.runtime.lastFullSync = time.Time{}
 	r.apply(t, only)
 	if n := testutil.ToFloat64(r.g.m.RuntimeOps.WithLabelValues("set server", "ok")) - ops; n != 0 {
 		t.Errorf("%v set server commands for an unchanged state", n)

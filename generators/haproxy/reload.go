@@ -1,14 +1,11 @@
 package haproxy
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os/exec"
-	"strconv"
 	"strings"
 	"time"
 
@@ -20,23 +17,23 @@ import (
 // there is one (confirmed by the worker PID changing), else reload_command.
 // The server state is saved first, so the new worker starts with every
 // server's drain, maint and weight as they are now.
-func (g *Generator) reload(ctx context.Context, why reloadNeed) error {
+func (p *process) reload(ctx context.Context, why reloadNeed) error {
 	start := time.Now()
-	g.saveServerState(ctx)
+	p.saveServerState(ctx)
 	var err error
-	if g.cfg.MasterSocketPath != "" {
-		err = g.masterReload(ctx)
+	if p.cfg.MasterSocketPath != "" {
+		err = p.masterReload(ctx)
 	} else {
-		err = g.commandReload(ctx)
+		err = p.commandReload(ctx)
 	}
-	g.lastReload = time.Now()
+	p.lastReload = time.Now()
 	if err != nil {
-		g.m.ReloadFailures.Inc()
+		p.m.ReloadFailures.Inc()
 		return err
 	}
-	g.m.Reloads.WithLabelValues(string(why.reason)).Inc()
-	g.m.ReloadSeconds.Observe(time.Since(start).Seconds())
-	g.log.Info("haproxy reloaded", "reason", why.String(), "took", time.Since(start))
+	p.m.Reloads.WithLabelValues(string(why.reason)).Inc()
+	p.m.ReloadSeconds.Observe(time.Since(start).Seconds())
+	p.log.Info("haproxy reloaded", "reason", why.String(), "took", time.Since(start))
 	return nil
 }
 
@@ -86,32 +83,32 @@ func (n reloadNeed) String() string {
 
 // saveServerState writes `show servers state` to the server state file
 // that the new worker loads.
-func (g *Generator) saveServerState(ctx context.Context) {
-	if g.cfg.ServerStateFile == "" || !on(g.cfg.DoSocket, true) {
+func (p *process) saveServerState(ctx context.Context) {
+	if p.cfg.ServerStateFile == "" || !on(p.cfg.DoSocket, true) {
 		return
 	}
-	replies, err := g.rt.Run(ctx, "show servers state")
+	replies, err := p.rt.Run(ctx, "show servers state")
 	if err != nil {
-		g.log.Warn("could not save the server state before a reload", "err", err)
+		p.log.Warn("could not save the server state before a reload", "err", err)
 		return
 	}
-	if err := atomicfile.Write(g.cfg.ServerStateFile, []byte(replies[0]+"\n"), atomicfile.Options{Mode: configMode}); err != nil {
-		g.log.Warn("could not save the server state before a reload", "err", err)
+	if err := atomicfile.Write(p.cfg.ServerStateFile, []byte(replies[0]+"\n"), atomicfile.Options{Mode: configMode}); err != nil {
+		p.log.Warn("could not save the server state before a reload", "err", err)
 	}
 }
 
 // masterReload sends `reload` to the master CLI. While the master
 // re-executes it refuses connections for tens of milliseconds (measured on
 // 2.6: 35–65 ms), so both the request and the confirmation retry.
-func (g *Generator) masterReload(ctx context.Context) error {
-	old, err := g.workerPID(ctx)
+func (p *process) masterReload(ctx context.Context) error {
+	old, err := p.workerPID(ctx)
 	if err != nil {
 		return fmt.Errorf("haproxy reload: %w", err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	retry := backoff.New(10*time.Millisecond, 50*time.Millisecond)
 	for {
-		err = g.sendReload(ctx)
+		err = p.sendReload(ctx)
 		if err == nil || time.Now().After(deadline) {
 			break
 		}
@@ -120,16 +117,16 @@ func (g *Generator) masterReload(ctx context.Context) error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("haproxy reload: master CLI %s: %w", g.cfg.MasterSocketPath, err)
+		return fmt.Errorf("haproxy reload: master CLI %s: %w", p.cfg.MasterSocketPath, err)
 	}
-	deadline = time.Now().Add(g.confirmTimeout)
+	deadline = time.Now().Add(p.confirmTimeout)
 	for {
-		pid, err := g.workerPID(ctx)
+		pid, err := p.workerPID(ctx)
 		if err == nil && pid != old {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("haproxy reload: worker PID still %d after %v (last error: %v): the new config was not loaded", old, g.confirmTimeout, err)
+			return fmt.Errorf("haproxy reload: worker PID still %d after %v (last error: %v): the new config was not loaded", old, p.confirmTimeout, err)
 		}
 		select {
 		case <-ctx.Done():
@@ -141,11 +138,11 @@ func (g *Generator) masterReload(ctx context.Context) error {
 
 // sendReload writes `reload` and half-closes: HAProxy 2.6 answers only
 // after the client half-closes, and prints nothing.
-func (g *Generator) sendReload(ctx context.Context) error {
+func (p *process) sendReload(ctx context.Context) error {
 	var d net.Dialer
 	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	c, err := d.DialContext(dctx, "unix", g.cfg.MasterSocketPath)
+	c, err := d.DialContext(dctx, "unix", p.cfg.MasterSocketPath)
 	if err != nil {
 		return err
 	}
@@ -163,11 +160,11 @@ func (g *Generator) sendReload(ctx context.Context) error {
 
 // workerPID returns the PID of the current (newest) worker from the master
 // CLI's `show proc`.
-func (g *Generator) workerPID(ctx context.Context) (int, error) {
+func (p *process) workerPID(ctx context.Context) (int, error) {
 	var d net.Dialer
 	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	c, err := d.DialContext(dctx, "unix", g.cfg.MasterSocketPath)
+	c, err := d.DialContext(dctx, "unix", p.cfg.MasterSocketPath)
 	if err != nil {
 		return 0, err
 	}
@@ -179,51 +176,32 @@ func (g *Generator) workerPID(ctx context.Context) (int, error) {
 	if uc, ok := c.(*net.UnixConn); ok {
 		uc.CloseWrite()
 	}
-	sc := bufio.NewScanner(c)
-	inWorkers := false
-	for sc.Scan() {
-		l := sc.Text()
-		switch {
-		case strings.HasPrefix(l, "# workers"):
-			inWorkers = true
-		case strings.HasPrefix(l, "#"):
-			inWorkers = false
-		case inWorkers:
-			f := strings.Fields(l)
-			if len(f) >= 2 && f[1] == "worker" {
-				return strconv.Atoi(f[0])
-			}
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return 0, err
-	}
-	return 0, errors.New("show proc: no current worker")
+	return parseShowProc(c)
 }
 
 // commandReload runs reload_command, then waits until the process that
 // answers the stats socket has a new PID (every HAProxy reload, -sf or
 // master-worker, ends with a new process serving it), so that a command
 // that "succeeded" without loading anything is an error, not a silent no-op.
-func (g *Generator) commandReload(ctx context.Context) error {
-	old, oldErr := g.statsPID(ctx)
+func (p *process) commandReload(ctx context.Context) error {
+	old, oldErr := p.statsPID(ctx)
 	cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(cctx, "/bin/sh", "-c", g.cfg.ReloadCommand).CombinedOutput()
+	out, err := exec.CommandContext(cctx, "/bin/sh", "-c", p.cfg.ReloadCommand).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("haproxy reload: %q: %v: %s", g.cfg.ReloadCommand, err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("haproxy reload: %q: %v: %s", p.cfg.ReloadCommand, err, strings.TrimSpace(string(out)))
 	}
-	if oldErr != nil || !on(g.cfg.DoSocket, true) {
+	if oldErr != nil || !on(p.cfg.DoSocket, true) {
 		return nil // nothing to confirm with
 	}
-	deadline := time.Now().Add(g.confirmTimeout)
+	deadline := time.Now().Add(p.confirmTimeout)
 	for {
-		pid, err := g.statsPID(ctx)
+		pid, err := p.statsPID(ctx)
 		if err == nil && pid != old {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("haproxy reload: %q ran, but the stats socket is still served by PID %d after %v (last error: %v): the new config was not loaded", g.cfg.ReloadCommand, old, g.confirmTimeout, err)
+			return fmt.Errorf("haproxy reload: %q ran, but the stats socket is still served by PID %d after %v (last error: %v): the new config was not loaded", p.cfg.ReloadCommand, old, p.confirmTimeout, err)
 		}
 		select {
 		case <-ctx.Done():
@@ -234,18 +212,10 @@ func (g *Generator) commandReload(ctx context.Context) error {
 }
 
 // statsPID is the PID of the process answering the stats socket.
-func (g *Generator) statsPID(ctx context.Context) (int, error) {
-	replies, err := g.rt.Run(ctx, "show info")
+func (p *process) statsPID(ctx context.Context) (int, error) {
+	replies, err := p.rt.Run(ctx, "show info")
 	if err != nil {
 		return 0, err
 	}
-	for _, l := range strings.Split(replies[0], "\n") {
-		if v, ok := strings.CutPrefix(l, "Pid: "); ok {
-			return strconv.Atoi(strings.TrimSpace(v))
-		}
-	}
-	return 0, errors.New("show info: no Pid")
+	return parseInfoPID(replies[0])
 }
-
-// WorkerPID is the PID of the current HAProxy worker (master-worker mode).
-func (g *Generator) WorkerPID(ctx context.Context) (int, error) { return g.workerPID(ctx) }

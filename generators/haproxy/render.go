@@ -25,11 +25,11 @@ func (g *Generator) render(st generators.State, servers bool) string {
 
 // renderFile renders the full file, with the quarantined lines of trial
 // (due for another haproxy -c) in.
-func (g *Generator) renderFile(st generators.State, trial map[string]bool) string {
+func (g *Generator) renderFile(st generators.State, trial map[serverKey]bool) string {
 	return g.renderWith(st, true, trial)
 }
 
-func (g *Generator) renderWith(st generators.State, servers bool, trial map[string]bool) string {
+func (g *Generator) renderWith(st generators.State, servers bool, trial map[serverKey]bool) string {
 	var b strings.Builder
 	b.WriteString(header)
 	b.WriteString("global\n")
@@ -71,7 +71,7 @@ func (g *Generator) renderWith(st generators.State, servers bool, trial map[stri
 			// the file had it; its cached backends (a subset, often) would
 			// repeat those lines.
 			if g.unknown(st.Services[name]) {
-				verbatim = g.bootServers[svc.BackendName]
+				verbatim = g.boot.servers[svc.BackendName]
 			} else {
 				backends = st.Services[name].Backends
 			}
@@ -85,7 +85,7 @@ func (g *Generator) renderWith(st generators.State, servers bool, trial map[stri
 // renderService writes one service; verbatim server lines (those of a
 // service nothing is known of yet, as the file had them) follow the
 // rendered ones.
-func (g *Generator) renderService(b *strings.Builder, name string, svc *ServiceConfig, backends []generators.Backend, verbatim []string, trial map[string]bool) {
+func (g *Generator) renderService(b *strings.Builder, name string, svc *ServiceConfig, backends []generators.Backend, verbatim []string, trial map[serverKey]bool) {
 	bind := ""
 	if svc.Port > 0 {
 		bind = "bind " + bindAddr(svc.BindAddress, svc.Port)
@@ -137,19 +137,19 @@ func (g *Generator) renderService(b *strings.Builder, name string, svc *ServiceC
 	}
 }
 
-func (g *Generator) renderServers(b *strings.Builder, svc *ServiceConfig, backends []generators.Backend, serverOpts string, trial map[string]bool) {
+func (g *Generator) renderServers(b *strings.Builder, svc *ServiceConfig, backends []generators.Backend, serverOpts string, trial map[serverKey]bool) {
 	be := svc.BackendName
-	anyRejected := g.anyQuarantined()
+	anyRejected := g.runtime.q.any()
 	cookies := !tcpMode(g.cfg.Defaults, svc)
 	for _, bk := range orderBackends(svc, g.seed(), backends) {
-		addr, err := g.addrOf(bk.Host)
+		addr, err := g.res.addrOf(bk.Host)
 		if err != nil {
 			continue // a host name that does not resolve: quarantined
 		}
-		if anyRejected && g.rejected(be+"/"+bk.ServerName(), sig(bk, addr, optsIdentity(bk, serverOpts)), trial) {
+		if anyRejected && g.runtime.q.rejected(serverKey{be, bk.ServerName()}, sig(bk, addr, optsIdentity(bk, serverOpts)), trial) {
 			continue // HAProxy refused it: left out, or haproxy -c fails for all
 		}
-		l := "server " + bk.ServerName() + " " + joinAddr(addr, bk.Port) + g.lineParams(svc, bk, serverOpts, cookies)
+		l := "server " + bk.ServerName() + " " + joinAddr(addr, bk.Port) + lineParams(g.ids, svc, bk, serverOpts, cookies)
 		switch {
 		case bk.State == "maint":
 			l += " disabled"
@@ -165,17 +165,16 @@ func (g *Generator) renderServers(b *strings.Builder, svc *ServiceConfig, backen
 	}
 }
 
-// lineParams is what follows the address on the server line of bk: its
-// `id` (unless its record's options carry one), its `cookie` (unless the
+// lineParams is what follows the address on the server line of bk (and
+// in its `add server`): its `id` (the one its record asks for, unless
+// another record has it: see serverIDs.claim), its `cookie` (unless the
 // backend is in mode tcp), then serverParams, in the order of Airbnb's
 // synapse.
-func (g *Generator) lineParams(svc *ServiceConfig, bk generators.Backend, serverOpts string, cookie bool) string {
+func lineParams(ids *serverIDs, svc *ServiceConfig, bk generators.Backend, serverOpts string, cookie bool) string {
 	var s strings.Builder
 	name := bk.ServerName()
-	if optionID(bk.HAProxyServerOptions) == 0 {
-		if id := g.ids.get(svc.BackendName, name); id > 0 {
-			s.WriteString(" id " + strconv.Itoa(id))
-		}
+	if id := ids.get(svc.BackendName, name); id > 0 {
+		s.WriteString(" id " + strconv.Itoa(id))
 	}
 	if cookie {
 		s.WriteString(" cookie " + cookieValue(svc, name))
@@ -187,8 +186,8 @@ func (g *Generator) lineParams(svc *ServiceConfig, bk generators.Backend, server
 // addParams is what follows the address in `add server`: the line's
 // parameters without the cookie, which HAProxy 2.6 refuses on a dynamic
 // server (see cookieReload).
-func (g *Generator) addParams(svc *ServiceConfig, bk generators.Backend, serverOpts string) string {
-	return g.lineParams(svc, bk, serverOpts, false)
+func addParams(ids *serverIDs, svc *ServiceConfig, bk generators.Backend, serverOpts string) string {
+	return lineParams(ids, svc, bk, serverOpts, false)
 }
 
 // seed is the seed of the default server order.
@@ -240,6 +239,19 @@ func stripWeight(f []string) string {
 	return s.String()
 }
 
+// stripID joins fields (" a b", or "") without their "id N" pairs.
+func stripID(f []string) string {
+	var s strings.Builder
+	for i := 0; i < len(f); i++ {
+		if f[i] == "id" && i+1 < len(f) {
+			i++
+			continue
+		}
+		s.WriteString(" " + f[i])
+	}
+	return s.String()
+}
+
 // serverParams is the service's options, the record's options, then the
 // backend's weight (last: HAProxy takes the last weight of a line). With a
 // weight of its own (the record's, under use_nerve_weights, or synctl's)
@@ -253,7 +265,8 @@ func serverParams(be generators.Backend, serverOpts string) string {
 		s.WriteString(" " + serverOpts)
 	}
 	if be.HAProxyServerOptions != "" {
-		s.WriteString(" " + strings.Join(strings.Fields(be.HAProxyServerOptions), " "))
+		// Without its `id`: the line's id is lineParams's.
+		s.WriteString(stripID(strings.Fields(be.HAProxyServerOptions)))
 	}
 	if be.Weight != nil {
 		s.WriteString(" weight " + strconv.Itoa(*be.Weight))

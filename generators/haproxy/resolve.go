@@ -3,6 +3,7 @@ package haproxy
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
@@ -55,15 +56,40 @@ func systemLookup(ctx context.Context, host string) ([]netip.Addr, error) {
 	return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 }
 
+// resolver keeps the addresses of the backends' host names. Its lock
+// guards the addresses (render reads them from the background writer);
+// hostsOf and hostsSeen belong to the apply path.
+type resolver struct {
+	log    *slog.Logger
+	m      *Metrics
+	lookup lookupFunc
+
+	mu         sync.Mutex
+	addrs      map[string]*resolved
+	refreshing bool // a background refresh runs
+	changed    bool // it found a new address: the next sync reads all
+	wg         sync.WaitGroup
+
+	// The host names of each service's backends, and the service they
+	// were found in (with the apply lock).
+	hostsOf   map[string][]string
+	hostsSeen map[string]generators.Service
+}
+
+func newResolver(log *slog.Logger, m *Metrics) *resolver {
+	return &resolver{log: log, m: m, lookup: systemLookup, addrs: map[string]*resolved{},
+		hostsOf: map[string][]string{}, hostsSeen: map[string]generators.Service{}}
+}
+
 // addrOf is the address HAProxy gets for host: host itself when it is an
 // IP, else its resolved address.
-func (g *Generator) addrOf(host string) (string, error) {
+func (res *resolver) addrOf(host string) (string, error) {
 	if a, err := netip.ParseAddr(host); err == nil {
 		return a.String(), nil
 	}
-	g.rmu.Lock()
-	defer g.rmu.Unlock()
-	r, ok := g.addrs[host]
+	res.mu.Lock()
+	defer res.mu.Unlock()
+	r, ok := res.addrs[host]
 	switch {
 	case !ok:
 		return "", &ErrUnresolved{Host: host, Err: fmt.Errorf("not looked up yet")}
@@ -73,20 +99,21 @@ func (g *Generator) addrOf(host string) (string, error) {
 	return r.addr.String(), nil
 }
 
-// resolveHosts looks up the host names of st that are new or due for a
-// refresh, concurrently, and reports whether any address changed (the
-// runtime sync must then look at every backend).
-func (g *Generator) resolveHosts(ctx context.Context, st generators.State) (changed bool) {
+// resolveHosts looks up the host names of the services (names) of st that
+// are new or due for a refresh, concurrently, and reports whether any
+// address changed (the runtime sync must then look at every backend).
+// Services skip says are left as they are.
+func (res *resolver) resolveHosts(ctx context.Context, st generators.State, names []string, skip func(generators.Service) bool) (changed bool) {
 	now := time.Now()
 	// The host names of each service are found again only when its
 	// backends changed: an apply stays O(changed services), as the
 	// runtime sync is.
-	for _, name := range g.serviceNames() {
+	for _, name := range names {
 		svc := st.Services[name]
-		if g.unknown(svc) {
+		if skip(svc) {
 			continue // its servers are left as they are
 		}
-		if prev, ok := g.hostsSeen[name]; ok && prev.Equal(svc) {
+		if prev, ok := res.hostsSeen[name]; ok && prev.Equal(svc) {
 			continue
 		}
 		var hosts []string
@@ -95,49 +122,49 @@ func (g *Generator) resolveHosts(ctx context.Context, st generators.State) (chan
 				hosts = append(hosts, b.Host)
 			}
 		}
-		g.hostsOf[name], g.hostsSeen[name] = hosts, svc
+		res.hostsOf[name], res.hostsSeen[name] = hosts, svc
 	}
 	hosts := map[string]bool{}
-	for _, hs := range g.hostsOf {
+	for _, hs := range res.hostsOf {
 		for _, h := range hs {
 			hosts[h] = true
 		}
 	}
 	var first, stale []string
-	g.rmu.Lock()
+	res.mu.Lock()
 	for h := range hosts {
-		r, ok := g.addrs[h]
+		r, ok := res.addrs[h]
 		switch {
 		case !ok:
 			first = append(first, h)
-		case now.Sub(r.at) >= dnsRefresh && !g.refreshing:
+		case now.Sub(r.at) >= dnsRefresh && !res.refreshing:
 			stale = append(stale, h)
 		}
 	}
-	for h := range g.addrs {
+	for h := range res.addrs {
 		if !hosts[h] {
-			delete(g.addrs, h)
+			delete(res.addrs, h)
 		}
 	}
-	changed, g.addrsChanged = g.addrsChanged, false
-	g.refreshing = g.refreshing || len(stale) > 0
-	g.rmu.Unlock()
+	changed, res.changed = res.changed, false
+	res.refreshing = res.refreshing || len(stale) > 0
+	res.mu.Unlock()
 	// A new name is looked up now: its server needs an address. Known
 	// names are refreshed in the background, so a slow name server never
 	// holds up the changes of every service; a new address is applied by
 	// the next apply (the periodic resync at the latest).
-	if len(first) > 0 && g.lookupAll(ctx, first) {
+	if len(first) > 0 && res.lookupAll(ctx, first) {
 		changed = true
 	}
 	if len(stale) > 0 {
-		g.resolveWG.Add(1)
+		res.wg.Add(1)
 		go func() {
-			defer g.resolveWG.Done()
-			ch := g.lookupAll(context.Background(), stale)
-			g.rmu.Lock()
-			g.refreshing = false
-			g.addrsChanged = g.addrsChanged || ch
-			g.rmu.Unlock()
+			defer res.wg.Done()
+			ch := res.lookupAll(context.Background(), stale)
+			res.mu.Lock()
+			res.refreshing = false
+			res.changed = res.changed || ch
+			res.mu.Unlock()
 		}()
 	}
 	return changed
@@ -146,7 +173,7 @@ func (g *Generator) resolveHosts(ctx context.Context, st generators.State) (chan
 // lookupAll looks hosts up concurrently and records the results; it
 // reports whether an address changed (or a name resolved for the first
 // time).
-func (g *Generator) lookupAll(ctx context.Context, hosts []string) (changed bool) {
+func (res *resolver) lookupAll(ctx context.Context, hosts []string) (changed bool) {
 	type result struct {
 		host  string
 		addrs []netip.Addr
@@ -160,7 +187,7 @@ func (g *Generator) lookupAll(ctx context.Context, hosts []string) (changed bool
 			defer wg.Done()
 			lctx, cancel := context.WithTimeout(ctx, dnsTimeout)
 			defer cancel()
-			addrs, err := g.lookup(lctx, h)
+			addrs, err := res.lookup(lctx, h)
 			if err == nil && len(addrs) == 0 {
 				err = fmt.Errorf("no address")
 			}
@@ -169,32 +196,32 @@ func (g *Generator) lookupAll(ctx context.Context, hosts []string) (changed bool
 	}
 	wg.Wait()
 	now := time.Now()
-	g.rmu.Lock()
-	defer g.rmu.Unlock()
-	for _, res := range results {
-		old := g.addrs[res.host]
+	res.mu.Lock()
+	defer res.mu.Unlock()
+	for _, r := range results {
+		old := res.addrs[r.host]
 		if old == nil {
 			old = &resolved{}
 		}
-		next := &resolved{addr: old.addr, err: res.err, at: now}
+		next := &resolved{addr: old.addr, err: r.err, at: now}
 		switch {
-		case res.err != nil:
-			g.m.Resolutions.WithLabelValues("error").Inc()
+		case r.err != nil:
+			res.m.Resolutions.WithLabelValues("error").Inc()
 			if old.addr.IsValid() {
-				g.log.Warn("host name lookup failed; keeping its last address", "host", res.host, "addr", old.addr, "err", res.err)
+				res.log.Warn("host name lookup failed; keeping its last address", "host", r.host, "addr", old.addr, "err", r.err)
 			}
-		case pick(res.addrs) != old.addr:
-			next.addr, changed = pick(res.addrs), true
+		case pick(r.addrs) != old.addr:
+			next.addr, changed = pick(r.addrs), true
 			if old.addr.IsValid() {
-				g.m.Resolutions.WithLabelValues("changed").Inc()
-				g.log.Info("host name has a new address", "host", res.host, "from", old.addr, "to", next.addr)
+				res.m.Resolutions.WithLabelValues("changed").Inc()
+				res.log.Info("host name has a new address", "host", r.host, "from", old.addr, "to", next.addr)
 			} else {
-				g.m.Resolutions.WithLabelValues("ok").Inc()
+				res.m.Resolutions.WithLabelValues("ok").Inc()
 			}
 		default:
-			g.m.Resolutions.WithLabelValues("ok").Inc()
+			res.m.Resolutions.WithLabelValues("ok").Inc()
 		}
-		g.addrs[res.host] = next
+		res.addrs[r.host] = next
 	}
 	return changed
 }
@@ -209,4 +236,9 @@ func pick(addrs []netip.Addr) netip.Addr {
 		}
 	}
 	return addrs[0]
+}
+
+func isIP(host string) bool {
+	_, err := netip.ParseAddr(host)
+	return err == nil
 }

@@ -3,6 +3,7 @@ package haproxy
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,13 +39,6 @@ func dynamicBalance(lines ...[]string) bool {
 	return consistent
 }
 
-// unknown reports whether the generator must leave svc's servers as they
-// are: nothing is known of it, or only the cache knows it and HAProxy kept
-// running (its state is newer than any cache).
-func (g *Generator) unknown(svc generators.Service) bool {
-	return svc.Unknown || (svc.Cached && !g.started)
-}
-
 // fullSyncEvery is how often a sync reads every backend.
 const fullSyncEvery = 30 * time.Second
 
@@ -54,287 +48,301 @@ func dynamicOptions(opts string) bool {
 	return !hasToken(opts, "cookie") && !hasToken(opts, "resolvers")
 }
 
-// runtimeSync reads `show servers state`, and makes every service backend
-// match st through the runtime API in one pipelined batch. It returns a
-// reason when something cannot be done at runtime and needs a reload. A
-// server HAProxy refuses is quarantined, not an error: the others converge.
-func (g *Generator) runtimeSync(ctx context.Context, st generators.State) (reload reloadNeed, err error) {
+// runtimeSyncer makes HAProxy's servers match the desired state through
+// the runtime API: it reads what HAProxy runs (`show servers state`),
+// diffs it against the state into typed commands, sends them in one
+// pipelined batch, and quarantines the servers HAProxy refuses. What it
+// cannot do at runtime it returns as a reloadNeed.
+//
+// Its state belongs to the apply path (the Generator's apply lock); the
+// quarantines and the resolver it shares with render have locks of their
+// own.
+type runtimeSyncer struct {
+	cfg      *Config
+	services map[string]*ServiceConfig
+	names    []string // of services, sorted
+	log      *slog.Logger
+	m        *Metrics
+	client   RuntimeClient
+	ids      *serverIDs
+	res      *resolver
+	q        *quarantines
+	// unknown says a service's servers are to be left as they are.
+	unknown func(generators.Service) bool
+
+	removing map[serverKey]time.Time // servers being removed, since
+	applied  map[serverKey]string    // options each server has; nil: unknown
+	// cookiePending: a server was added at runtime to a backend that
+	// persists by cookie; HAProxy 2.6 takes no cookie on `add server`, so
+	// a reload (reason cookie) gives it the cookie of its config line.
+	cookiePending bool
+	synced        map[string]generators.Service // what each service was last synced to
+	lastFullSync  time.Time
+}
+
+// forgetSynced makes the next sync read every backend (an address
+// changed, a new worker).
+func (s *runtimeSyncer) forgetSynced() { s.synced = nil }
+
+// forget is what a HAProxy found gone leaves: a new one has the servers
+// of the file and nothing being removed. Quarantines stay: a new HAProxy
+// refuses the same.
+func (s *runtimeSyncer) forget() {
+	s.synced = nil
+	clear(s.removing)
+	s.cookiePending = false
+	s.applied = nil
+}
+
+// reloaded is what a confirmed reload leaves: the new worker has every
+// cookie of the file; every backend is checked again.
+func (s *runtimeSyncer) reloaded() {
+	s.cookiePending = false
+	s.synced = nil
+}
+
+// sync makes every service backend match st through the runtime API in
+// one pipelined batch. It returns a reason when something cannot be done
+// at runtime and needs a reload. A server HAProxy refuses is quarantined,
+// not an error: the others converge.
+func (s *runtimeSyncer) sync(ctx context.Context, st generators.State) (reloadNeed, error) {
 	now := time.Now()
-	// Only the services whose backends changed since the last sync (and
-	// those with removals pending or quarantines due) are read and
-	// diffed: a change costs the same with ten backends or ten thousand.
-	if now.Sub(g.lastFullSync) > fullSyncEvery {
+	names := s.changed(st, now)
+	if len(names) == 0 {
+		return reloadNeed{}, nil
+	}
+	running, need, err := s.read(ctx, names)
+	if err != nil || need.needed() {
+		return need, err
+	}
+	b := newBatch()
+	anyQ := s.q.any()
+	for _, name := range names {
+		be := s.services[name].BackendName
+		if need := s.planService(b, name, st.Services[name], running[be], anyQ, now); need.needed() {
+			s.synced = nil
+			return need, nil
+		}
+	}
+	if err := s.send(ctx, b); err != nil {
+		s.synced = nil
+		return reloadNeed{}, err
+	}
+	s.settle(b)
+	if s.synced == nil {
+		s.synced = map[string]generators.Service{}
+	}
+	for _, name := range names {
+		s.synced[name] = st.Services[name]
+	}
+	return reloadNeed{}, nil
+}
+
+// changed lists the services to read and diff: those whose backends
+// changed since the last sync, and those with removals pending or
+// quarantines due. A change costs the same with ten backends or ten
+// thousand.
+func (s *runtimeSyncer) changed(st generators.State, now time.Time) []string {
+	if now.Sub(s.lastFullSync) > fullSyncEvery {
 		// Now and then check every backend, in case something else
 		// changed HAProxy (an operator on the socket, synctl --local).
-		g.synced, g.lastFullSync = nil, now
+		s.synced, s.lastFullSync = nil, now
 	}
 	var names []string
-	for _, name := range g.serviceNames() {
+	for _, name := range s.names {
 		svc := st.Services[name]
-		if g.unknown(svc) {
+		if s.unknown(svc) {
 			continue // nothing known yet: leave its servers as they are
 		}
-		be := g.services[name].BackendName
-		if prev, ok := g.synced[name]; ok && prev.Equal(svc) && !g.removalsPending(be) && !g.quarantineDue(be, now) && !g.takeResync(name) {
+		be := s.services[name].BackendName
+		if prev, ok := s.synced[name]; ok && prev.Equal(svc) && !s.removalsPending(be) && !s.q.due(be, now) && !s.q.takeResync(name) {
 			continue
 		}
 		names = append(names, name)
 	}
-	if len(names) == 0 {
-		return reloadNeed{}, nil
-	}
+	return names
+}
+
+// read asks HAProxy for the servers of the services' backends (backend →
+// server → state). A backend HAProxy does not have needs a reload.
+func (s *runtimeSyncer) read(ctx context.Context, names []string) (map[string]map[string]serverState, reloadNeed, error) {
 	show := make([]string, len(names))
 	for i, name := range names {
-		show[i] = "show servers state " + g.services[name].BackendName
+		show[i] = "show servers state " + s.services[name].BackendName
 	}
-	replies, err := g.rt.Run(ctx, show...)
+	replies, err := s.client.Run(ctx, show...)
 	if err != nil {
-		return reloadNeed{}, err
+		return nil, reloadNeed{}, err
 	}
 	running := map[string]map[string]serverState{}
 	for i, r := range replies {
-		if strings.HasPrefix(strings.TrimSpace(r), "Can't find backend") {
+		if backendMissing(r) {
 			// The running HAProxy loaded an older config than the file
 			// (a reload that failed before this synapse started, say).
-			return reloadNeed{ReloadBackendMissing, "backend " + g.services[names[i]].BackendName + " missing from the running HAProxy"}, nil
+			return nil, reloadNeed{ReloadBackendMissing, "backend " + s.services[names[i]].BackendName + " missing from the running HAProxy"}, nil
 		}
 		st, err := parseServersState(r)
 		if err != nil {
-			return reloadNeed{}, fmt.Errorf("%s: %w", show[i], err)
+			return nil, reloadNeed{}, fmt.Errorf("%s: %w", show[i], err)
 		}
 		for be, servers := range st {
 			running[be] = servers
 		}
 	}
-	defer func() {
-		if err != nil || reload.needed() {
-			g.synced = nil
-			return
-		}
-		if g.synced == nil {
-			g.synced = map[string]generators.Service{}
-		}
-		for _, name := range names {
-			g.synced[name] = st.Services[name]
-		}
-	}()
-	b := batch{attempted: map[string]attempt{}, then: map[string][]command{}, cookie: map[string]bool{}}
+	return running, reloadNeed{}, nil
+}
+
+// servicePlan is one service's diff in the making.
+type servicePlan struct {
+	name    string // the service
+	be      string // its backend
+	svc     *ServiceConfig
+	opts    string                 // the service's server options
+	dynamic bool                   // membership can change at runtime
+	cur     map[string]serverState // the servers HAProxy runs
+	want    map[string]bool        // servers HAProxy is to keep
+	desired map[string]bool        // servers of the state, quarantined or not
+}
+
+// planService adds to b the commands that make the backend of service
+// name match svc; cur is what HAProxy runs (a backend without servers is
+// not listed).
+func (s *runtimeSyncer) planService(b *batch, name string, svc generators.Service, cur map[string]serverState, anyQ bool, now time.Time) reloadNeed {
+	cfg := s.services[name]
+	p := &servicePlan{name: name, be: cfg.BackendName, svc: cfg, opts: cfg.ServerOptions.String(), cur: cur,
+		want: map[string]bool{}, desired: map[string]bool{}}
+	p.dynamic = dynamicBalance(s.cfg.Defaults, cfg.Listen, cfg.Backend) && dynamicOptions(p.opts)
+	// Ids of the servers HAProxy runs are what the file must say.
+	s.ids.assign(p.be, svc.Backends, cur, now)
+	b.cookie[name] = cookiePersistence(s.cfg.Defaults, cfg) && !tcpMode(s.cfg.Defaults, cfg)
 	// Without quarantines (the usual case) a server costs no quarantine
 	// lookups and no signature: this loop runs over every server of every
 	// changed service.
-	anyQ := g.anyQuarantined()
-	for _, name := range names {
-		svc := g.services[name]
-		be := svc.BackendName
-		// A backend without servers is not listed; a backend missing from
-		// the running config changed the skeleton and was reloaded already.
-		cur := running[be]
-		serverOpts := svc.ServerOptions.String()
-		dynamic := dynamicBalance(g.cfg.Defaults, svc.Listen, svc.Backend) && dynamicOptions(serverOpts)
-		// Ids of the servers HAProxy runs are what the file must say.
-		g.ids.assign(be, st.Services[name].Backends, cur, now)
-		b.cookie[name] = cookiePersistence(g.cfg.Defaults, svc) && !tcpMode(g.cfg.Defaults, svc)
-		want := map[string]bool{}    // servers HAProxy is to keep
-		desired := map[string]bool{} // servers of the state, quarantined or not
-		for _, bk := range st.Services[name].Backends {
-			sname := bk.ServerName()
-			desired[sname] = true
-			id := be + "/" + sname
-			addr, aerr := g.addrOf(bk.Host)
-			ident := optsIdentity(bk, serverOpts)
-			if anyQ {
-				if kind, held := g.held(id, sig(bk, addr, ident), now); held {
-					// Quarantined with this very record: skipped. A server
-					// HAProxy has and only refused a change keeps its place.
-					want[sname] = kind == qRefused
-					continue
-				}
-			}
-			if aerr != nil {
-				g.quarantineServer(qRejected, name, id, sig(bk, addr, ident), aerr.Error())
-				continue // out of HAProxy (removed below if it is there)
-			}
-			want[sname] = true
-			ncmds := len(b.cmds)
-			r, exists := cur[sname]
-			switch {
-			case exists && g.appliedOpts(id, ident):
-				// Back before its removal finished, or its options were
-				// restored while it drained for a replacement.
-				delete(g.removing, id)
-				// Weight, state and address are runtime settings of the
-				// server: never a reason to replace it.
-				if r.Addr != addr || r.Port != bk.Port {
-					b.cmds = append(b.cmds, command{opSetAddr, id, fmt.Sprintf("%s port %d", addr, bk.Port)})
-				}
-				if w := weightOf(serverParams(bk, serverOpts)); r.Weight != w {
-					b.cmds = append(b.cmds, command{opSetWeight, id, strconv.Itoa(w)})
-				}
-				if r.forced() != string(bk.State) {
-					b.cmds = append(b.cmds, command{opSetState, id, string(bk.State)})
-				}
-			case !dynamic:
-				return reloadNeed{ReloadStaticBalance, "backend " + be + " membership"}, nil
-			case exists:
-				// Its options changed, which only a new server can carry
-				// (and it has the same name): the old one takes no new
-				// requests, and goes once its connections end or the
-				// grace passes; the new one is added right after.
-				b.cmds = append(b.cmds, g.retire(id, r, now)...)
-				b.then[id] = addCmds(id, joinAddr(addr, bk.Port), g.addParams(svc, bk, serverOpts), bk.State)
-			default:
-				delete(g.removing, id) // gone by other means (a reload, an operator)
-				b.cmds = append(b.cmds, addCmds(id, joinAddr(addr, bk.Port), g.addParams(svc, bk, serverOpts), bk.State)...)
-			}
-			// Recorded when it got commands (their replies decide), or
-			// when it may be quarantined (a success releases it).
-			if anyQ || len(b.cmds) > ncmds {
-				b.attempted[id] = attempt{service: name, sig: sig(bk, addr, ident), ident: ident}
-			}
-		}
-		// Forget removals HAProxy finished by other means (a reload, an
-		// operator), or they would keep asking for retries.
-		for id := range g.removing {
-			if sname, ok := strings.CutPrefix(id, be+"/"); ok && !want[sname] {
-				if _, still := cur[sname]; !still {
-					delete(g.removing, id)
-				}
-			}
-		}
-		g.forgetGone(name, be, desired, cur)
-		for sname, r := range cur {
-			if want[sname] {
-				continue
-			}
-			if !dynamic {
-				return reloadNeed{ReloadStaticBalance, "backend " + be + " membership"}, nil
-			}
-			id := be + "/" + sname
-			if _, held := g.held(id, removedSig, now); held {
-				// HAProxy refused to delete it: tried again at its
-				// quarantine's retry, not every removalPoll.
-				delete(g.removing, id)
-				continue
-			}
-			b.attempted[id] = attempt{service: name, sig: removedSig}
-			b.cmds = append(b.cmds, g.retire(id, r, now)...)
+	for _, bk := range svc.Backends {
+		if need := s.planServer(b, p, bk, anyQ, now); need.needed() {
+			return need
 		}
 	}
-	if err := g.runBatch(ctx, &b, b.cmds); err != nil {
-		return reloadNeed{}, err
-	}
-	// Replacements whose old server is gone: the new one now.
-	var then []command
-	for _, id := range b.deleted {
-		then = append(then, b.then[id]...)
-	}
-	if err := g.runBatch(ctx, &b, then); err != nil {
-		return reloadNeed{}, err
-	}
-	for id, a := range b.attempted {
-		if f, failed := b.failed[id]; failed {
-			g.quarantineServer(f.kind, a.service, id, a.sig, fmt.Sprintf("%q: %s", f.cmd.String(), f.reply))
-		} else {
-			g.release(id)
-		}
-	}
-	return reloadNeed{}, nil
+	s.forgetFinishedRemovals(p)
+	s.q.forgetGone(name, p.be, p.desired, cur)
+	return s.planRemovals(b, p, now)
 }
 
-// removedSig is the signature of a server being removed.
-const removedSig = "\x00removed"
-
-// attempt is a server the sync asks HAProxy to change.
-type attempt struct {
-	service, sig, ident string
-}
-
-// failure is a server's first refused command.
-type failure struct {
-	kind  quarantineKind
-	cmd   command
-	reply string
-}
-
-// batch is one sync's commands and what became of them.
-type batch struct {
-	cmds      []command
-	attempted map[string]attempt
-	then      map[string][]command // to send once the server of that id is deleted
-	deleted   []string             // ids deleted by this sync
-	failed    map[string]failure
-	// cookie: services whose backend persists by cookie; a server added
-	// to one at runtime has no cookie until a reload (cookieReload).
-	cookie map[string]bool
-}
-
-// runBatch sends cmds in one pipelined round trip and records each reply.
-func (g *Generator) runBatch(ctx context.Context, b *batch, cmds []command) error {
-	if len(cmds) == 0 {
-		return nil
-	}
-	start := time.Now()
-	replies, err := g.rt.Run(ctx, strs(cmds)...)
-	if err != nil {
-		return err
-	}
-	g.m.RuntimeBatchSeconds.Observe(time.Since(start).Seconds())
-	nfailed := 0
-	for i, c := range cmds {
-		op := c.kind.label()
-		switch c.judge(replies[i]) {
-		case replyOK:
-			g.m.RuntimeOps.WithLabelValues(op, "ok").Inc()
-			switch c.kind {
-			case opDel:
-				delete(g.removing, c.id)
-				g.forgetApplied(c.id)
-				b.deleted = append(b.deleted, c.id)
-			case opAdd:
-				g.setApplied(c.id, b.attempted[c.id].ident)
-				if b.cookie[b.attempted[c.id].service] {
-					g.cookiePending = true
-				}
-			}
-		case replyBusy:
-			// A removed server with connections stays in maint until
-			// they end or the grace runs out: not an error.
-			g.m.RuntimeOps.WithLabelValues(op, "pending").Inc()
-			g.log.Debug("removed server still has connections; retrying", "server", c.id)
-		default:
-			g.m.RuntimeOps.WithLabelValues(op, "error").Inc()
-			nfailed++
-			if b.failed == nil {
-				b.failed = map[string]failure{}
-			}
-			if _, seen := b.failed[c.id]; !seen { // the first refusal is the reason
-				kind := qRefused
-				switch c.kind {
-				case opAdd:
-					kind = qRejected
-				case opDel, opShutdown:
-					kind = qStuck
-				}
-				b.failed[c.id] = failure{kind, c, replies[i]}
-			}
+// planServer adds the commands for one server of the state.
+func (s *runtimeSyncer) planServer(b *batch, p *servicePlan, bk generators.Backend, anyQ bool, now time.Time) reloadNeed {
+	sname := bk.ServerName()
+	p.desired[sname] = true
+	key := serverKey{p.be, sname}
+	addr, aerr := s.res.addrOf(bk.Host)
+	ident := optsIdentity(bk, p.opts)
+	if anyQ {
+		if kind, held := s.q.held(key, sig(bk, addr, ident), now); held {
+			// Quarantined with this very record: skipped. A server
+			// HAProxy has and only refused a change keeps its place.
+			p.want[sname] = kind == qRefused
+			return reloadNeed{}
 		}
 	}
-	g.log.Debug("runtime changes applied", "commands", len(cmds), "failed", nfailed, "took", time.Since(start))
-	return nil
+	if aerr != nil {
+		s.q.put(qRejected, p.name, key, sig(bk, addr, ident), aerr.Error())
+		return reloadNeed{} // out of HAProxy (removed if it is there)
+	}
+	p.want[sname] = true
+	ncmds := len(b.cmds)
+	r, exists := p.cur[sname]
+	switch {
+	case exists && s.appliedOpts(key, ident):
+		// Back before its removal finished, or its options were
+		// restored while it drained for a replacement.
+		delete(s.removing, key)
+		b.cmds = append(b.cmds, settings(key, r, bk, addr, p.opts)...)
+	case !p.dynamic:
+		return reloadNeed{ReloadStaticBalance, "backend " + p.be + " membership"}
+	case exists:
+		// Its options changed, which only a new server can carry (and it
+		// has the same name): the old one takes no new requests, and goes
+		// once its connections end or the grace passes; the new one is
+		// added right after.
+		b.cmds = append(b.cmds, s.retire(key, r, now)...)
+		b.then[key] = addCmds(key, joinAddr(addr, bk.Port), addParams(s.ids, p.svc, bk, p.opts), bk.State)
+	default:
+		delete(s.removing, key) // gone by other means (a reload, an operator)
+		b.cmds = append(b.cmds, addCmds(key, joinAddr(addr, bk.Port), addParams(s.ids, p.svc, bk, p.opts), bk.State)...)
+	}
+	// Recorded when it got commands (their replies decide), or when it
+	// may be quarantined (a success releases it).
+	if anyQ || len(b.cmds) > ncmds {
+		b.attempted[key] = attempt{service: p.name, sig: sig(bk, addr, ident), ident: ident}
+	}
+	return reloadNeed{}
+}
+
+// settings are the commands that change a running server's address,
+// weight and state to bk's: runtime settings of the server, never a reason
+// to replace it.
+func settings(key serverKey, r serverState, bk generators.Backend, addr, opts string) []command {
+	var c []command
+	if r.Addr != addr || r.Port != bk.Port {
+		c = append(c, command{opSetAddr, key, fmt.Sprintf("%s port %d", addr, bk.Port)})
+	}
+	if w := weightOf(serverParams(bk, opts)); r.Weight != w {
+		c = append(c, command{opSetWeight, key, strconv.Itoa(w)})
+	}
+	if r.forced() != string(bk.State) {
+		c = append(c, command{opSetState, key, string(bk.State)})
+	}
+	return c
+}
+
+// forgetFinishedRemovals forgets removals of the backend HAProxy finished
+// by other means (a reload, an operator), or they would keep asking for
+// retries.
+func (s *runtimeSyncer) forgetFinishedRemovals(p *servicePlan) {
+	for key := range s.removing {
+		if key.backend != p.be || p.want[key.server] {
+			continue
+		}
+		if _, still := p.cur[key.server]; !still {
+			delete(s.removing, key)
+		}
+	}
+}
+
+// planRemovals retires the servers HAProxy runs that the state does not
+// want.
+func (s *runtimeSyncer) planRemovals(b *batch, p *servicePlan, now time.Time) reloadNeed {
+	for sname, r := range p.cur {
+		if p.want[sname] {
+			continue
+		}
+		if !p.dynamic {
+			return reloadNeed{ReloadStaticBalance, "backend " + p.be + " membership"}
+		}
+		key := serverKey{p.be, sname}
+		if _, held := s.q.held(key, removedSig, now); held {
+			// HAProxy refused to delete it: tried again at its
+			// quarantine's retry, not every removalPoll.
+			delete(s.removing, key)
+			continue
+		}
+		b.attempted[key] = attempt{service: p.name, sig: removedSig}
+		b.cmds = append(b.cmds, s.retire(key, r, now)...)
+	}
+	return reloadNeed{}
 }
 
 // addCmds adds a server at runtime: dynamic servers start in maint with
 // their checks off.
-func addCmds(id, addr, params string, state registry.OverrideState) []command {
-	c := []command{{opAdd, id, addr + params}}
+func addCmds(key serverKey, addr, params string, state registry.OverrideState) []command {
+	c := []command{{opAdd, key, addr + params}}
 	if state != registry.StateMaint {
-		c = append(c, command{opSetState, id, string(state)})
+		c = append(c, command{opSetState, key, string(state)})
 	}
 	if hasToken(params, "check") {
-		c = append(c, command{opEnableHealth, id, ""})
+		c = append(c, command{opEnableHealth, key, ""})
 	}
 	if hasToken(params, "agent-check") {
-		c = append(c, command{opEnableAgent, id, ""})
+		c = append(c, command{opEnableAgent, key, ""})
 	}
 	return c
 }
@@ -343,36 +351,33 @@ func addCmds(id, addr, params string, state registry.OverrideState) []command {
 // new requests), `del server` (refused while connections are attached,
 // retried every removalPoll), and its sessions shut down only once
 // removal_grace has passed since the first try.
-func (g *Generator) retire(id string, r serverState, now time.Time) []command {
-	first, seen := g.removing[id]
+func (s *runtimeSyncer) retire(key serverKey, r serverState, now time.Time) []command {
+	first, seen := s.removing[key]
 	if !seen {
-		g.removing[id], first = now, now
+		s.removing[key], first = now, now
 	}
 	var c []command
 	// Only a forced maint lets `del server` go (HAProxy refuses to delete
 	// a server whose only maint is `disabled` in the config, once set
 	// ready), and keeps it out if a tracked server comes back.
 	if r.forced() != "maint" {
-		c = append(c, command{opSetState, id, "maint"})
+		c = append(c, command{opSetState, key, "maint"})
 	}
-	if now.Sub(first) >= g.cfg.RemovalGrace.D() {
-		c = append(c, command{opShutdown, id, ""})
+	if now.Sub(first) >= s.cfg.RemovalGrace.D() {
+		c = append(c, command{opShutdown, key, ""})
 	}
-	return append(c, command{opDel, id, ""})
+	return append(c, command{opDel, key, ""})
 }
 
 // removalPoll is how often a removed server that still has connections is
 // tried again: `del server` succeeds once they end.
 const removalPoll = time.Second
 
-// RetryAt implements generators.Retrier: while removed servers wait for
-// their connections to end, Apply is wanted every removalPoll, and when the
-// first grace runs out (its sessions are then shut down).
-func (g *Generator) RetryAt() time.Time {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	q := g.nextQuarantineRetry()
-	if len(g.removing) == 0 {
+// retryAt is when removed servers waiting for their connections to end
+// want the next sync: every removalPoll, and when the first grace runs out
+// (its sessions are then shut down); q is the next quarantine retry.
+func (s *runtimeSyncer) retryAt(q time.Time) time.Time {
+	if len(s.removing) == 0 {
 		return q
 	}
 	now := time.Now()
@@ -380,19 +385,19 @@ func (g *Generator) RetryAt() time.Time {
 	if !q.IsZero() && q.Before(at) {
 		at = q
 	}
-	for _, first := range g.removing {
+	for _, first := range s.removing {
 		// Past its grace, a server waits for HAProxy to close its idle
 		// connections (half of them every pool-purge-delay): polled.
-		if end := first.Add(g.cfg.RemovalGrace.D()); end.After(now) && end.Before(at) {
+		if end := first.Add(s.cfg.RemovalGrace.D()); end.After(now) && end.Before(at) {
 			at = end
 		}
 	}
 	return at
 }
 
-func (g *Generator) removalsPending(backend string) bool {
-	for id := range g.removing {
-		if strings.HasPrefix(id, backend+"/") {
+func (s *runtimeSyncer) removalsPending(backend string) bool {
+	for key := range s.removing {
+		if key.backend == backend {
 			return true
 		}
 	}
@@ -408,31 +413,30 @@ func hasToken(opts, tok string) bool {
 	return false
 }
 
-// The options each server was added with; a server whose options changed
-// must be replaced. Servers HAProxy loaded from the config file were
-// rendered with the options of their record, so an unknown server counts
-// as matching until its options are known to differ.
-func (g *Generator) appliedOpts(id, opts string) bool {
-	if g.applied == nil {
+// appliedOpts reports whether a server has the options opts. The options
+// each server was added with; a server whose options changed must be
+// replaced. Servers HAProxy loaded from the config file were rendered with
+// the options of their record, so an unknown server counts as matching
+// until its options are known to differ.
+func (s *runtimeSyncer) appliedOpts(key serverKey, opts string) bool {
+	if s.applied == nil {
 		return true
 	}
-	old, ok := g.applied[id]
+	old, ok := s.applied[key]
 	return !ok || old == opts
 }
 
-func (g *Generator) setApplied(id, opts string) {
-	if g.applied == nil {
-		g.applied = map[string]string{}
+func (s *runtimeSyncer) setApplied(key serverKey, opts string) {
+	if s.applied == nil {
+		s.applied = map[serverKey]string{}
 	}
-	g.applied[id] = opts
+	s.applied[key] = opts
 }
-
-func (g *Generator) forgetApplied(id string) { delete(g.applied, id) }
 
 // serverOptsOf reads backend/server → options from a config file's server
 // lines, as render writes them, and the server lines of each backend.
-func serverOptsOf(cfg string) (opts map[string]string, lines map[string][]string) {
-	out := map[string]string{}
+func serverOptsOf(cfg string) (opts map[serverKey]string, lines map[string][]string) {
+	out := map[serverKey]string{}
 	lines = map[string][]string{}
 	for _, sl := range serverLines(cfg) {
 		f, section := sl.fields, sl.backend
@@ -450,7 +454,7 @@ func serverOptsOf(cfg string) (opts map[string]string, lines map[string][]string
 		if n := len(params); n > 0 && params[n-1] == "disabled" {
 			params = params[:n-1]
 		}
-		out[section+"/"+f[1]] = identity(params)
+		out[serverKey{section, f[1]}] = identity(params)
 		lines[section] = append(lines[section], strings.Join(f, " "))
 	}
 	return out, lines

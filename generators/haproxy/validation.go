@@ -50,7 +50,9 @@ func newValidationError(file, out string, err error) *ValidationError {
 
 // badServer is a server line haproxy -c rejected.
 type badServer struct {
-	service, id, sig, reason string
+	service     string
+	key         serverKey
+	sig, reason string
 }
 
 // serversAt maps the lines a validation error names in content (as render
@@ -85,11 +87,11 @@ func (g *Generator) serversAt(content string, verr *ValidationError, st generato
 			if b.ServerName() != f[1] {
 				continue
 			}
-			addr, err := g.addrOf(b.Host)
+			addr, err := g.res.addrOf(b.Host)
 			if err != nil {
 				break
 			}
-			out = append(out, badServer{service: service, id: section + "/" + f[1], sig: sig(b, addr, optsIdentity(b, opts)), reason: "haproxy -c: " + reason})
+			out = append(out, badServer{service: service, key: serverKey{section, f[1]}, sig: sig(b, addr, optsIdentity(b, opts)), reason: "haproxy -c: " + reason})
 			break
 		}
 	}
