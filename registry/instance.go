@@ -31,6 +31,9 @@ type Instance struct {
 	Weight               *int              `json:"weight,omitempty" yaml:"weight"`
 	HAProxyServerOptions string            `json:"haproxy_server_options,omitempty" yaml:"haproxy_server_options"`
 	Labels               map[string]string `json:"labels,omitempty" yaml:"labels"`
+	// HAProxyServerID is the HAProxy server id the record asks for
+	// (Airbnb's haproxy_server_id); 0: none, the generator allocates one.
+	HAProxyServerID int `json:"haproxy_server_id,omitempty" yaml:"haproxy_server_id"`
 
 	// Seq is the registration order the registry gives the record (the
 	// ZooKeeper sequence number of its node, the etcd create revision of
@@ -76,7 +79,7 @@ func (in Instance) Clone() Instance {
 // Equal reports whether two instances carry the same data.
 func (in Instance) Equal(o Instance) bool {
 	if in.Host != o.Host || in.Port != o.Port || in.Name != o.Name ||
-		in.HAProxyServerOptions != o.HAProxyServerOptions || len(in.Labels) != len(o.Labels) {
+		in.HAProxyServerOptions != o.HAProxyServerOptions || in.HAProxyServerID != o.HAProxyServerID || len(in.Labels) != len(o.Labels) {
 		return false
 	}
 	if (in.Weight == nil) != (o.Weight == nil) || (in.Weight != nil && *in.Weight != *o.Weight) {
@@ -130,6 +133,7 @@ type rawRecord struct {
 	Name                 *string           `json:"name"`
 	Weight               json.RawMessage   `json:"weight"`
 	HAProxyServerOptions *string           `json:"haproxy_server_options"`
+	HAProxyServerID      json.RawMessage   `json:"haproxy_server_id"`
 	Labels               map[string]string `json:"labels"`
 
 	ServiceEndpoint     *endpoint           `json:"serviceEndpoint"`
@@ -206,6 +210,13 @@ func fromNerve(raw rawRecord) (Instance, error) {
 	}
 	if raw.HAProxyServerOptions != nil {
 		in.HAProxyServerOptions = *raw.HAProxyServerOptions
+	}
+	if len(raw.HAProxyServerID) > 0 && string(raw.HAProxyServerID) != "null" {
+		id, err := decodeInt(raw.HAProxyServerID)
+		if err != nil {
+			return Instance{}, fmt.Errorf("haproxy_server_id: %w", err)
+		}
+		in.HAProxyServerID = id
 	}
 	return in, nil
 }
