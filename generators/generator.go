@@ -47,7 +47,12 @@ type State struct {
 	Services map[string]Service `json:"services"`
 }
 
-// Service is one service's backends, sorted by server name.
+// Service is one service's backends in registration order: the lowest
+// registry.Instance.Seq first, then those without one (static, file and
+// dns records, default servers), ties by server name. It is the order
+// backend_order no_shuffle writes, as Airbnb's watchers hand it over; a
+// generator that orders servers otherwise (asc, desc, the seeded shuffle)
+// sorts them itself.
 type Service struct {
 	Backends []Backend `json:"backends"`
 	// Unknown says nothing is known yet (its watcher has not answered

@@ -85,11 +85,16 @@ type ServiceConfig struct {
 	// combined by a resolver (union or sequential): Airbnb's multi
 	// watcher, for moving a fleet from one registry to another.
 	DiscoveryMulti *multi.Config `yaml:"discovery_multi"`
-	// LeaderElection (Airbnb: only the backend registered first is in
-	// HAProxy) is refused, not warned: it needs each record's
-	// registration order, which the registry does not deliver yet, and
-	// ignoring it would send traffic to every backend of a service that
-	// must have one.
+	// LeaderElection (Airbnb's): only the backend registered first (the
+	// lowest registry.Instance.Seq) is in HAProxy; when it goes, the next
+	// one takes its place at runtime. Overrides still apply to it: a
+	// drained leader stays the leader, drained (nothing else takes the
+	// traffic). Only for zookeeper and etcd discovery (and discovery_multi
+	// made of them, on one cluster with the union resolver): the other
+	// methods give no registration order, and picking by name would send
+	// traffic to a backend that is not the leader. The panic threshold
+	// does not apply (holding a lost leader would put it next to the new
+	// one).
 	LeaderElection bool `yaml:"leader_election"`
 	// ServiceGuard: this service's panic_threshold (config_guard.go).
 	ServiceGuard `yaml:",inline"`
@@ -206,9 +211,6 @@ func (cfg *Config) Finalize() error {
 		if err := registry.ValidateName(name); err != nil {
 			p.Addf(key, "service name: %v", err)
 		}
-		if svc.LeaderElection {
-			p.Addf(key+".leader_election", "not implemented: every backend would be in HAProxy, not only the leader")
-		}
 		svc.Discovery.Finalize(key+".discovery", svc.HAProxy.ServerPortOverride, &p)
 		cfg.Warnings = append(cfg.Warnings, svc.Discovery.Warnings...)
 		if m := svc.DiscoveryMulti; m != nil {
@@ -217,6 +219,13 @@ func (cfg *Config) Finalize() error {
 				if w != nil {
 					cfg.Warnings = append(cfg.Warnings, w.Warnings...)
 				}
+			}
+		}
+		if svc.LeaderElection {
+			if m := orderlessMethod(svc); m != "" {
+				p.Addf(key+".leader_election", "needs the registration order, which only zookeeper and etcd discovery give (%s gives none)", m)
+			} else if m := svc.DiscoveryMulti; m != nil && m.Resolver.Method == multi.Union && !oneCluster(svc) {
+				p.Addf(key+".leader_election", "with the union resolver every watcher must be on the same registry cluster: registration orders of two clusters do not compare (use the sequential resolver)")
 			}
 		}
 		for i, d := range svc.DefaultServers {
@@ -244,6 +253,49 @@ func (cfg *Config) Finalize() error {
 	}
 	cfg.finalizeGuards(&p)
 	return p.Err(cfg.File)
+}
+
+// orderlessMethod returns the first discovery method of the service (its
+// discovery, then its discovery_multi children by name) that gives no
+// registration order; "" when every one does.
+func orderlessMethod(svc *ServiceConfig) string {
+	ds := []*watchers.Config{&svc.Discovery}
+	if m := svc.DiscoveryMulti; m != nil {
+		names := make([]string, 0, len(m.Watchers))
+		for name := range m.Watchers {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			if w := m.Watchers[name]; w != nil {
+				ds = append(ds, w)
+			}
+		}
+	}
+	for _, d := range ds {
+		switch d.Method {
+		case "zookeeper", "etcd":
+		default:
+			return fmt.Sprintf("%q", d.Method)
+		}
+	}
+	return ""
+}
+
+// oneCluster reports whether the service's discovery and every
+// discovery_multi child watch the same registry cluster (method and hosts).
+func oneCluster(svc *ServiceConfig) bool {
+	cluster := func(d *watchers.Config) string {
+		method, hosts, _, _ := d.RegistryPath()
+		return method + " " + strings.Join(sortedCopy(hosts), ",")
+	}
+	first := cluster(&svc.Discovery)
+	for _, w := range svc.DiscoveryMulti.Watchers {
+		if w != nil && cluster(w) != first {
+			return false
+		}
+	}
+	return true
 }
 
 // checkBinds refuses two enabled services whose frontends listen on the same

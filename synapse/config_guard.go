@@ -38,7 +38,12 @@ type ServiceGuard struct {
 }
 
 // Threshold is the service's panic threshold as a share in [0,1] (0: off).
+// A leader_election service has none: it has one backend, and holding a
+// lost leader would put it next to the new one.
 func (cfg *Config) Threshold(service string) float64 {
+	if svc := cfg.Services[service]; svc != nil && svc.LeaderElection {
+		return 0
+	}
 	pct := DefaultPanicThreshold
 	if cfg.PanicThreshold != nil {
 		pct = *cfg.PanicThreshold

@@ -51,7 +51,7 @@ func serving(b generators.Backend) bool {
 
 // guardInput is what one evaluation of a service's guard depends on.
 type guardInput struct {
-	desired   []generators.Backend // sorted by server name
+	desired   []generators.Backend // in registration order (desired.go)
 	threshold float64              // share in [0,1]; 0 disables
 	window    time.Duration
 	confirmed bool // an operator's confirmation is active for the service
@@ -60,7 +60,7 @@ type guardInput struct {
 
 // guardResult is the evaluation's outcome.
 type guardResult struct {
-	backends []generators.Backend // what HAProxy gets, sorted
+	backends []generators.Backend // what HAProxy gets, in registration order
 	held     []string             // server names held back, sorted
 	entered  bool                 // the panic began with this evaluation
 }
@@ -149,7 +149,7 @@ func (g *serviceGuard) apply(in guardInput) guardResult {
 	for _, k := range keep { // deregistered: back as it last served
 		out = append(out, k)
 	}
-	generators.SortBackends(out)
+	sortBackendsByRegistration(out)
 	res.backends = out
 	g.held = res.held
 	return res

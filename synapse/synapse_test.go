@@ -29,6 +29,7 @@ type env struct {
 	ports                       map[string]int
 	hm                          *haproxy.Metrics
 	m                           *Metrics
+	rm                          *registry.Metrics
 	cancel                      context.CancelFunc
 	done                        chan error
 	s                           *Synapse
@@ -50,17 +51,19 @@ haproxy:
 {{end}}services:
 {{range .Services}}  {{.}}:
     discovery: {method: {{$.Method}}, hosts: [{{$.Hosts}}], path: /services/{{.}}}
-    haproxy:
+{{$.ServiceExtra}}    haproxy:
       port: {{index $.Ports .}}
       bind_address: 127.0.0.1
       listen: [mode http, balance roundrobin]
-{{end}}`
+{{$.HAProxyExtra}}{{end}}`
 
 type envOpts struct {
 	Method, Hosts string
 	Services      []string
 	Overrides     bool
 	Extra         string // top-level config lines
+	ServiceExtra  string // lines of every service (indented 4)
+	HAProxyExtra  string // lines of every service's haproxy section (indented 6)
 	dir           string
 	ports         map[string]int
 }
@@ -85,6 +88,7 @@ func startEnv(t *testing.T, o envOpts) *env {
 	var buf bytes.Buffer
 	template.Must(template.New("").Parse(baseTemplate)).Execute(&buf, map[string]any{
 		"ID": "synapse-test", "Dir": e.dir, "Method": o.Method, "Hosts": o.Hosts, "Services": o.Services, "Ports": e.ports, "Overrides": o.Overrides, "Extra": o.Extra,
+		"ServiceExtra": o.ServiceExtra, "HAProxyExtra": o.HAProxyExtra,
 	})
 	e.cfgFile = filepath.Join(e.dir, "synapse.yaml")
 	if err := os.WriteFile(e.cfgFile, buf.Bytes(), 0o644); err != nil {
@@ -94,8 +98,8 @@ func startEnv(t *testing.T, o envOpts) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.hm, e.m = haproxy.NewMetrics(nil), NewMetrics(nil)
-	e.s, err = New(cfg, Options{Metrics: e.m, HAProxyMetrics: e.hm, RegistryMetrics: registry.NewMetrics(nil)})
+	e.hm, e.m, e.rm = haproxy.NewMetrics(nil), NewMetrics(nil), registry.NewMetrics(nil)
+	e.s, err = New(cfg, Options{Metrics: e.m, HAProxyMetrics: e.hm, RegistryMetrics: e.rm})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +199,7 @@ func TestZooKeeperMembershipWithoutReload(t *testing.T) {
 	if got := get(t, e.url("web")); got != "a" {
 		t.Fatalf("got %q", got)
 	}
-	pid := testserver.HAProxyWorkerPID(t, e.master)
+	before := e.haproxyNow(t)
 	reloads := e.reloads()
 
 	// Register → routed, no reload.
@@ -242,19 +246,20 @@ func TestZooKeeperMembershipWithoutReload(t *testing.T) {
 	if n := b.Served.Load() - served; n != 0 {
 		t.Errorf("b served %d requests after it deregistered", n)
 	}
-	if p := testserver.HAProxyWorkerPID(t, e.master); p != pid {
-		t.Errorf("worker PID %d → %d: a reload happened", pid, p)
-	}
+	e.assertNoReloadSince(t, before)
 	if n := e.reloads() - reloads; n != 0 {
-		t.Errorf("%v reloads for membership and weight changes", n)
+		t.Errorf("synapse counted %v reloads for membership and weight changes", n)
 	}
 	if n := testutil.CollectAndCount(e.m.Convergence); n == 0 {
 		t.Error("no convergence observations")
 	}
 }
 
-// A record with an injection attempt is skipped: haproxy.cfg carries only
-// the valid records, and nothing of the injected text.
+// A record with an injection attempt is skipped and counted: haproxy.cfg
+// carries only the valid records and nothing of the injected text, and
+// every apply succeeds (a bad record that got through would make HAProxy
+// refuse the file or a command: an apply error, a retry loop, or a
+// quarantined server).
 func TestInjectionRecordSkipped(t *testing.T) {
 	zks := testserver.StartZooKeeper(t)
 	reg := zkClient(t, zks.Servers())
@@ -265,17 +270,22 @@ func TestInjectionRecordSkipped(t *testing.T) {
 	}
 	e := startEnv(t, envOpts{Method: "zookeeper", Hosts: zks.Nodes[0].Addr, Services: []string{"web"}})
 	e.waitServers(t, "web", map[string]int{"a": 0})
+	before := e.haproxyNow(t)
 
 	conn := rawZK(t, zks.Servers())
-	for i, rec := range []string{
+	bad := []string{
 		`{"host":"127.0.0.66","port":80,"haproxy_server_options":"check\nserver evil 6.6.6.6:80"}`,
 		`{"host":"127.0.0.66\nlisten evil","port":80}`,
 		`{"host":"127.0.0.66","port":70000}`,
 		`not json`,
 		`{"host":"127.0.0.66","port":80,"labels":{"x":"` + strings.Repeat("a", 200<<10) + `"}}`,
-	} {
+	}
+	for i, rec := range bad {
 		conn(fmt.Sprintf("/services/web/evil_%010d", i), []byte(rec))
 	}
+	registrytest.Eventually(t, 5*time.Second, "every bad record counted as skipped", func() bool {
+		return testutil.ToFloat64(e.rm.RecordsSkipped) >= float64(len(bad))
+	})
 	// A valid record written after them: once it is in HAProxy and in the
 	// file, the watcher has read the bad ones too.
 	if _, err := reg.Register(context.Background(), "/services/web", inst(z, "z")); err != nil {
@@ -287,12 +297,28 @@ func TestInjectionRecordSkipped(t *testing.T) {
 		after, _ = os.ReadFile(filepath.Join(e.dir, "haproxy.cfg"))
 		return strings.Contains(string(after), "server z_")
 	})
+	if n := testutil.ToFloat64(e.rm.RecordsSkipped); n != float64(len(bad)) {
+		t.Errorf("%v records skipped, want %d (each bad record once)", n, len(bad))
+	}
 	if n := strings.Count(string(after), "\n    server "); n != 2 {
 		t.Errorf("haproxy.cfg has %d server lines, want a and z:\n%s", n, after)
 	}
 	if strings.Contains(string(after), "evil") || strings.Contains(string(after), "6.6.6.6") || strings.Contains(string(after), "127.0.0.66") {
 		t.Errorf("injected text reached haproxy.cfg:\n%s", after)
 	}
+	// The state with z was applied cleanly: no apply error (no retry
+	// loop), nothing quarantined, z went in at runtime.
+	st := e.s.Status()
+	if n := testutil.ToFloat64(e.m.Applies.WithLabelValues("haproxy", "error")); n != 0 || st.LastError != "" {
+		t.Errorf("%v failed applies, last error %q", n, st.LastError)
+	}
+	if len(st.Quarantined) != 0 {
+		t.Errorf("quarantined: %+v", st.Quarantined)
+	}
+	if n := len(st.State.Services["web"].Backends); n != 2 {
+		t.Errorf("applied state has %d backends, want a and z: %+v", n, st.State.Services["web"])
+	}
+	e.assertNoReloadSince(t, before)
 }
 
 // Overrides: a drain reaches HAProxy at runtime and is acked with the
@@ -364,6 +390,8 @@ func TestRegistryOutageKeepsBackends(t *testing.T) {
 
 	load := testserver.StartLoad(e.url("web"), 2, 20*time.Millisecond)
 	zks.Nodes[0].Kill()
+	// Not a wait for a condition: the sleep is the outage, long enough
+	// for sessions to expire, with the load running through it.
 	time.Sleep(30 * time.Second)
 	e.waitServers(t, "web", map[string]int{"a": 0})
 	load.Stop()
@@ -393,7 +421,11 @@ func TestRestartFromCacheWhileRegistryDown(t *testing.T) {
 	o := envOpts{Method: "zookeeper", Hosts: zks.Nodes[0].Addr, Services: []string{"web"}}
 	e := startEnv(t, o)
 	e.waitServers(t, "web", map[string]int{"a": 0})
-	time.Sleep(100 * time.Millisecond)
+	// What the restart depends on: the state cache holds a.
+	registrytest.Eventually(t, 5*time.Second, "the state cache with a", func() bool {
+		c, err := loadCache(filepath.Join(e.dir, "synapse-state.json"))
+		return err == nil && c != nil && len(c.Sets["web"]) == 1 && c.Sets["web"][0].Name == "a"
+	})
 	e.stop()
 	zks.Nodes[0].Kill()
 
@@ -424,21 +456,25 @@ func TestNewServiceOneReload(t *testing.T) {
 	o := envOpts{Method: "zookeeper", Hosts: zks.Nodes[0].Addr, Services: []string{"web"}}
 	e := startEnv(t, o)
 	e.waitServers(t, "web", map[string]int{"a": 0})
-	pid := testserver.HAProxyWorkerPID(t, e.master)
+	before := e.haproxyNow(t)
 	load := testserver.StartLoad(e.url("web"), 4, 5*time.Millisecond)
-	time.Sleep(200 * time.Millisecond)
+	registrytest.Eventually(t, 5*time.Second, "the load running before the change", func() bool { return load.OK.Load() >= 20 })
 	e.stop()
 
 	o.dir, o.ports, o.Services = e.dir, e.ports, []string{"web", "api"}
 	e2 := startEnv(t, o)
 	e2.waitServers(t, "api", map[string]int{"a": 0})
-	time.Sleep(300 * time.Millisecond)
+	registrytest.Eventually(t, 5*time.Second, "HAProxy reloaded once, to a new worker", func() bool {
+		now := e2.haproxyNow(t)
+		return now.reloads == before.reloads+1 && now.pid != before.pid
+	})
+	// And only once: a bounded negative check with the load still running.
+	e2.noReloadWithin(t, 500*time.Millisecond, e2.haproxyNow(t))
+	ok := load.OK.Load()
+	registrytest.Eventually(t, 5*time.Second, "the load running after the change", func() bool { return load.OK.Load() >= ok+20 })
 	load.Stop()
 	if n := e2.reloads(); n != 1 {
-		t.Errorf("%v reloads for a new service, want 1", n)
-	}
-	if p := testserver.HAProxyWorkerPID(t, e2.master); p == pid {
-		t.Error("worker unchanged: the new service was not loaded")
+		t.Errorf("synapse counted %v reloads for a new service, want 1", n)
 	}
 	if f := load.Failed.Load(); f != 0 || load.OK.Load() < 50 {
 		t.Errorf("during the change: %d ok, %d failed: %v", load.OK.Load(), f, load.Failures())
@@ -455,18 +491,17 @@ func TestRemovalFinishesAfterRequestInFlight(t *testing.T) {
 	zks := testserver.StartZooKeeper(t)
 	reg := zkClient(t, zks.Servers())
 	a := testserver.StartBackend(t, "a", "127.0.0.11")
-	b := testserver.StartBackend(t, "b", "127.0.0.12")
+	b := testserver.StartHoldBackend(t, "b", "127.0.0.12")
 	ctx := context.Background()
-	rb, err := reg.Register(ctx, "/services/web", inst(b, "b"))
+	rb, err := reg.Register(ctx, "/services/web", registry.Instance{Host: b.Host, Port: b.Port, Name: "b"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := startEnv(t, envOpts{Method: "zookeeper", Hosts: zks.Nodes[0].Addr, Services: []string{"web"}})
 	e.waitServers(t, "web", map[string]int{"b": 0})
+	before := e.haproxyNow(t)
 
-	done := make(chan string, 1)
-	go func() { done <- get(t, e.url("web")+"?sleep=1s") }()
-	time.Sleep(200 * time.Millisecond) // in flight on b
+	done := e.holdRequest(t, "web", b) // in flight on b: HAProxy counts it
 	if _, err := reg.Register(ctx, "/services/web", inst(a, "a")); err != nil {
 		t.Fatal(err)
 	}
@@ -474,12 +509,18 @@ func TestRemovalFinishesAfterRequestInFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.waitServers(t, "web", map[string]int{"a": 0, "b": 1}) // maint: no new requests
+	// While the request holds it, b stays (in maint).
+	if got := e.sessions(t, "web", "b"); got != 1 {
+		t.Fatalf("b has %d sessions in HAProxy, want the held request", got)
+	}
+	b.Free()
 	start := time.Now()
 	e.waitServers(t, "web", map[string]int{"a": 0})
-	t.Logf("b deleted %v after it went to maint", time.Since(start))
+	t.Logf("b deleted %v after its request ended", time.Since(start))
 	if got := <-done; got != "b" {
 		t.Errorf("the request in flight on b answered %q", got)
 	}
+	e.assertNoReloadSince(t, before)
 }
 
 // A secured etcd (TLS with client certificates, and a password): synapse

@@ -27,10 +27,6 @@ func TestRecordWeightsInBuild(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s, err := New(cfg, Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
 		w := 5
 		sets := map[string][]registry.Instance{"web": {{Host: "10.0.0.1", Port: 80, Weight: &w}}}
 		var ovr registry.OverrideSet
@@ -38,7 +34,8 @@ func TestRecordWeightsInBuild(t *testing.T) {
 			nine := 9
 			ovr.Overrides = []registry.Override{{Target: "10.0.0.1", State: registry.StateReady, Weight: &nine, At: time.Now()}}
 		}
-		st, _ := s.build(sets, map[string]bool{"web": true}, map[string]bool{"web": true}, ovr, time.Now(), nil, nil)
+		active, _ := activeOverrides(ovr, time.Now())
+		st, _ := build(buildInput{services: cfg.Services, recordWeights: cfg.RecordWeights(), sets: sets, known: map[string]bool{"web": true}, heard: map[string]bool{"web": true}, active: active}, nil, allDirty())
 		got := -1
 		if b := st.Services["web"].Backends[0]; b.Weight != nil {
 			got = *b.Weight

@@ -1,0 +1,136 @@
+package synapse
+
+import (
+	"context"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/syncstack/syncstack/generators"
+	"github.com/syncstack/syncstack/internal/backoff"
+	"github.com/syncstack/syncstack/registry"
+)
+
+// Acks and the catalog: what this synapse tells synctl through the
+// overrides' registry.
+
+// ackState is what an ack says: the override revision applied, the
+// servers set aside, and the removals held back.
+type ackState struct {
+	rev         int64
+	quarantined []string
+	held        []string
+}
+
+// ackHeld names the held removals for an ack ("service/server"), bounded.
+func ackHeld(ps []PanicStatus) []string {
+	var out []string
+	for _, p := range ps {
+		for _, h := range p.Held {
+			if len(out) == registry.MaxAckQuarantined {
+				return out
+			}
+			out = append(out, p.Service+"/"+h)
+		}
+	}
+	return out
+}
+
+// ackQuarantined names the quarantined servers for an ack, bounded.
+func ackQuarantined(qs []generators.Quarantined) []string {
+	var out []string
+	for _, q := range qs {
+		if len(out) == registry.MaxAckQuarantined {
+			break
+		}
+		line := q.Service + "/" + q.Server + ": " + q.Reason
+		if len(line) > 500 {
+			line = line[:500]
+		}
+		out = append(out, strings.Map(func(r rune) rune {
+			if r < 0x20 || r == 0x7f {
+				return ' '
+			}
+			return r
+		}, line))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// ackLoop writes the latest ack state, one at a time.
+func (s *Synapse) ackLoop(ctx context.Context, acks <-chan ackState) {
+	services := s.ackServices() // fixed for this pipeline's config
+	retry := backoff.New(250*time.Millisecond, 30*time.Second)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case st := <-acks:
+			retry.Reset()
+			for ctx.Err() == nil {
+				err := s.acks.PutAck(ctx, registry.Ack{ID: s.cfg.ID, Revision: st.rev, At: time.Now().UTC(), Services: services, Quarantined: st.quarantined, Held: st.held})
+				if err == nil {
+					s.m.Acks.WithLabelValues("ok").Inc()
+					break
+				}
+				s.m.Acks.WithLabelValues("error").Inc()
+				wait := retry.Next()
+				s.log.Warn("ack failed; retrying", "revision", st.rev, "err", err, "in", wait)
+				select {
+				case <-ctx.Done():
+				case <-time.After(wait):
+				case st = <-acks: // a newer one supersedes it
+				}
+			}
+		}
+	}
+}
+
+// publishCatalog writes this synapse's persistent catalog of services once
+// (retrying until it lands), so synctl finds their backends even while no
+// synapse is connected.
+func (s *Synapse) publishCatalog(ctx context.Context) {
+	services := s.ackServices()
+	if len(services) == 0 {
+		return
+	}
+	retry := backoff.New(time.Second, time.Minute)
+	for ctx.Err() == nil {
+		err := s.catalog.PutCatalog(ctx, registry.Catalog{ID: s.cfg.ID, At: time.Now().UTC(), Services: services})
+		if err == nil {
+			return
+		}
+		wait := retry.Next()
+		s.log.Warn("catalog not written; retrying", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
+}
+
+// ackServices lists the services watched in the overrides' registry, with
+// their paths, for synctl to find their backends.
+func (s *Synapse) ackServices() map[string]string {
+	o := s.cfg.Overrides
+	out := map[string]string{}
+	for name, svc := range s.cfg.Services {
+		method, hosts, path, ok := svc.Discovery.RegistryPath()
+		if ok && method == o.Method && slices.Equal(sortedCopy(hosts), sortedCopy(o.Hosts)) {
+			out[name] = path
+		}
+	}
+	return out
+}
+
+func sortedCopy(s []string) []string {
+	c := slices.Clone(s)
+	sort.Strings(c)
+	return c
+}
+
+func (a ackState) equal(b ackState) bool {
+	return a.rev == b.rev && slices.Equal(a.quarantined, b.quarantined) && slices.Equal(a.held, b.held)
+}
