@@ -28,6 +28,7 @@ type procSample struct {
 	rssKB    int64
 	anonKB   int64 // RssAnon: the heap, stacks and runtime
 	fileKB   int64 // RssFile: pages of the binary itself
+	hwmKB    int64 // VmHWM: the kernel's high-water mark of RSS since the start
 }
 
 func sampleProc(pid int) (procSample, error) {
@@ -46,7 +47,7 @@ func sampleProc(pid int) (procSample, error) {
 		return s, err
 	}
 	for _, line := range strings.Split(string(status), "\n") {
-		for key, dst := range map[string]*int64{"VmRSS:": &s.rssKB, "RssAnon:": &s.anonKB, "RssFile:": &s.fileKB} {
+		for key, dst := range map[string]*int64{"VmRSS:": &s.rssKB, "RssAnon:": &s.anonKB, "RssFile:": &s.fileKB, "VmHWM:": &s.hwmKB} {
 			if v, ok := strings.CutPrefix(line, key); ok {
 				*dst, _ = strconv.ParseInt(strings.Fields(v)[0], 10, 64)
 			}
@@ -63,3 +64,18 @@ func cpuPercent(a, b procSample) float64 {
 }
 
 func quick() bool { return os.Getenv("SYNCSTACK_BENCH_QUICK") != "" }
+
+// verdict is 1 when measured ≤ target, else 0 (results.json holds numbers).
+func verdict(measured, target float64) float64 {
+	if measured <= target {
+		return 1
+	}
+	return 0
+}
+
+func verdictWord(measured, target float64) string {
+	if measured <= target {
+		return "met"
+	}
+	return "missed"
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"github.com/go-zookeeper/zk"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/syncstack/syncstack/internal/fleettest"
 	"github.com/syncstack/syncstack/internal/testserver"
 	"github.com/syncstack/syncstack/registry/registrytest"
 )
@@ -102,11 +105,19 @@ func leaderKilled(t *testing.T, f *fleet) {
 	if leader == nil {
 		t.Fatal("no leader")
 	}
+	all := map[string]int{"a": 0, "b": 0, "c": 0}
+	stopWatching := f.watchServers(all)
 	leader.Kill()
-	deadline := time.Now().Add(3 * time.Second)
-	for time.Now().Before(deadline) {
-		f.waitServers(map[string]int{"a": 0, "b": 0, "c": 0}, time.Second)
-		time.Sleep(100 * time.Millisecond)
+	// The election is over when another member leads; throughout it (and
+	// until synapse is seen serving all three after it), HAProxy keeps
+	// every backend.
+	registrytest.Eventually(t, 30*time.Second, "a new ZooKeeper leader", func() bool {
+		now := f.zk.Leader()
+		return now != nil && now != leader
+	})
+	f.waitServers(all, time.Second)
+	if bad := stopWatching(); len(bad) > 0 {
+		t.Errorf("HAProxy's servers changed during the leader election:\n%s", strings.Join(bad, "\n"))
 	}
 	ok, failed := l.finish(t, "leader killed")
 	if failed != 0 || ok == 0 {
@@ -126,9 +137,10 @@ func leaderKilled(t *testing.T, f *fleet) {
 // 6. Malicious registrations: skipped and counted; haproxy.cfg unchanged.
 func malicious(t *testing.T, f *fleet) {
 	f.t = t
-	time.Sleep(1500 * time.Millisecond) // let the background config write (config_write_interval 1s) settle
-	cfgPath := filepath.Join(f.dir, "haproxy.cfg")
-	before, _ := os.ReadFile(cfgPath)
+	// The file as it is once the background writer (config_write_interval
+	// 1s) has caught up with what HAProxy runs, whatever the scenario
+	// before changed last.
+	before := f.waitConfigFile(map[string]int{"a": 0, "b": 0, "c": 0}, 10*time.Second)
 	records := map[string]string{
 		"evil1_0000000001": `{"host":"127.0.0.66","port":80,"haproxy_server_options":"check\nserver evil 6.6.6.6:80"}`,
 		"evil2_0000000002": `{"host":"127.0.0.66","port":80,"labels":{"x":"` + strings.Repeat("a", 1000_000) + `"}}`,
@@ -148,11 +160,15 @@ func malicious(t *testing.T, f *fleet) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	time.Sleep(1500 * time.Millisecond)
-	after, _ := os.ReadFile(cfgPath)
-	if string(before) != string(after) {
-		t.Errorf("haproxy.cfg changed:\n%s", after)
+	// A change made after the planted records, written to the file: the
+	// file then holds everything synapse knew, the planted records
+	// included; apart from that change it must be as before.
+	f.synctl("drain", "127.0.0.13", "--reason", "after the planted records", "--wait", "--timeout", "20s")
+	after := f.waitConfigFile(map[string]int{"a": 0, "b": 0, "c": 8}, 10*time.Second)
+	if got := strings.Replace(after, drainedSuffix, "", 1); got != before {
+		t.Errorf("haproxy.cfg changed beyond the drain of c:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
+	f.synctl("add-to-lb", "127.0.0.13", "--wait", "--timeout", "20s")
 	f.waitServers(map[string]int{"a": 0, "b": 0, "c": 0}, time.Second)
 	unplant(t, f, records)
 }
@@ -243,7 +259,12 @@ func synapseKilledRegistryDown(t *testing.T, f *fleet) {
 	f.synapse.kill()
 	f.registryDown()
 	f.startSynapse()
-	time.Sleep(2 * time.Second)
+	// The new synapse has applied its cached state to HAProxy (a first
+	// apply counted ok, with the registry down it can only come from the
+	// cache): only then would it have touched HAProxy, if it did.
+	registrytest.Eventually(t, 15*time.Second, "the restarted synapse applied its cache", func() bool {
+		return counterAtLeast(f.metric(`synapse_applies_total{generator="haproxy",result="ok"}`), 1)
+	})
 	f.waitServers(map[string]int{"a": 0, "b": 0, "c": 0}, time.Second)
 	if p := f.workerPID(); p != pid {
 		t.Errorf("HAProxy was touched: worker %d → %d", pid, p)
@@ -258,8 +279,11 @@ func synapseKilledRegistryDown(t *testing.T, f *fleet) {
 		t.Errorf("%d failed requests: %v", failed, l.Failures())
 	}
 	f.waitServers(map[string]int{"a": 0, "b": 0, "c": 0}, 30*time.Second)
-	// Every config it rendered, from the cache and after, was valid.
-	time.Sleep(1500 * time.Millisecond) // the background config write (config_write_interval 1s)
+	// Every config it rendered, from the cache and after, was valid: once
+	// the file shows what HAProxy runs, the background writer has written
+	// (validated) the last state; a rejected one would have kept the file
+	// behind.
+	f.waitConfigFile(map[string]int{"a": 0, "b": 0, "c": 0}, 10*time.Second)
 	if m := f.metric("synapse_haproxy_validation_failures_total"); m != "synapse_haproxy_validation_failures_total 0" {
 		t.Errorf("restarted synapse: %s\n%s", m, tail(filepath.Join(f.dir, "synapse.log"), 20))
 	}
@@ -273,6 +297,7 @@ func registryDown(t *testing.T, f *fleet) {
 	all := map[string]int{"a": 0, "b": 0, "c": 0}
 	stopWatching := f.watchServers(all)
 	f.registryDown()
+	// The outage itself: 30 s is the interval under test, not a wait.
 	time.Sleep(30 * time.Second)
 	f.waitServers(map[string]int{"a": 0, "b": 0, "c": 0}, time.Second)
 	f.registryUp()
@@ -324,4 +349,64 @@ func (f *fleet) registryUp() {
 	case "etcd":
 		f.etcd.Start()
 	}
+}
+
+// drainedSuffix is how haproxy.cfg renders a drained server (a config
+// cannot say drain; the runtime state carries the real one).
+const drainedSuffix = " weight 0 # drained"
+
+// waitConfigFile waits until haproxy.cfg's servers are exactly want (by
+// name prefix; 8 drained, 1 disabled, 0 ready), as fleettest.Matches
+// reads HAProxy, and returns the file. It is how a test knows the
+// background writer has caught up: it writes the newest state, at most
+// once per config_write_interval, and only after haproxy -c accepts it.
+func (f *fleet) waitConfigFile(want map[string]int, timeout time.Duration) string {
+	f.t.Helper()
+	path := filepath.Join(f.dir, "haproxy.cfg")
+	var content string
+	var got map[string]testserver.ServerState
+	for start := time.Now(); time.Since(start) < timeout; time.Sleep(20 * time.Millisecond) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		content, got = string(b), configServers(string(b))
+		if fleettest.Matches(got, want) {
+			return content
+		}
+	}
+	f.t.Fatalf("haproxy.cfg servers %+v, want %v (validation failures: %s)\n%s", got, want,
+		f.metric("synapse_haproxy_validation_failures_total"), content)
+	return ""
+}
+
+// configServers reads the server lines of a rendered haproxy.cfg.
+func configServers(cfg string) map[string]testserver.ServerState {
+	out := map[string]testserver.ServerState{}
+	for _, l := range strings.Split(cfg, "\n") {
+		fields := strings.Fields(l)
+		if len(fields) < 3 || fields[0] != "server" {
+			continue
+		}
+		st := testserver.ServerState{}
+		switch {
+		case strings.HasSuffix(l, drainedSuffix):
+			st.Admin = 8
+		case slices.Contains(fields, "disabled"):
+			st.Admin = 1
+		}
+		out[fields[1]] = st
+	}
+	return out
+}
+
+// counterAtLeast reports whether a metric line ("name{labels} value")
+// holds at least n.
+func counterAtLeast(line string, n float64) bool {
+	f := strings.Fields(line)
+	if len(f) == 0 {
+		return false
+	}
+	v, err := strconv.ParseFloat(f[len(f)-1], 64)
+	return err == nil && v >= n
 }

@@ -9,136 +9,94 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"errors"
-	"flag"
-	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
-	"os/signal"
-	"runtime/debug"
-	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-
-	"github.com/syncstack/syncstack/internal/cli"
-	"github.com/syncstack/syncstack/internal/version"
+	"github.com/syncstack/syncstack/internal/daemon"
 	"github.com/syncstack/syncstack/nerve"
 	"github.com/syncstack/syncstack/registry"
 )
 
+var command = daemon.Command{
+	Name:             "nerve",
+	About:            "Health-checks this host's service instances and keeps the healthy ones\nregistered. SIGHUP reloads the config; SIGTERM deregisters and exits.",
+	DefaultConfig:    "/etc/syncstack/nerve.yaml",
+	ConfigUsage:      "config file (YAML, or Airbnb nerve JSON)",
+	CheckConfigUsage: "validate the config and exit: 0 valid, 1 not",
+}
+
 func main() {
 	// nerve's live heap is small and steady; collecting at +50% instead
 	// of +100% trims its footprint on every host for a fraction of a
-	// percent of CPU. GOGC in the environment still wins.
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(50)
-	}
+	// percent of CPU.
+	daemon.SetGCPercent(50)
 	os.Exit(run(os.Args[1:]))
 }
 
 func run(args []string) int {
-	fs := flag.NewFlagSet("nerve", flag.ContinueOnError)
-	configPath := fs.String("config", "/etc/syncstack/nerve.yaml", "config file (YAML, or Airbnb nerve JSON)")
-	checkConfig := fs.Bool("check-config", false, "validate the config and exit: 0 valid, 1 not")
-	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	logFormat := fs.String("log-format", "text", "text or json")
-	showVersion := fs.Bool("version", false, "print the version, commit and Go version, and exit")
-	var usage bytes.Buffer
-	fs.SetOutput(&usage)
-	fs.Usage = func() {
-		fmt.Fprintf(&usage, "Usage: nerve [flags]\n\nHealth-checks this host's service instances and keeps the healthy ones\nregistered. SIGHUP reloads the config; SIGTERM deregisters and exits.\n\nFlags:\n")
-		fs.PrintDefaults()
+	flags, code, exit := command.Parse(args)
+	if exit {
+		return code
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Stdout.Write(usage.Bytes())
-			return 0
-		}
-		os.Stderr.Write(usage.Bytes())
-		return 2
-	}
-	if *showVersion {
-		fmt.Println(version.Line("nerve"))
-		return 0
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "nerve: unexpected arguments %q\n", fs.Args())
-		return 2
-	}
-	log, err := cli.NewLogger(os.Stderr, *logLevel, *logFormat)
+	log := flags.Log
+	cfg, err := nerve.Load(flags.ConfigPath)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "nerve:", err)
-		return 2
-	}
-	cfg, err := nerve.Load(*configPath)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "nerve: invalid config:", err)
-		return 1
+		return command.InvalidConfig(err)
 	}
 	for _, w := range cfg.Warnings {
 		log.Warn("config: " + w)
 	}
-	if *checkConfig {
-		fmt.Printf("%s: OK, %d services\n", *configPath, len(cfg.Services))
-		return 0
+	if flags.CheckConfig {
+		return command.ConfigOK(flags.ConfigPath, len(cfg.Services))
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), version.Collector("nerve"))
-	log.Info("starting", "version", version.Get().Version, "commit", version.Get().Commit)
+	reg := daemon.NewRegistry("nerve")
+	daemon.LogStart(log)
 	agent := nerve.New(cfg, nerve.Options{
 		Logger: log, Metrics: nerve.NewMetrics(reg), RegistryMetrics: registry.NewMetrics(reg),
 	})
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if cfg.Admin.Listen != "off" {
-		ln, err := net.Listen("tcp", cfg.Admin.Listen)
-		if err != nil {
-			log.Error("admin listener", "listen", cfg.Admin.Listen, "err", err)
-			return 1
-		}
-		srv := &http.Server{Handler: agent.AdminHandler(reg), ReadHeaderTimeout: 5 * time.Second}
-		go srv.Serve(ln)
-		defer srv.Close()
-		log.Info("admin API listening", "addr", ln.Addr().String())
+	stopAdmin, err := daemon.ServeAdmin(log, cfg.Admin.Listen, agent.AdminHandler(reg))
+	if err != nil {
+		return daemon.ExitFailure
 	}
+	defer stopAdmin()
 
 	done := make(chan error, 1)
 	go func() { done <- agent.Run(ctx) }()
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	sigs, stopSignals := daemon.Signals()
+	defer stopSignals()
 	for {
 		select {
 		case err := <-done:
 			if err != nil {
 				log.Error("nerve stopped", "err", err)
-				return 1
+				return daemon.ExitFailure
 			}
-			return 0
+			return daemon.ExitOK
 		case sig := <-sigs:
-			if sig == syscall.SIGHUP {
-				cfg = reload(log, agent, *configPath, cfg)
+			if sig.Reload {
+				cfg = reload(log, agent, flags.ConfigPath, cfg)
 				continue
 			}
-			log.Info("signal received: deregistering every service", "signal", sig.String())
+			log.Info("signal received: deregistering every service", "signal", sig.Sig.String())
 			if err := agent.Shutdown(context.Background()); err != nil {
 				log.Error("deregistration", "err", err)
 			}
 			if d := cfg.DrainDelay.D(); d > 0 {
 				log.Info("waiting for the drain delay", "delay", d)
+				// The drain delay is the wait itself: load balancers that
+				// saw the deregistration stop sending before we exit.
 				time.Sleep(d)
 			}
 			cancel()
 			<-done
-			return 0
+			return daemon.ExitOK
 		}
 	}
 }

@@ -13,88 +13,52 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"errors"
-	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
-	"runtime/debug"
 	"sync/atomic"
-	"syscall"
-	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/syncstack/syncstack/generators/haproxy"
-	"github.com/syncstack/syncstack/internal/cli"
-	"github.com/syncstack/syncstack/internal/version"
+	"github.com/syncstack/syncstack/internal/daemon"
 	"github.com/syncstack/syncstack/registry"
 	"github.com/syncstack/syncstack/synapse"
 )
 
+var command = daemon.Command{
+	Name:             "synapse",
+	About:            "Keeps the local HAProxy in step with the registry. SIGHUP reloads the config,\nSIGTERM stops synapse and leaves HAProxy serving.",
+	DefaultConfig:    "/etc/syncstack/synapse.yaml",
+	ConfigUsage:      "config file (YAML, or Airbnb synapse JSON)",
+	CheckConfigUsage: "validate the config (and the HAProxy part with haproxy -c) and exit: 0 valid, 1 not",
+}
+
 func main() {
 	// synapse holds every backend once or twice; collecting at +50%
 	// instead of +100% keeps its footprint near the live set for little
-	// CPU. GOGC in the environment still wins.
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(50)
-	}
+	// CPU.
+	daemon.SetGCPercent(50)
 	os.Exit(run(os.Args[1:]))
 }
 
 func run(args []string) int {
-	fs := flag.NewFlagSet("synapse", flag.ContinueOnError)
-	configPath := fs.String("config", "/etc/syncstack/synapse.yaml", "config file (YAML, or Airbnb synapse JSON)")
-	checkConfig := fs.Bool("check-config", false, "validate the config (and the HAProxy part with haproxy -c) and exit: 0 valid, 1 not")
-	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	logFormat := fs.String("log-format", "text", "text or json")
-	showVersion := fs.Bool("version", false, "print the version, commit and Go version, and exit")
-	var usage bytes.Buffer
-	fs.SetOutput(&usage)
-	fs.Usage = func() {
-		fmt.Fprintf(&usage, "Usage: synapse [flags]\n\nKeeps the local HAProxy in step with the registry. SIGHUP reloads the config,\nSIGTERM stops synapse and leaves HAProxy serving.\n\nFlags:\n")
-		fs.PrintDefaults()
+	flags, code, exit := command.Parse(args)
+	if exit {
+		return code
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Stdout.Write(usage.Bytes())
-			return 0
-		}
-		os.Stderr.Write(usage.Bytes())
-		return 2
-	}
-	if *showVersion {
-		fmt.Println(version.Line("synapse"))
-		return 0
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(os.Stderr, "synapse: unexpected arguments %q\n", fs.Args())
-		return 2
-	}
-	log, err := cli.NewLogger(os.Stderr, *logLevel, *logFormat)
+	log := flags.Log
+	cfg, err := synapse.Load(flags.ConfigPath)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "synapse:", err)
-		return 2
-	}
-	cfg, err := synapse.Load(*configPath)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "synapse: invalid config:", err)
-		return 1
+		return command.InvalidConfig(err)
 	}
 	for _, w := range cfg.Warnings {
 		log.Warn("config: " + w)
 	}
-	if *checkConfig {
+	if flags.CheckConfig {
 		if err := checkHAProxy(cfg); err != nil {
-			fmt.Fprintln(os.Stderr, "synapse: invalid config:", err)
-			return 1
+			return command.InvalidConfig(err)
 		}
 		if cfg.HAProxy != nil && cfg.HAProxy.Manage {
 			if err := checkFDLimit(cfg.HAProxy.Global); err != nil {
@@ -102,8 +66,7 @@ func run(args []string) int {
 				fmt.Fprintln(os.Stderr, "synapse: warning: here,", err)
 			}
 		}
-		fmt.Printf("%s: OK, %d services\n", *configPath, len(cfg.Services))
-		return 0
+		return command.ConfigOK(flags.ConfigPath, len(cfg.Services))
 	}
 	// A global or defaults line HAProxy rejects would fail every write of
 	// haproxy.cfg, and synapse would serve /healthz "ok" forever with no
@@ -111,8 +74,7 @@ func run(args []string) int {
 	// and exit with HAProxy's message.
 	if writesHAProxy(cfg) {
 		if err := checkHAProxy(cfg); err != nil {
-			fmt.Fprintln(os.Stderr, "synapse: invalid config:", err)
-			return 1
+			return command.InvalidConfig(err)
 		}
 	}
 	// A managed HAProxy that cannot get its descriptors would be retried
@@ -120,13 +82,12 @@ func run(args []string) int {
 	if cfg.HAProxy != nil && cfg.HAProxy.Manage {
 		if err := checkFDLimit(cfg.HAProxy.Global); err != nil {
 			fmt.Fprintln(os.Stderr, "synapse:", err)
-			return 1
+			return daemon.ExitFailure
 		}
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), version.Collector("synapse"))
-	log.Info("starting", "version", version.Get().Version, "commit", version.Get().Commit)
+	reg := daemon.NewRegistry("synapse")
+	daemon.LogStart(log)
 	opts := synapse.Options{Logger: log, Metrics: synapse.NewMetrics(reg), HAProxyMetrics: haproxy.NewMetrics(reg), RegistryMetrics: registry.NewMetrics(reg)}
 
 	var current atomic.Pointer[synapse.Synapse] // swapped on SIGHUP, read by the admin API
@@ -137,25 +98,19 @@ func run(args []string) int {
 		}
 		http.Error(w, "starting", http.StatusServiceUnavailable)
 	})
-	if cfg.Admin.Listen != "off" {
-		ln, err := net.Listen("tcp", cfg.Admin.Listen)
-		if err != nil {
-			log.Error("admin listener", "listen", cfg.Admin.Listen, "err", err)
-			return 1
-		}
-		srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
-		go srv.Serve(ln)
-		defer srv.Close()
-		log.Info("admin API listening", "addr", ln.Addr().String())
+	stopAdmin, err := daemon.ServeAdmin(log, cfg.Admin.Listen, handler)
+	if err != nil {
+		return daemon.ExitFailure
 	}
+	defer stopAdmin()
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	sigs, stopSignals := daemon.Signals()
+	defer stopSignals()
 	for {
 		s, err := synapse.New(cfg, opts)
 		if err != nil {
 			log.Error("synapse", "err", err)
-			return 1
+			return daemon.ExitFailure
 		}
 		current.Store(s)
 		ctx, cancel := context.WithCancel(context.Background())
@@ -169,17 +124,17 @@ func run(args []string) int {
 				cancel()
 				if err != nil {
 					log.Error("synapse stopped", "err", err)
-					return 1
+					return daemon.ExitFailure
 				}
-				return 0
+				return daemon.ExitOK
 			case sig := <-sigs:
-				if sig != syscall.SIGHUP {
-					log.Info("signal received: stopping; HAProxy keeps serving", "signal", sig.String())
+				if !sig.Reload {
+					log.Info("signal received: stopping; HAProxy keeps serving", "signal", sig.Sig.String())
 					cancel()
 					<-done
-					return 0
+					return daemon.ExitOK
 				}
-				next, err := synapse.Load(*configPath)
+				next, err := synapse.Load(flags.ConfigPath)
 				if err != nil {
 					log.Error("SIGHUP: the new config is invalid; keeping the old one", "err", err)
 					continue
