@@ -70,7 +70,7 @@ type harness struct {
 	agent   *Agent
 	metrics *Metrics
 	rm      *registry.Metrics
-	backs   []registry.Backend
+	backs   []Registry
 	cancel  context.CancelFunc
 	done    chan error
 }
@@ -79,7 +79,7 @@ func startAgent(t *testing.T, cfg *Config) *harness {
 	t.Helper()
 	h := &harness{metrics: NewMetrics(nil), rm: registry.NewMetrics(nil), done: make(chan error, 1)}
 	var inner BackendFactory
-	h.agent = New(cfg, Options{Metrics: h.metrics, RegistryMetrics: h.rm, NewBackend: func(svc *ServiceConfig) (registry.Backend, error) {
+	h.agent = New(cfg, Options{Metrics: h.metrics, RegistryMetrics: h.rm, NewBackend: func(svc *ServiceConfig) (Registry, error) {
 		b, err := inner(svc)
 		if err == nil {
 			h.backs = append(h.backs, b)

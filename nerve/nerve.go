@@ -18,8 +18,16 @@ import (
 	"github.com/syncstack/syncstack/registry/zookeeper"
 )
 
+// Registry is what nerve needs of a registry client: it only registers,
+// and closes the client when no service uses it any more (ending the
+// session or lease takes whatever could not be removed with it).
+type Registry interface {
+	registry.Registrar
+	Close() error
+}
+
 // BackendFactory makes the registry client for a service's registry.
-type BackendFactory func(svc *ServiceConfig) (registry.Backend, error)
+type BackendFactory func(svc *ServiceConfig) (Registry, error)
 
 // Agent runs every configured service.
 type Agent struct {
@@ -32,7 +40,7 @@ type Agent struct {
 	mu       sync.Mutex
 	cfg      *Config
 	services map[string]*service
-	backends map[string]registry.Backend // by ServiceConfig.RegistryKey
+	backends map[string]Registry // by ServiceConfig.RegistryKey
 }
 
 // Options tune an Agent; zero values are fine.
@@ -48,7 +56,7 @@ type Options struct {
 // New validates nothing more than Load did and prepares the agent.
 func New(cfg *Config, opts Options) *Agent {
 	a := &Agent{log: opts.Logger, m: opts.Metrics, newBackend: opts.NewBackend, cfg: cfg,
-		services: map[string]*service{}, backends: map[string]registry.Backend{}}
+		services: map[string]*service{}, backends: map[string]Registry{}}
 	if a.log == nil {
 		a.log = slog.Default()
 	}
@@ -63,7 +71,7 @@ func New(cfg *Config, opts Options) *Agent {
 
 // DefaultBackends makes real ZooKeeper and etcd clients.
 func DefaultBackends(cfg *Config, log *slog.Logger, m *registry.Metrics) BackendFactory {
-	return func(svc *ServiceConfig) (registry.Backend, error) {
+	return func(svc *ServiceConfig) (Registry, error) {
 		switch svc.ReporterType {
 		case "zookeeper":
 			return zookeeper.New(zookeeper.Config{Servers: svc.ZKHosts, SessionTimeout: cfg.ZKSessionTimeout.D(), OpTimeout: cfg.RegistryTimeout.D(), AuthFile: cfg.ZKAuthFile, Logger: log, Metrics: m})
@@ -169,7 +177,7 @@ func (a *Agent) apply(cfg *Config) error {
 	return errors.Join(errs...)
 }
 
-func (a *Agent) backendFor(svc *ServiceConfig) (registry.Backend, error) {
+func (a *Agent) backendFor(svc *ServiceConfig) (Registry, error) {
 	key := svc.RegistryKey()
 	if b, ok := a.backends[key]; ok {
 		return b, nil

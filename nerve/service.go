@@ -57,7 +57,7 @@ type service struct {
 	name    string
 	cfg     *ServiceConfig
 	checks  []checks.Check
-	backend registry.Backend
+	backend registry.Registrar
 	log     *slog.Logger
 	m       *Metrics
 	done    chan struct{}
@@ -90,7 +90,7 @@ type service struct {
 	reporters   sync.WaitGroup // the reportLoops started
 }
 
-func newService(name string, cfg *ServiceConfig, backend registry.Backend, log *slog.Logger, m *Metrics, confirmWait time.Duration) (*service, error) {
+func newService(name string, cfg *ServiceConfig, backend registry.Registrar, log *slog.Logger, m *Metrics, confirmWait time.Duration) (*service, error) {
 	s := &service{name: name, cfg: cfg, backend: backend, m: m, confirmWait: confirmWait,
 		log: log.With("service", name), done: make(chan struct{}),
 		// A write to a registry out of reach already waits its timeout:

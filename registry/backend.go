@@ -10,7 +10,9 @@ import (
 // overrides (OverrideReader), publishes acks (AckWriter) and its catalog
 // (CatalogWriter); synctl writes overrides (Overrides) and reads acks,
 // catalogs and history. The zookeeper and etcd subpackages implement
-// them all, as Backend.
+// them all, as Backend: registrations and watches each its own way, the
+// fleet-wide records (overrides, acks, catalogs, history) once, in
+// Records (store.go), over each backend's small Store.
 
 // Registrar keeps records registered.
 type Registrar interface {

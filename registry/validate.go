@@ -20,6 +20,9 @@ const (
 	MaxLabelValueLen = 1024
 	MaxWeight        = 256 // HAProxy's own bound for a server weight
 	maxOptionsLen    = 1024
+	// MaxServerID bounds a record's server id (HAProxy's ids are positive
+	// ints); synapse's max_server_id bounds it further.
+	MaxServerID = 1<<31 - 1
 )
 
 // Validate checks every field against the character sets that keep a record
@@ -39,6 +42,9 @@ func (in Instance) Validate() error {
 	}
 	if in.Weight != nil && (*in.Weight < 0 || *in.Weight > MaxWeight) {
 		return fmt.Errorf("weight: %d is outside 0..%d", *in.Weight, MaxWeight)
+	}
+	if in.HAProxyServerID < 0 || in.HAProxyServerID > MaxServerID {
+		return fmt.Errorf("haproxy_server_id: %d is outside 0..%d", in.HAProxyServerID, MaxServerID)
 	}
 	if err := ValidateServerOptions(in.HAProxyServerOptions); err != nil {
 		return fmt.Errorf("haproxy_server_options: %w", err)
@@ -156,9 +162,11 @@ type keyword struct {
 }
 
 // serverKeywords is the allow-list for a record's haproxy_server_options.
-// Keywords that would let a record take over the server's identity (id,
-// cookie, redir) or that cannot be validated simply (source, usesrc) are
-// left out on purpose, and so are the operator-only keywords below.
+// `id` is allowed: the HAProxy generator gives it to the server unless
+// another record has it (it never reaches HAProxy twice). Keywords that
+// would let a record take over the server's identity (cookie, redir) or
+// that cannot be validated simply (source, usesrc) are left out on purpose,
+// and so are the operator-only keywords below.
 var serverKeywords = map[string]keyword{
 	"backup": {}, "no-backup": {}, "check": {}, "no-check": {},
 	"check-ssl": {}, "no-check-ssl": {}, "check-send-proxy": {},
@@ -168,6 +176,7 @@ var serverKeywords = map[string]keyword{
 	"force-tlsv12": {}, "force-tlsv13": {}, "no-sslv3": {}, "no-tlsv10": {}, "no-tlsv11": {},
 	"ssl-reuse": {}, "no-ssl-reuse": {}, "tls-tickets": {}, "no-tls-tickets": {}, "allow-0rtt": {},
 
+	"id":               {kind: argInt, max: MaxServerID},
 	"maxconn":          {kind: argInt, max: 1 << 24},
 	"minconn":          {kind: argInt, max: 1 << 24},
 	"maxqueue":         {kind: argInt, max: 1 << 24},
@@ -329,4 +338,28 @@ func checkSNI(arg string) error {
 		}
 	}
 	return fmt.Errorf("%.40q: a record's sni is ssl_fc_sni, req.hdr(host), hdr(host) or str(NAME), optionally with ,lower", arg)
+}
+
+// ValidatePath checks a registry path (a ZooKeeper path, an etcd key
+// prefix without its trailing slash), the same way for both backends so
+// that configs move between them unchanged: absolute, no empty, "." or
+// ".." element, no trailing slash, text that ValidateText accepts. The
+// root "/" is a valid path; whether a backend accepts it where a prefix
+// is wanted is its own call.
+func ValidatePath(p string) error {
+	if p == "/" {
+		return nil
+	}
+	if !strings.HasPrefix(p, "/") || strings.HasSuffix(p, "/") {
+		return fmt.Errorf("%q must start with / and not end with /", p)
+	}
+	for _, el := range strings.Split(p[1:], "/") {
+		if el == "" || el == "." || el == ".." {
+			return fmt.Errorf("%q has an empty, . or .. element", p)
+		}
+	}
+	if err := ValidateText(p, 1024); err != nil {
+		return fmt.Errorf("%q: %w", p, err)
+	}
+	return nil
 }

@@ -106,7 +106,7 @@ func (f *changeFlags) open(ctx context.Context, env Env) (b registry.Backend, fl
 // expiry in the audit trail, dated when it expired. Every synapse already
 // ignores them; this is bookkeeping, done by the next change made with
 // synctl, so it never fails that change.
-func (f *fleet) expire(ctx context.Context, env Env, b registry.Backend, now time.Time, notify *notifier) {
+func (f *fleet) expire(ctx context.Context, env Env, b expirer, now time.Time, notify *notifier) {
 	var kept []registry.Override
 	for _, o := range f.overrides.Overrides {
 		if o.Active(now) {
@@ -304,7 +304,7 @@ func scopeName(scope []string, fl *fleet) string {
 
 // finish records the change in the audit trail, waits when asked, and
 // reports.
-func finish(ctx context.Context, env Env, b registry.Backend, f *changeFlags, res result, h registry.HistoryEntry) error {
+func finish(ctx context.Context, env Env, b finisher, f *changeFlags, res result, h registry.HistoryEntry) error {
 	if err := b.AppendHistory(ctx, h); err != nil {
 		fmt.Fprintf(env.Stderr, "synctl: warning: the change is written but the audit trail is not: %v\n", err)
 	}
@@ -336,7 +336,7 @@ func finish(ctx context.Context, env Env, b registry.Backend, f *changeFlags, re
 // rev; on timeout it names the ones that have not. With progress (a
 // terminal), one line is kept up to date: how many applied, and the
 // slowest by name.
-func waitAcks(ctx context.Context, env Env, b registry.Backend, rev int64, timeout time.Duration, progress bool) (acked, missing []string, err error) {
+func waitAcks(ctx context.Context, env Env, b registry.AckReader, rev int64, timeout time.Duration, progress bool) (acked, missing []string, err error) {
 	deadline := time.Now().Add(timeout)
 	var last string
 	defer func() {

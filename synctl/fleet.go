@@ -26,7 +26,7 @@ type fleet struct {
 	catalogs  []registry.Catalog // outlive their synapse: one without an ack is dead
 }
 
-func readFleet(ctx context.Context, b registry.Backend, c *common, now time.Time) (*fleet, error) {
+func readFleet(ctx context.Context, b fleetReader, c *common, now time.Time) (*fleet, error) {
 	f := &fleet{services: map[string]string{}, backends: map[string][]registry.Instance{}}
 	var err error
 	if f.acks, err = b.Acks(ctx); err != nil {
@@ -80,7 +80,7 @@ func readFleet(ctx context.Context, b registry.Backend, c *common, now time.Time
 }
 
 // readOnce returns the current set under path.
-func readOnce(ctx context.Context, b registry.Backend, path string, timeout time.Duration) ([]registry.Instance, error) {
+func readOnce(ctx context.Context, b registry.Discovery, path string, timeout time.Duration) ([]registry.Instance, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	out := make(chan []registry.Instance, 1)

@@ -168,7 +168,7 @@ func checkLoopback(addr string) error {
 	return nil
 }
 
-func pageHandler(b registry.Backend, c *common, env Env, refresh int) http.Handler {
+func pageHandler(b pageReader, c *common, env Env, refresh int) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		now := env.Now()

@@ -74,7 +74,7 @@ const (
 // buildStatus reads the fleet: every backend of the services in scope (all
 // when empty) with what holds it out, the active overrides, and every
 // synapse, live (it acks) or dead (only its catalog is left).
-func buildStatus(ctx context.Context, b registry.Backend, c *common, now time.Time, scope []string) (statusReport, error) {
+func buildStatus(ctx context.Context, b fleetReader, c *common, now time.Time, scope []string) (statusReport, error) {
 	fl, err := readFleet(ctx, b, c, now)
 	if err != nil {
 		return statusReport{}, err

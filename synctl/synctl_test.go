@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -81,6 +83,23 @@ func (w *world) synctl(t *testing.T, args ...string) (int, string, string) {
 	return code, out.String(), errb.String()
 }
 
+// getOK sends one request through HAProxy and fails the test unless it is
+// answered 200: a request that failed (HAProxy's 503 when no server takes
+// it) must not pass for one that merely missed a drained server.
+func getOK(t *testing.T, url string) {
+	t.Helper()
+	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s %.200q (%v)", url, resp.Status, body, err)
+	}
+}
+
 func (w *world) overrides(t *testing.T) []registry.Override {
 	set, err := w.reg.Overrides(context.Background())
 	if err != nil {
@@ -113,7 +132,7 @@ func TestDrainAndAddToLB(t *testing.T) {
 			served := w.backends["b"].Served.Load()
 			for range 30 {
 				for _, p := range w.pairs {
-					fleettest.Get(p.URL("web"))
+					getOK(t, p.URL("web"))
 				}
 			}
 			if n := w.backends["b"].Served.Load() - served; n != 0 {
@@ -129,7 +148,7 @@ func TestDrainAndAddToLB(t *testing.T) {
 			}
 			served = w.backends["b"].Served.Load()
 			for range 30 {
-				fleettest.Get(w.pairs[0].URL("web"))
+				getOK(t, w.pairs[0].URL("web"))
 			}
 			if w.backends["b"].Served.Load() == served {
 				t.Error("b got no traffic back after add-to-lb")

@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -270,18 +272,18 @@ func TestClusterOutageKeepsLease(t *testing.T) {
 	srv.Start()
 
 	// Watch everything that happened to the key since before the outage.
-	wctx, cancel := context.WithTimeout(ctx, 6*time.Second)
-	defer cancel()
-	events := admin.cli.Watch(wctx, "/svc/", clientv3.WithPrefix(), clientv3.WithRev(before.Header.Revision+1))
+	// A watch that ends (compacted, cancelled by the server) has seen
+	// nothing and proves nothing: it fails the test, as a change does.
+	events := watchSince(t, admin.cli, "/svc/", before.Header.Revision+1)
 	registrytest.Eventually(t, 10*time.Second, "the same lease kept alive", func() bool {
 		resp, err := admin.cli.TimeToLive(ctx, lease)
 		return err == nil && resp.TTL > 0 && !errors.Is(err, rpctypes.ErrLeaseNotFound)
 	})
-	time.Sleep(4 * time.Second) // two TTLs on: still alive, still the same key
-	for resp := range events {
-		for _, ev := range resp.Events {
-			t.Errorf("the key changed after the outage: %s %s", ev.Type, ev.Kv.Key)
-		}
+	// Two TTLs on (an observation window, not a wait for something):
+	// still alive, still the same key.
+	time.Sleep(4 * time.Second)
+	for _, e := range events.stop() {
+		t.Errorf("after the outage: %s", e)
 	}
 	if now, _ := reg.leaseNow(); now != lease {
 		t.Errorf("lease %x replaced by %x", lease, now)
@@ -423,4 +425,66 @@ func TestSecurity(t *testing.T) {
 			}
 		})
 	}
+}
+
+// revisionWatch records what a watch of a prefix sees from a revision on.
+type revisionWatch struct {
+	mu      sync.Mutex
+	seen    []string
+	stopped atomic.Bool
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+// watchSince watches prefix from rev, and returns once the watch is
+// established (the server answered its creation): every change from rev
+// on is then seen, or the watch reports why it cannot see them.
+func watchSince(t *testing.T, cli *clientv3.Client, prefix string, rev int64) *revisionWatch {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &revisionWatch{cancel: cancel, done: make(chan struct{})}
+	wch := cli.Watch(ctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev), clientv3.WithCreatedNotify())
+	created := make(chan error, 1)
+	go func() {
+		defer close(w.done)
+		first := true
+		for resp := range wch {
+			w.mu.Lock()
+			for _, ev := range resp.Events {
+				w.seen = append(w.seen, fmt.Sprintf("the key changed: %s %s at revision %d", ev.Type, ev.Kv.Key, ev.Kv.ModRevision))
+			}
+			// An error after stop is the cancellation stop asked for.
+			if err := resp.Err(); err != nil && !w.stopped.Load() {
+				w.seen = append(w.seen, fmt.Sprintf("the watch ended, blind from then on: %v (compact revision %d)", err, resp.CompactRevision))
+			}
+			w.mu.Unlock()
+			if first {
+				first = false
+				created <- resp.Err()
+			}
+		}
+		if first {
+			created <- errors.New("watch channel closed before the watch was created")
+		}
+	}()
+	t.Cleanup(func() { w.stop() })
+	select {
+	case err := <-created:
+		if err != nil {
+			t.Fatalf("watch %s from revision %d: %v", prefix, rev, err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("watch %s from revision %d: not created within 10s", prefix, rev)
+	}
+	return w
+}
+
+// stop ends the watch and returns what it saw, errors included.
+func (w *revisionWatch) stop() []string {
+	w.stopped.Store(true)
+	w.cancel()
+	<-w.done
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.seen
 }

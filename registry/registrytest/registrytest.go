@@ -38,6 +38,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("History", func(t *testing.T) { history(t, h) })
 	t.Run("CatalogOutlivesSession", func(t *testing.T) { catalog(t, h) })
 	t.Run("RegistrationOrder", func(t *testing.T) { registrationOrder(t, h) })
+	t.Run("WatchOverridesDeliversTheLatest", func(t *testing.T) { overridesLatest(t, h) })
 }
 
 // Inst is a short constructor for tests.
@@ -488,5 +489,52 @@ func registrationOrder(t *testing.T, h Harness) {
 	again := seqs(w.WaitFor(t, 10*time.Second, "a back", HasLen(3)))
 	if again["a"] <= again["c"] || again["b"] != got["b"] || again["c"] != got["c"] {
 		t.Fatalf("after a registered again: Seq %v (before %v); want a after c, b and c unchanged", again, got)
+	}
+}
+
+// overridesLatest: a synapse busy while overrides change still gets the
+// set with every change (the latest), and never an older set after a
+// newer one.
+func overridesLatest(t *testing.T, h Harness) {
+	ctl, syn := newPair(t, h)
+	ctx := context.Background()
+	sets := make(chan registry.OverrideSet) // read only when the test wants
+	wctx, cancel := context.WithCancel(ctx)
+	t.Cleanup(cancel)
+	go syn.WatchOverrides(wctx, sets)
+	recv := func() registry.OverrideSet {
+		t.Helper()
+		select {
+		case s := <-sets:
+			return s
+		case <-time.After(5 * time.Second):
+			t.Fatal("no override set within 5s")
+		}
+		return registry.OverrideSet{}
+	}
+	first := recv()
+	var rev int64
+	for i := range 5 {
+		o := registry.Override{Target: fmt.Sprintf("10.9.0.%d", i), State: registry.StateDrain, At: time.Now().UTC()}
+		r, err := ctl.PutOverride(ctx, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ctl.DeleteOverride(ctx, o.Key()) })
+		rev = r
+	}
+	last := first.Revision
+	for {
+		s := recv()
+		if s.Revision < last {
+			t.Fatalf("set at revision %d after one at %d", s.Revision, last)
+		}
+		last = s.Revision
+		if s.Revision >= rev {
+			if n := len(s.Overrides) - len(first.Overrides); n != 5 {
+				t.Fatalf("the latest set (revision %d) has %d new overrides, want 5: %+v", s.Revision, n, s.Overrides)
+			}
+			return
+		}
 	}
 }

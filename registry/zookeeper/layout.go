@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"github.com/go-zookeeper/zk"
+
+	"github.com/syncstack/syncstack/registry"
 )
 
 // Layout is who owns what in a fleet with ZooKeeper ACLs. Each node gets
@@ -39,7 +41,7 @@ func (c *Client) SetupLayout(ctx context.Context, l Layout) error {
 		return errors.New("zookeeper: setup: the synapse (and, with service paths, the nerve) digest id is required")
 	}
 	for _, p := range l.ServicePaths {
-		if err := ValidatePath(p); err != nil {
+		if err := registry.ValidatePath(p); err != nil {
 			return fmt.Errorf("zookeeper: setup: service path: %w", err)
 		}
 	}
