@@ -6,17 +6,13 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/syncstack/syncstack/plugin"
 	"github.com/syncstack/syncstack/registry"
 	"github.com/syncstack/syncstack/registry/etcd"
 	"github.com/syncstack/syncstack/registry/zookeeper"
 	"github.com/syncstack/syncstack/watchers"
-	"github.com/syncstack/syncstack/watchers/dns"
-	"github.com/syncstack/syncstack/watchers/file"
+	// Every built-in discovery method, registered for the config to name.
+	_ "github.com/syncstack/syncstack/watchers/all"
 	"github.com/syncstack/syncstack/watchers/multi"
-	pluginwatch "github.com/syncstack/syncstack/watchers/plugin"
-	"github.com/syncstack/syncstack/watchers/registrywatch"
-	"github.com/syncstack/syncstack/watchers/static"
 )
 
 // The watchers of the services and the registry clients they share.
@@ -50,45 +46,38 @@ func (s *Synapse) client(method string, hosts []string, root string) (registry.B
 	return c, nil
 }
 
+// watcher builds a service's watcher from its discovery section through
+// the method registered for it (package watchers/all), or, with
+// discovery_multi, its children combined.
 func (s *Synapse) watcher(name string, svc *ServiceConfig) (watchers.Watcher, error) {
+	deps := watchers.Deps{
+		Service:      name,
+		PortOverride: svc.HAProxy.ServerPortOverride,
+		Log:          s.log,
+		Metrics:      s.rm,
+		Registry: func(method string, hosts []string) (registry.Discovery, error) {
+			// The overrides' root rides along, so the client that
+			// watches a cluster also serves its overrides and acks.
+			root := ""
+			if s.cfg.Overrides != nil {
+				root = s.cfg.Overrides.Root
+			}
+			return s.client(method, hosts, root)
+		},
+	}
+	build := func(d *watchers.Config) (watchers.Watcher, error) {
+		w, err := d.NewWatcher(deps)
+		if err != nil {
+			return nil, fmt.Errorf("services.%s.discovery: %w", name, err)
+		}
+		return w, nil
+	}
 	if svc.DiscoveryMulti != nil {
 		// discovery_multi: discovery is the primary child, each child
 		// keeps its own last set, the resolver combines them.
 		return multi.New(svc.DiscoveryMulti, &svc.Discovery, func(_ string, d *watchers.Config) (watchers.Watcher, error) {
-			return s.discoveryWatcher(name, svc, d)
+			return build(d)
 		})
 	}
-	return s.discoveryWatcher(name, svc, &svc.Discovery)
-}
-
-func (s *Synapse) discoveryWatcher(name string, svc *ServiceConfig, d *watchers.Config) (watchers.Watcher, error) {
-	switch d.Method {
-	case "zookeeper", "etcd":
-		root := ""
-		if s.cfg.Overrides != nil {
-			root = s.cfg.Overrides.Root
-		}
-		c, err := s.client(d.Method, d.Hosts, root)
-		if err != nil {
-			return nil, fmt.Errorf("services.%s.discovery: %w", name, err)
-		}
-		return &registrywatch.Watcher{Client: c, Path: d.Path, Opts: d.Options()}, nil
-	case "file":
-		return &file.Watcher{Path: d.Path, Interval: d.Interval.D(), Opts: d.Options(), Log: s.log, Metrics: s.rm}, nil
-	case "dns":
-		w := &dns.Watcher{Servers: d.Instances(svc.HAProxy.ServerPortOverride), SRV: d.SRV, Interval: d.Interval.D(), Log: s.log}
-		if d.Nameserver != "" {
-			w.Resolver = dns.NewResolver(d.Nameserver)
-		}
-		return w, nil
-	case "static":
-		return &static.Watcher{Servers: d.Instances(svc.HAProxy.ServerPortOverride)}, nil
-	case "plugin":
-		c, err := plugin.NewClient(d.Plugin, s.log)
-		if err != nil {
-			return nil, fmt.Errorf("services.%s.discovery: %w", name, err)
-		}
-		return &pluginwatch.Watcher{Client: c, Service: name, Config: d.Plugin.Config, Interval: d.Interval.D(), Log: s.log, Metrics: s.rm}, nil
-	}
-	return nil, fmt.Errorf("services.%s.discovery.method %q", name, d.Method)
+	return build(&svc.Discovery)
 }

@@ -5,13 +5,60 @@ package dns
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"strings"
 	"time"
 
+	"github.com/syncstack/syncstack/internal/confutil"
 	"github.com/syncstack/syncstack/registry"
+	"github.com/syncstack/syncstack/watchers"
+	"github.com/syncstack/syncstack/watchers/poll"
 )
+
+func init() {
+	watchers.Register("dns", func() watchers.MethodConfig { return &Config{} })
+}
+
+// DefaultInterval is how often names are resolved when no interval is set.
+const DefaultInterval = 30 * time.Second
+
+// Config is method dns's keys.
+type Config struct {
+	// Servers are the names to resolve (a name alone takes its port from
+	// the service's server_port_override).
+	Servers []watchers.Server `yaml:"servers"`
+	// SRV names resolved to targets.
+	SRV []string `yaml:"srv"`
+	// Nameserver (host:port) instead of the system resolver.
+	Nameserver string `yaml:"nameserver"`
+	// Interval: how often names are resolved again (default 30s).
+	Interval confutil.Duration `yaml:"interval"`
+}
+
+// Finalize implements watchers.MethodConfig. A name without a port is
+// warned about, not refused: Airbnb's own examples list bare names without
+// a port or server_port_override (its synapse then writes servers HAProxy
+// refuses).
+func (c *Config) Finalize(ch *watchers.Check) {
+	if len(c.Servers) == 0 && len(c.SRV) == 0 {
+		ch.Problem("servers", "missing: names to resolve (servers, or srv)")
+	}
+	if c.Nameserver != "" && !strings.Contains(c.Nameserver, ":") {
+		c.Nameserver += ":53"
+	}
+	watchers.CheckServers(ch, c.Servers, true)
+}
+
+// NewWatcher implements watchers.MethodConfig.
+func (c *Config) NewWatcher(d watchers.Deps) (watchers.Watcher, error) {
+	w := &Watcher{Servers: watchers.Instances(c.Servers, d.PortOverride), SRV: c.SRV, Interval: c.Interval.D(), Log: d.Log}
+	if c.Nameserver != "" {
+		w.Resolver = NewResolver(c.Nameserver)
+	}
+	return w, nil
+}
 
 // Watcher resolves Servers (host names, each with a port) and SRV names.
 type Watcher struct {
@@ -31,11 +78,18 @@ func NewResolver(nameserver string) *net.Resolver {
 	}}
 }
 
+// lookupTimeout bounds one lookup: a resolver that hangs fails the lookup
+// instead of the watcher.
+const lookupTimeout = 5 * time.Second
+
+// errAllFailed: no name resolved, so nothing new is known.
+var errAllFailed = errors.New("every lookup failed")
+
 // Run implements watchers.Watcher.
 func (w *Watcher) Run(ctx context.Context, out chan<- []registry.Instance) error {
 	interval := w.Interval
 	if interval <= 0 {
-		interval = 30 * time.Second
+		interval = DefaultInterval
 	}
 	res := w.Resolver
 	if res == nil {
@@ -46,11 +100,7 @@ func (w *Watcher) Run(ctx context.Context, out chan<- []registry.Instance) error
 		log = slog.Default()
 	}
 	last := map[string][]registry.Instance{} // by name: the last good answer
-	var sent []registry.Instance
-	first := true
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
+	read := func(ctx context.Context) ([]registry.Instance, error) {
 		ok := 0
 		for _, s := range w.Servers {
 			addrs, err := lookup(ctx, res, s.Host)
@@ -71,7 +121,9 @@ func (w *Watcher) Run(ctx context.Context, out chan<- []registry.Instance) error
 			last["A "+s.Host] = got
 		}
 		for _, name := range w.SRV {
-			_, srvs, err := res.LookupSRV(ctx, "", "", name)
+			lctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+			_, srvs, err := res.LookupSRV(lctx, "", "", name)
+			cancel()
 			if err != nil {
 				log.Warn("dns watcher: SRV lookup failed; keeping the last answer", "name", name, "err", err)
 				continue
@@ -84,15 +136,14 @@ func (w *Watcher) Run(ctx context.Context, out chan<- []registry.Instance) error
 					continue
 				}
 				for _, a := range addrs {
-					weight := int(srv.Weight)
-					in := registry.Instance{Host: a, Port: int(srv.Port), Name: strings.TrimSuffix(srv.Target, "."), Weight: &weight}
-					if *in.Weight > registry.MaxWeight {
-						*in.Weight = registry.MaxWeight
-					}
-					got = append(got, in)
+					weight := min(int(srv.Weight), registry.MaxWeight)
+					got = append(got, registry.Instance{Host: a, Port: int(srv.Port), Name: strings.TrimSuffix(srv.Target, "."), Weight: &weight})
 				}
 			}
 			last["SRV "+name] = got
+		}
+		if ok == 0 {
+			return nil, errAllFailed
 		}
 		var set []registry.Instance
 		for _, ins := range last {
@@ -102,28 +153,16 @@ func (w *Watcher) Run(ctx context.Context, out chan<- []registry.Instance) error
 				}
 			}
 		}
-		set = registry.Dedupe(set)
-		if ok > 0 && (first || !registry.EqualSets(set, sent)) {
-			select {
-			case out <- set:
-				first, sent = false, set
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tick.C:
-		}
+		return set, nil
 	}
+	return poll.Run(ctx, out, poll.Options{Interval: interval, Read: read, Log: log, Attrs: []any{"watcher", "dns"}})
 }
 
 func lookup(ctx context.Context, res *net.Resolver, host string) ([]string, error) {
 	if ip := net.ParseIP(host); ip != nil {
 		return []string{host}, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
 	defer cancel()
 	addrs, err := res.LookupHost(ctx, host)
 	if err != nil {

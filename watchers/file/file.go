@@ -1,6 +1,6 @@
 // Package file watches a file that lists a service's instances, as a JSON
 // array of nerve records (or the same in YAML), and sends the set again
-// whenever the file changes. It checks the file every interval.
+// whenever it changes. It checks the file every interval.
 package file
 
 import (
@@ -15,8 +15,38 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/syncstack/syncstack/internal/confutil"
 	"github.com/syncstack/syncstack/registry"
+	"github.com/syncstack/syncstack/watchers"
+	"github.com/syncstack/syncstack/watchers/poll"
 )
+
+func init() {
+	watchers.Register("file", func() watchers.MethodConfig { return &Config{} })
+}
+
+// DefaultInterval is how often the file is checked when no interval is set.
+const DefaultInterval = time.Second
+
+// Config is method file's keys.
+type Config struct {
+	// Path is the file of instances.
+	Path string `yaml:"path"`
+	// Interval: how often the file is checked (default 1s).
+	Interval confutil.Duration `yaml:"interval"`
+}
+
+// Finalize implements watchers.MethodConfig.
+func (c *Config) Finalize(ch *watchers.Check) {
+	if c.Path == "" {
+		ch.Problem("path", "missing: the file of instances")
+	}
+}
+
+// NewWatcher implements watchers.MethodConfig.
+func (c *Config) NewWatcher(d watchers.Deps) (watchers.Watcher, error) {
+	return &Watcher{Path: c.Path, Interval: c.Interval.D(), Opts: d.Decode, Log: d.Log, Metrics: d.Metrics}, nil
+}
 
 // Watcher reads Path every Interval, when its size or mtime moved.
 type Watcher struct {
@@ -33,7 +63,7 @@ type Watcher struct {
 func (w *Watcher) Run(ctx context.Context, out chan<- []registry.Instance) error {
 	interval := w.Interval
 	if interval <= 0 {
-		interval = time.Second
+		interval = DefaultInterval
 	}
 	log := w.Log
 	if log == nil {
@@ -43,39 +73,32 @@ func (w *Watcher) Run(ctx context.Context, out chan<- []registry.Instance) error
 	if m == nil {
 		m = registry.DefaultMetrics()
 	}
-	var lastMod time.Time
-	lastSize := int64(-1)
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
+	// The file is parsed again only when its size or mtime moved.
+	var (
+		last     []registry.Instance
+		lastMod  time.Time
+		lastSize int64 = -1
+	)
+	read := func(context.Context) ([]registry.Instance, error) {
 		info, err := os.Stat(w.Path)
-		switch {
-		case err != nil:
-			log.Warn("file watcher: cannot stat; keeping the last set", "path", w.Path, "err", err)
-		case info.ModTime().Equal(lastMod) && info.Size() == lastSize:
-		default:
-			set, skipped, err := Read(w.Path, w.Opts)
-			if err != nil {
-				log.Error("file watcher: keeping the last set", "err", err)
-				break
-			}
-			lastMod, lastSize = info.ModTime(), info.Size()
-			for _, s := range skipped {
-				m.RecordsSkipped.WithLabelValues("file", w.Path).Inc()
-				log.Warn("skipping bad record", "path", w.Path, "err", s)
-			}
-			select {
-			case out <- set:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
+		if err != nil {
+			return nil, err
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tick.C:
+		if info.ModTime().Equal(lastMod) && info.Size() == lastSize {
+			return last, nil
 		}
+		set, skipped, err := Read(w.Path, w.Opts)
+		if err != nil {
+			return nil, err
+		}
+		for _, s := range skipped {
+			m.RecordsSkipped.WithLabelValues("file", w.Path).Inc()
+			log.Warn("skipping bad record", "path", w.Path, "err", s)
+		}
+		last, lastMod, lastSize = set, info.ModTime(), info.Size()
+		return set, nil
 	}
+	return poll.Run(ctx, out, poll.Options{Interval: interval, Read: read, Log: log, Attrs: []any{"watcher", "file", "path", w.Path}})
 }
 
 // maxFileSize bounds an instances file.

@@ -122,7 +122,7 @@ func TestSequentialZooKeeperThenEtcd(t *testing.T) {
 // sequential_order.
 func TestConfig(t *testing.T) {
 	zk := func() *watchers.Config {
-		return &watchers.Config{Method: "zookeeper", Hosts: []string{"localhost:2181"}, Path: "/services/s"}
+		return &watchers.Config{Method: "zookeeper", Settings: &registrywatch.ZooKeeperConfig{Hosts: []string{"localhost:2181"}, Path: "/services/s"}}
 	}
 	for _, tc := range []struct {
 		name string

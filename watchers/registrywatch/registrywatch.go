@@ -1,6 +1,6 @@
 // Package registrywatch watches a service's backends where nerve registers
 // them: the zookeeper and etcd discovery methods. Both backends implement
-// registry.Backend, so one watcher serves both; the registry packages do
+// registry.Discovery, so one watcher serves both; the registry packages do
 // the reading (only what changed), the skipping of bad records and the
 // keeping of the last set through outages.
 package registrywatch
@@ -15,7 +15,7 @@ import (
 // synapse that uses the same cluster (one ZooKeeper session, one etcd
 // connection).
 type Watcher struct {
-	Client registry.Backend
+	Client registry.Discovery
 	Path   string
 	Opts   registry.DecodeOptions
 }

@@ -5,7 +5,26 @@ import (
 	"context"
 
 	"github.com/syncstack/syncstack/registry"
+	"github.com/syncstack/syncstack/watchers"
 )
+
+func init() {
+	watchers.Register("static", func() watchers.MethodConfig { return &Config{} })
+}
+
+// Config is method static's keys (Airbnb's base method too).
+type Config struct {
+	// Servers are the instance records.
+	Servers []watchers.Server `yaml:"servers"`
+}
+
+// Finalize implements watchers.MethodConfig: every server needs a port.
+func (c *Config) Finalize(ch *watchers.Check) { watchers.CheckServers(ch, c.Servers, false) }
+
+// NewWatcher implements watchers.MethodConfig.
+func (c *Config) NewWatcher(d watchers.Deps) (watchers.Watcher, error) {
+	return &Watcher{Servers: watchers.Instances(c.Servers, d.PortOverride)}, nil
+}
 
 // Watcher sends Servers once and waits for ctx to end.
 type Watcher struct {
