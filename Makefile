@@ -14,7 +14,7 @@ LDFLAGS := -X github.com/syncstack/syncstack/internal/version.Version=$(VERSION)
 # rabbitmq-server: nerve's rabbitmq check (Airbnb's example config uses it), tested for real.
 DEB_PACKAGES := haproxy zookeeper etcd-server socat redis-server chromium zsh rabbitmq-server
 
-.PHONY: all build test unit vet deps deps-demo demo bench fuzz clean dist
+.PHONY: all build test unit vet deps deps-demo demo bench scale fuzz clean dist
 
 all: build
 
@@ -62,6 +62,15 @@ test: deps vet
 bench: deps
 	SYNCSTACK_BENCH_QUICK=$(BENCH_QUICK) SYNCSTACK_BENCH_JSON=$(CURDIR)/bench/results.json \
 		$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/ | tee bench/results.txt
+
+# scale: a fleet of real synapse processes on a 3-node ZooKeeper ensemble
+# (plus an observer) and a 3-member etcd cluster, on loopback: fan-out,
+# deploy waves, leader kill and full restart, cost per watcher (SCALING.md).
+# SYNCSTACK_SCALE_N (synapses, 50), _S (services, 200), _ROUNDS (3), ...:
+# see scale/doc.go. Prints a summary; the figures go to scale/results.json.
+scale: deps
+	SYNCSTACK_SCALE_JSON=$(CURDIR)/scale/results.json \
+		$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 90m ./scale/ | tee scale/results.txt
 
 unit:
 	$(GO) test -race -count=1 -short ./...

@@ -231,6 +231,7 @@ func (c *Client) probe(p *pin) string {
 	tick := time.NewTicker(progressEvery)
 	defer tick.Stop()
 	waiting := time.After(progressTimeout) // set while an answer is due
+	unary := false                         // the endpoint answers no progress requests: probe with reads
 	for {
 		select {
 		case <-c.ctx.Done():
@@ -254,6 +255,12 @@ func (c *Client) probe(p *pin) string {
 			if waiting != nil {
 				continue
 			}
+			if unary {
+				if err := c.ping(p); err != nil && c.ctx.Err() == nil && p.ctx.Err() == nil {
+					return fmt.Sprintf("no answer to a read within %v: %v", progressTimeout, err)
+				}
+				continue
+			}
 			rctx, rcancel := context.WithTimeout(ctx, progressTimeout)
 			err := p.cli.RequestProgress(rctx)
 			rcancel()
@@ -265,7 +272,29 @@ func (c *Client) probe(p *pin) string {
 			if wch == nil {
 				return fmt.Sprintf("watch not confirmed within %v", progressTimeout)
 			}
-			return fmt.Sprintf("no watch progress within %v", progressTimeout)
+			// etcd's grpc-proxy (the watch fan-out tier of large fleets)
+			// confirms watches but never answers a progress request. An
+			// endpoint that still answers a read is not stalled: probe it
+			// with reads from now on (one small read per progressEvery,
+			// which the proxy forwards to the cluster: SCALING.md).
+			if err := c.ping(p); err != nil {
+				return fmt.Sprintf("no watch progress within %v, nor an answer to a read: %v", progressTimeout, err)
+			}
+			if !unary {
+				c.log.Debug("endpoint does not answer watch progress requests (a grpc-proxy?); probing it with reads", "endpoint", p.endpoint)
+			}
+			unary, waiting = true, nil
 		}
 	}
+}
+
+// ping is the probe of an endpoint that answers no watch progress requests:
+// a serializable count-only read of the probe key, within progressTimeout.
+// Counted as op "probe", apart from the reads that follow changes.
+func (c *Client) ping(p *pin) error {
+	ctx, cancel := context.WithTimeout(p.ctx, progressTimeout)
+	defer cancel()
+	_, err := p.cli.Get(ctx, c.cfg.Root+"/.progress-probe", clientv3.WithSerializable(), clientv3.WithCountOnly())
+	c.count("reads", "probe", err)
+	return err
 }

@@ -130,6 +130,12 @@ type Client struct {
 	closed     bool
 	authed     bool // the credentials were added (or there are none)
 
+	// relists holds a slot per watch relisting after a session event
+	// (relistConcurrency); relistHook, in tests, sees each start (+1) and
+	// end (-1).
+	relists    chan struct{}
+	relistHook func(delta int)
+
 	// recvTimeout is go-zookeeper's read timeout for the session in force
 	// (2/3 of the negotiated session timeout), learnt by the dialer's
 	// connections; 0 until a session was established.
@@ -152,6 +158,7 @@ func New(cfg Config) (*Client, error) {
 		subs:    map[string]map[*subscriber]struct{}{},
 		acks:    map[string]*ephemeral{},
 		authed:  cfg.Auth == nil,
+		relists: make(chan struct{}, relistConcurrency),
 	}
 	if cfg.Auth == nil {
 		c.log.Warn("no ZooKeeper credentials (zk_auth_file or " + AuthFileEnv + "): the nodes this process creates are writable by anyone")

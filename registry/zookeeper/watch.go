@@ -27,12 +27,17 @@ type subscriber struct {
 // child (after a new session, whose watches are gone), re-read some children.
 type work struct {
 	list, resync bool
-	data         map[string]bool
+	// reconnect: the list or resync follows a session event, which the
+	// whole fleet sees at once (a leader change, an ensemble restart):
+	// it is spread and bounded (see relistSpread).
+	reconnect bool
+	data      map[string]bool
 }
 
 func (w *work) merge(o work) {
 	w.list = w.list || o.list
 	w.resync = w.resync || o.resync
+	w.reconnect = w.reconnect || o.reconnect
 	for n := range o.data {
 		if w.data == nil {
 			w.data = map[string]bool{}
@@ -49,12 +54,12 @@ func (s *subscriber) notify(ev zk.Event, newSession, reconnected bool) {
 	case ev.Type == zk.EventSession:
 		switch {
 		case newSession:
-			s.pending.resync = true
+			s.pending.resync, s.pending.reconnect = true, true
 		case reconnected:
 			// Watches survive a reconnect within the session (the client
 			// re-sets them), but re-list once so nothing that happened
 			// while disconnected can be missed.
-			s.pending.list = true
+			s.pending.list, s.pending.reconnect = true, true
 		default:
 			s.mu.Unlock()
 			return
@@ -121,6 +126,33 @@ type codec[T any] struct {
 
 var errNoSession = errors.New("zookeeper: no session")
 
+// After a session event every watch of a client lists its directory again,
+// and every client of a fleet sees the event together: a leader change
+// drops every connection of the ensemble, an ensemble restart every
+// session's. Unspread, N hosts × S services re-lists hit the ensemble in
+// the same few milliseconds as it comes back (synapse #292, #299). So each
+// watch waits a random time within relistSpread (jitter from
+// internal/backoff) before it lists, and a client runs at most
+// relistConcurrency of those lists (each with its reads) at a time. A
+// watch keeps serving its last set meanwhile. A change made while the
+// client was away still arrives at once when its watch fires (go-zookeeper
+// re-arms the watches on a reconnect, and the server fires those whose
+// node changed): that pass lists, and is the relist. Otherwise it arrives
+// within relistSpread plus the lists ahead.
+var (
+	relistSpread      = 2 * time.Second
+	relistConcurrency = 8
+)
+
+// relistDelay is one watch's wait before its relist: uniform in
+// [0, relistSpread]. backoff hands out [d/2, d]; stretched to start at 0.
+func relistDelay() time.Duration {
+	if relistSpread <= 0 {
+		return 0
+	}
+	return 2*backoff.New(relistSpread, relistSpread).Next() - relistSpread
+}
+
 // fetchWorkers bounds the concurrent reads of one watch pass: enough to hide
 // the round trip when thousands of children arrive at once.
 const fetchWorkers = 16
@@ -137,7 +169,8 @@ func watchChildren[T any](ctx context.Context, c *Client, dir string, cd codec[T
 	entries := map[string]entry[T]{}
 	var pzxid int64
 	var todo work
-	var retry <-chan time.Time
+	var retry, hold <-chan time.Time
+	held := false // the relist after the last session event waited its turn
 	b := backoff.New(100*time.Millisecond, 5*time.Second)
 	for {
 		select {
@@ -147,13 +180,33 @@ func watchChildren[T any](ctx context.Context, c *Client, dir string, cd codec[T
 			return registry.ErrClosed
 		case <-s.wake:
 		case <-retry:
+		case <-hold:
+			hold = nil
 		}
 		retry = nil
-		todo.merge(s.take())
+		w := s.take()
+		todo.merge(w)
 		if todo.empty() {
 			continue
 		}
-		err := watchPass(c, dir, cd, entries, &pzxid, &todo, log)
+		// A watch that fired (setWatches re-arms them on a reconnect and
+		// fires those whose node changed meanwhile) is a change to apply
+		// now: its pass lists, which is the relist too.
+		fired := !w.reconnect && !w.empty()
+		if hold != nil && !fired {
+			continue
+		}
+		if todo.reconnect && !held && !fired {
+			held = true
+			hold = time.After(relistDelay())
+			continue
+		}
+		err := c.relist(ctx, todo.reconnect, func() error {
+			return watchPass(c, dir, cd, entries, &pzxid, &todo, log)
+		})
+		if err == nil && todo.empty() {
+			todo.reconnect, held = false, false
+		}
 		if err != nil {
 			if !errors.Is(err, errNoSession) {
 				log.Debug("watch pass failed; keeping the last set", "err", err)
@@ -170,6 +223,31 @@ func watchChildren[T any](ctx context.Context, c *Client, dir string, cd codec[T
 			return ctx.Err()
 		}
 	}
+}
+
+// relist runs pass, holding one of the client's relist slots when it
+// follows a session event.
+func (c *Client) relist(ctx context.Context, afterSession bool, pass func() error) error {
+	if !afterSession {
+		return pass()
+	}
+	select {
+	case c.relists <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.ctx.Done():
+		return registry.ErrClosed
+	}
+	if c.relistHook != nil {
+		c.relistHook(+1)
+	}
+	defer func() {
+		if c.relistHook != nil {
+			c.relistHook(-1)
+		}
+		<-c.relists
+	}()
+	return pass()
 }
 
 // watchPass does the work in todo, leaving in it whatever failed.
