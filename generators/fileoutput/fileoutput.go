@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/syncstack/syncstack/generators"
 	"github.com/syncstack/syncstack/internal/atomicfile"
@@ -26,6 +27,20 @@ type Config struct {
 // Generator writes the files.
 type Generator struct {
 	dir string
+	// written is each service as its file holds it, with the file's size
+	// and mtime then: an apply marshals, reads and writes only the files
+	// whose service changed or that someone else touched (a stat each).
+	// With hundreds of services a synapse otherwise spends most of an
+	// apply re-reading unchanged files (measured in make scale).
+	written map[string]writtenFile
+	// rendered counts the files rendered and compared with the disk.
+	rendered int
+}
+
+type writtenFile struct {
+	svc  generators.Service
+	size int64
+	mod  time.Time
 }
 
 // New validates cfg and creates the output directory.
@@ -36,7 +51,7 @@ func New(cfg Config) (*Generator, error) {
 	if err := os.MkdirAll(cfg.OutputDirectory, 0o755); err != nil {
 		return nil, fmt.Errorf("file_output.output_directory: %w", err)
 	}
-	return &Generator{dir: cfg.OutputDirectory}, nil
+	return &Generator{dir: cfg.OutputDirectory, written: map[string]writtenFile{}}, nil
 }
 
 // Name implements generators.Generator.
@@ -60,6 +75,14 @@ func (g *Generator) Apply(_ context.Context, st generators.State) error {
 		if svc.Unknown {
 			continue // nothing known yet: keep the file as it is
 		}
+		path := filepath.Join(g.dir, name+".json")
+		if w, ok := g.written[name]; ok && w.svc.Equal(svc) {
+			if fi, err := os.Stat(path); err == nil && fi.Size() == w.size && fi.ModTime().Equal(w.mod) {
+				continue
+			}
+		}
+		delete(g.written, name)
+		g.rendered++
 		recs := make([]record, 0, len(svc.Backends))
 		for _, b := range svc.Backends {
 			recs = append(recs, record{b.Host, b.Port, b.Name, b.Weight, b.HAProxyServerOptions, b.Labels, string(b.State)})
@@ -70,8 +93,12 @@ func (g *Generator) Apply(_ context.Context, st generators.State) error {
 			continue
 		}
 		data = append(data, '\n')
-		if err := writeIfChanged(filepath.Join(g.dir, name+".json"), data); err != nil {
+		if err := writeIfChanged(path, data); err != nil {
 			errs = append(errs, err)
+			continue
+		}
+		if fi, err := os.Stat(path); err == nil {
+			g.written[name] = writtenFile{svc: svc, size: fi.Size(), mod: fi.ModTime()}
 		}
 	}
 	entries, err := os.ReadDir(g.dir)
@@ -87,6 +114,7 @@ func (g *Generator) Apply(_ context.Context, st generators.State) error {
 			if err := os.Remove(filepath.Join(g.dir, e.Name())); err != nil {
 				errs = append(errs, err)
 			}
+			delete(g.written, name)
 		}
 	}
 	return errors.Join(errs...)

@@ -67,3 +67,50 @@ func TestWritesOnChangeAndRemovesOldServices(t *testing.T) {
 		t.Error("New without output_directory succeeded")
 	}
 }
+
+// An unchanged service's file is not read again on every apply (a
+// synapse with hundreds of services spent most of an apply doing that),
+// yet a file someone else edited or deleted is put right at the next one.
+func TestUnchangedFilesSkippedTouchedFilesRestored(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	g, err := New(Config{OutputDirectory: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := generators.State{Services: map[string]generators.Service{
+		"web": {Backends: []generators.Backend{{Instance: registry.Instance{Host: "10.0.0.1", Port: 80, Name: "a"}, State: registry.StateReady}}},
+	}}
+	ctx := context.Background()
+	if err := g.Apply(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "web.json")
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := g.rendered
+	if err := g.Apply(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	if n := g.rendered - before; n != 0 {
+		t.Errorf("an apply with nothing changed rendered (and read) %d files again, want 0", n)
+	}
+	for _, touch := range []struct {
+		name string
+		do   func() error
+	}{
+		{"edited", func() error { return os.WriteFile(path, []byte("[]\n"), 0o644) }},
+		{"deleted", func() error { return os.Remove(path) }},
+	} {
+		if err := touch.do(); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.Apply(ctx, st); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := os.ReadFile(path); string(got) != string(want) {
+			t.Errorf("a file %s by hand was not put right: %q, want %q", touch.name, got, want)
+		}
+	}
+}
