@@ -107,23 +107,19 @@ func (cfg *Config) finalize() error {
 // validatePrefix checks a key prefix the way ZooKeeper paths are checked, so
 // configs move between the backends unchanged.
 func validatePrefix(p string) error {
-	if !strings.HasPrefix(p, "/") || (len(p) > 1 && strings.HasSuffix(p, "/")) {
-		return fmt.Errorf("%q must start with / and not end with /", p)
+	if p == "/" {
+		return fmt.Errorf("%q has an empty, . or .. element", p)
 	}
-	for _, el := range strings.Split(p[1:], "/") {
-		if el == "" || el == "." || el == ".." {
-			return fmt.Errorf("%q has an empty, . or .. element", p)
-		}
-	}
-	if err := registry.ValidateText(p, 1024); err != nil {
-		return fmt.Errorf("%q: %w", p, err)
-	}
-	return nil
+	return registry.ValidatePath(p)
 }
 
 // Client is one etcd client shared by every registration, watch and
 // override call of a process. It implements registry.Backend.
 type Client struct {
+	// Records are the fleet-wide records (overrides, acks, catalogs,
+	// history) over the client's store: they implement those roles.
+	registry.Records
+
 	cfg Config
 	log *slog.Logger
 	m   *registry.Metrics
@@ -173,6 +169,7 @@ func New(cfg Config) (*Client, error) {
 		pinNext:   -1,
 		stalled:   map[string]time.Time{},
 	}
+	c.Records = registry.Records{Store: store{c}, Root: cfg.Root}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	ccfg := clientv3.Config{
 		Endpoints:            cfg.Endpoints,

@@ -12,6 +12,15 @@ import (
 	"github.com/syncstack/syncstack/registry"
 )
 
+// The fleet-wide records (overrides, acks, catalogs, history) are
+// registry.Records over the client's store (store.go), under Root:
+//
+//	Root/overrides/<key>          on no lease; the revision is the store revision of the put
+//	Root/overrides-deleted        the time of the latest removal of an override
+//	Root/acks/<synapse id>        on the lease, put again under a new one after it is lost
+//	Root/catalog/<synapse id>     on no lease
+//	Root/history/<unix ns>        on no lease, 20 digits; the oldest beyond registry.MaxHistory go
+
 // store is the client's registry.Store: a directory is the key prefix
 // dir + "/", a record the key dir/name. Ephemeral records are on the
 // client's lease (leased.go). The roles of roles.go grant each identity

@@ -103,8 +103,8 @@ func TestACLsRefuseWrongIdentities(t *testing.T) {
 
 	// The attacks, by every identity that must not do them.
 	node := reg.Key()
-	override := op.overridesDir() + "/web1"
-	ack := op.acksDir() + "/syn1"
+	override := op.OverridesDir() + "/web1"
+	ack := op.AcksDir() + "/syn1"
 	rec := []byte(`{"host":"6.6.6.6","port":80,"name":"web1"}`)
 	ovr := []byte(`{"target":"web2","state":"maint","at":"2026-01-01T00:00:00Z"}`)
 	fakeAck := []byte(`{"id":"ghost","revision":999999,"at":"2026-01-01T00:00:00Z"}`)
@@ -121,10 +121,10 @@ func TestACLsRefuseWrongIdentities(t *testing.T) {
 	del := func(p string) func(*zk.Conn) error { return func(c *zk.Conn) error { return c.Delete(p, -1) } }
 	attacks := map[string][]attack{
 		"override": {
-			{"write an override", create(op.overridesDir()+"/web2", ovr)},
+			{"write an override", create(op.OverridesDir()+"/web2", ovr)},
 			{"rewrite an override", set(override, ovr)},
 			{"delete an override", del(override)},
-			{"write history", create(op.historyDir()+"/entry-", []byte(`{}`))},
+			{"write history", create(op.HistoryDir()+"/entry-", []byte(`{}`))},
 		},
 		"nerve": {
 			{"rewrite a nerve record", set(node, rec)},
@@ -133,9 +133,9 @@ func TestACLsRefuseWrongIdentities(t *testing.T) {
 			{"add a service", create("/services/evil", nil)},
 		},
 		"synapse": {
-			{"plant an ack", create(op.acksDir()+"/ghost", fakeAck)},
+			{"plant an ack", create(op.AcksDir()+"/ghost", fakeAck)},
 			{"rewrite an ack", set(ack, fakeAck)},
-			{"write a catalog", create(op.catalogDir()+"/ghost", []byte(`{}`))},
+			{"write a catalog", create(op.CatalogDir()+"/ghost", []byte(`{}`))},
 		},
 		"root": {
 			{"take over the ACL of the root", func(c *zk.Conn) error {
@@ -338,7 +338,7 @@ func TestSetupTakesOverAnOpenTree(t *testing.T) {
 		t.Fatal(err)
 	}
 	anon := rawConn(t, servers, nil)
-	for _, p := range []string{"/services/web/instances/evil", "/services/web/evil", op.overridesDir() + "/evil", op.acksDir() + "/evil"} {
+	for _, p := range []string{"/services/web/instances/evil", "/services/web/evil", op.OverridesDir() + "/evil", op.AcksDir() + "/evil"} {
 		if _, err := anon.Create(p, nil, 0, zk.WorldACL(zk.PermAll)); !errors.Is(err, zk.ErrNoAuth) {
 			t.Errorf("create %s after setup: err = %v, want %v", p, err, zk.ErrNoAuth)
 		}

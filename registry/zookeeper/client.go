@@ -5,7 +5,6 @@ package zookeeper
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -90,27 +89,15 @@ func (cfg *Config) finalize() error {
 
 // ValidatePath checks a ZooKeeper path: absolute, no empty, "." or ".."
 // element, no trailing slash, no control characters.
-func ValidatePath(p string) error {
-	if p == "/" {
-		return nil
-	}
-	if !strings.HasPrefix(p, "/") || strings.HasSuffix(p, "/") {
-		return fmt.Errorf("%q must start with / and not end with /", p)
-	}
-	for _, el := range strings.Split(p[1:], "/") {
-		if el == "" || el == "." || el == ".." {
-			return fmt.Errorf("%q has an empty, . or .. element", p)
-		}
-	}
-	if err := registry.ValidateText(p, 1024); err != nil {
-		return fmt.Errorf("%q: %w", p, err)
-	}
-	return nil
-}
+func ValidatePath(p string) error { return registry.ValidatePath(p) }
 
 // Client is one ZooKeeper session shared by every registration, watch and
 // override call of a process. It implements registry.Backend.
 type Client struct {
+	// Records are the fleet-wide records (overrides, acks, catalogs,
+	// history) over the client's store: they implement those roles.
+	registry.Records
+
 	cfg  Config
 	conn *zk.Conn
 	log  *slog.Logger
@@ -160,6 +147,7 @@ func New(cfg Config) (*Client, error) {
 		authed:  cfg.Auth == nil,
 		relists: make(chan struct{}, relistConcurrency),
 	}
+	c.Records = registry.Records{Store: store{c}, Root: cfg.Root}
 	if cfg.Auth == nil {
 		c.log.Warn("no ZooKeeper credentials (zk_auth_file or " + AuthFileEnv + "): the nodes this process creates are writable by anyone")
 	}
@@ -436,8 +424,6 @@ type zkLogger struct{ l *slog.Logger }
 func (z zkLogger) Printf(format string, args ...any) {
 	z.l.Debug(fmt.Sprintf(format, args...))
 }
-
-func encodeJSON(v any) ([]byte, error) { return json.Marshal(v) }
 
 // SessionID is the id of the session in force, or 0 while there is none.
 func (c *Client) SessionID() int64 {

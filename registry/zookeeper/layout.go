@@ -56,10 +56,10 @@ func (c *Client) SetupLayout(ctx context.Context, l Layout) error {
 	}
 	nodes := []node{
 		{c.cfg.Root, c.acl(), false},
-		{c.overridesDir(), c.acl(), false},
-		{c.historyDir(), c.acl(), false},
-		{c.acksDir(), own(l.SynapseID), false},
-		{c.catalogDir(), own(l.SynapseID), false},
+		{c.OverridesDir(), c.acl(), false},
+		{c.HistoryDir(), c.acl(), false},
+		{c.AcksDir(), own(l.SynapseID), false},
+		{c.CatalogDir(), own(l.SynapseID), false},
 	}
 	for _, p := range l.ServicePaths {
 		nodes = append(nodes, node{p, own(l.NerveID), true})

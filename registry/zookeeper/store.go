@@ -11,6 +11,14 @@ import (
 	"github.com/syncstack/syncstack/registry"
 )
 
+// The fleet-wide records (overrides, acks, catalogs, history) are
+// registry.Records over the client's store (store.go), under Root:
+//
+//	Root/overrides/<key>       persistent; the revision is the zxid of the write
+//	Root/acks/<synapse id>     ephemeral, re-created after a session expires
+//	Root/catalog/<synapse id>  persistent
+//	Root/history/entry-<seq>   persistent sequential; the oldest beyond registry.MaxHistory go
+
 // store is the client's registry.Store: a directory is a persistent node,
 // a record a child node of it. Every node it creates gets the client's ACL
 // (auth.go), so SetupLayout's owners keep applying.
