@@ -40,8 +40,17 @@ func TestGRPCProxyOnlyClientSeesChanges(t *testing.T) {
 	// The pin's progress monitor must find the proxy answering: a proxy
 	// taken for a stalled member would be left, and the watches moved,
 	// every second.
-	w.Quiet(t, 3*progressEvery+2*progressTimeout, "no change was made")
+	probes := func() float64 { return testutil.ToFloat64(reader.m.Reads.WithLabelValues(backendName, "probe")) }
+	registrytest.Eventually(t, 10*time.Second, "the monitor probing the proxy with reads", func() bool { return probes() > 0 })
+	before, start := probes(), time.Now()
+	w.Quiet(t, 3*readProbeEvery, "no change was made")
 	if n := testutil.ToFloat64(reader.m.Errors.WithLabelValues(backendName, "member_stalled")); n != 0 {
 		t.Fatalf("the proxy was left %v times as a stalled member", n)
+	}
+	// Each probe is a read the proxy forwards to the cluster: at fleet
+	// scale their period is the cluster's load (SCALING.md).
+	elapsed := time.Since(start)
+	if n, most := probes()-before, float64(elapsed/readProbeEvery)+1; n > most {
+		t.Errorf("%v read probes in %v, want at most %v (one per %v)", n, elapsed, most, readProbeEvery)
 	}
 }

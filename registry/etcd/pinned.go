@@ -48,6 +48,12 @@ var (
 	// answered from the member's memory.)
 	progressEvery   = 300 * time.Millisecond
 	progressTimeout = 700 * time.Millisecond
+	// readProbeEvery is the period of the read that replaces the progress
+	// request behind an endpoint that answers none (etcd's grpc-proxy): the
+	// proxy forwards each read to the cluster, so at fleet scale a 300 ms
+	// period costs the cluster ~3 reads/s per host (SCALING.md); a frozen
+	// proxy is still left within about 2 s.
+	readProbeEvery = 1500 * time.Millisecond
 	// quarantine is how long an endpoint that stalled is passed over when
 	// another one is available.
 	quarantine = 30 * time.Second
@@ -232,6 +238,7 @@ func (c *Client) probe(p *pin) string {
 	defer tick.Stop()
 	waiting := time.After(progressTimeout) // set while an answer is due
 	unary := false                         // the endpoint answers no progress requests: probe with reads
+	var lastRead time.Time                 // of the last read probe
 	for {
 		select {
 		case <-c.ctx.Done():
@@ -256,6 +263,10 @@ func (c *Client) probe(p *pin) string {
 				continue
 			}
 			if unary {
+				if time.Since(lastRead) < readProbeEvery {
+					continue
+				}
+				lastRead = time.Now()
 				if err := c.ping(p); err != nil && c.ctx.Err() == nil && p.ctx.Err() == nil {
 					return fmt.Sprintf("no answer to a read within %v: %v", progressTimeout, err)
 				}
@@ -275,7 +286,7 @@ func (c *Client) probe(p *pin) string {
 			// etcd's grpc-proxy (the watch fan-out tier of large fleets)
 			// confirms watches but never answers a progress request. An
 			// endpoint that still answers a read is not stalled: probe it
-			// with reads from now on (one small read per progressEvery,
+			// with reads from now on (one small read per readProbeEvery,
 			// which the proxy forwards to the cluster: SCALING.md).
 			if err := c.ping(p); err != nil {
 				return fmt.Sprintf("no watch progress within %v, nor an answer to a read: %v", progressTimeout, err)
@@ -283,7 +294,7 @@ func (c *Client) probe(p *pin) string {
 			if !unary {
 				c.log.Debug("endpoint does not answer watch progress requests (a grpc-proxy?); probing it with reads", "endpoint", p.endpoint)
 			}
-			unary, waiting = true, nil
+			unary, waiting, lastRead = true, nil, time.Now()
 		}
 	}
 }
