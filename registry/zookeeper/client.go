@@ -121,6 +121,7 @@ type Client struct {
 	// (relistConcurrency); relistHook, in tests, sees each start (+1) and
 	// end (-1).
 	relists    chan struct{}
+	fetchSlots chan struct{} // passes of many reads at once (fetchConcurrency)
 	relistHook func(delta int)
 
 	// recvTimeout is go-zookeeper's read timeout for the session in force
@@ -138,14 +139,15 @@ func New(cfg Config) (*Client, error) {
 		return nil, err
 	}
 	c := &Client{
-		cfg:     cfg,
-		log:     cfg.Logger.With("registry", backendName),
-		m:       cfg.Metrics,
-		changed: make(chan struct{}),
-		subs:    map[string]map[*subscriber]struct{}{},
-		acks:    map[string]*ephemeral{},
-		authed:  cfg.Auth == nil,
-		relists: make(chan struct{}, relistConcurrency),
+		cfg:        cfg,
+		log:        cfg.Logger.With("registry", backendName),
+		m:          cfg.Metrics,
+		changed:    make(chan struct{}),
+		subs:       map[string]map[*subscriber]struct{}{},
+		acks:       map[string]*ephemeral{},
+		authed:     cfg.Auth == nil,
+		relists:    make(chan struct{}, relistConcurrency),
+		fetchSlots: make(chan struct{}, fetchConcurrency),
 	}
 	c.Records = registry.Records{Store: store{c}, Root: cfg.Root}
 	if cfg.Auth == nil {

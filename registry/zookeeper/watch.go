@@ -157,6 +157,9 @@ func relistDelay() time.Duration {
 // the round trip when thousands of children arrive at once.
 const fetchWorkers = 16
 
+// fetchConcurrency bounds the passes of many reads a client runs at once.
+const fetchConcurrency = 16
+
 // watchChildren keeps entries in step with the children of dir and calls
 // emit after every pass that succeeded, with the entries and the revision
 // (the largest zxid seen: the directory's pzxid or a child's mzxid). It reads
@@ -299,6 +302,20 @@ func watchPass[T any](c *Client, dir string, cd codec[T], entries map[string]ent
 		return nil
 	}
 
+	if len(todo.data) > 1 {
+		// Passes of many reads (a first list, a resync) share the
+		// client's fetch slots: 1000 watches starting together would
+		// otherwise run ~20 goroutines each at once (the workers and
+		// a call each), whose descriptors (never freed by the runtime)
+		// and stacks were synapse's peak memory; a lone changed child
+		// is read at once.
+		select {
+		case c.fetchSlots <- struct{}{}:
+		case <-c.ctx.Done():
+			return registry.ErrClosed
+		}
+		defer func() { <-c.fetchSlots }()
+	}
 	names := make(chan string)
 	results := make(chan fetched[T])
 	var wg sync.WaitGroup
