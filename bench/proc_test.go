@@ -14,6 +14,11 @@ import (
 // buildBinary builds ./cmd/<name> without the race detector, as shipped.
 func buildBinary(b *testing.B, name string) string {
 	b.Helper()
+	// SYNCSTACK_BENCH_SYNAPSE_BIN (or _NERVE_BIN) runs a binary built
+	// elsewhere: the same benchmark against two builds, before and after.
+	if bin := os.Getenv("SYNCSTACK_BENCH_" + strings.ToUpper(name) + "_BIN"); bin != "" {
+		return bin
+	}
 	out := filepath.Join(b.TempDir(), name)
 	if msg, err := exec.Command("go", "build", "-o", out, "../cmd/"+name).CombinedOutput(); err != nil {
 		b.Fatalf("build %s: %v\n%s", name, err, msg)

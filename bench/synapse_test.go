@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -174,8 +175,9 @@ func startSynapseOpts(b *testing.B, bin, method, hosts string, services int, doS
 	p.reloads = newReloadCounter(b, filepath.Join(p.dir, "master.sock"))
 	testserver.KillHAProxyAtCleanup(b, filepath.Join(p.dir, "haproxy.pid"))
 	var cfg strings.Builder
+	// The profiles (SYNCSTACK_BENCH_PPROF) need admin.pprof.
 	fmt.Fprintf(&cfg, `id: bench
-admin: {listen: "127.0.0.1:%[2]d"}
+admin: {listen: "127.0.0.1:%[2]d", pprof: %[7]v}
 overrides: {method: %[3]s, hosts: [%[4]s], root: /syncstack}
 # The benchmarks replace every backend at once on purpose: no panic hold.
 panic_threshold: 0
@@ -190,7 +192,7 @@ haproxy:
   global: [maxconn 1000]
   defaults: [mode http, timeout connect 1s, timeout client 10s, timeout server 10s]
 services:
-`, p.dir, p.admin, method, hosts, doSocket, minInterval)
+`, p.dir, p.admin, method, hosts, doSocket, minInterval, os.Getenv("SYNCSTACK_BENCH_PPROF") != "")
 	for s := range services {
 		section := "backend: " + backend
 		if port > 0 {
@@ -219,7 +221,18 @@ services:
 			}
 		}
 	}()
-	b.Cleanup(func() { close(stop); p.cmd.Process.Signal(syscall.SIGKILL); p.cmd.Wait() })
+	b.Cleanup(func() {
+		close(stop)
+		p.cmd.Process.Signal(syscall.SIGKILL)
+		p.cmd.Wait()
+		// With profiles on, synapse's log is kept beside them (with
+		// GODEBUG=gctrace=1 in the environment it holds the GC trace).
+		if dir := os.Getenv("SYNCSTACK_BENCH_PPROF"); dir != "" {
+			if data, err := os.ReadFile(filepath.Join(p.dir, "synapse.log")); err == nil {
+				os.WriteFile(filepath.Join(dir, strings.ReplaceAll(b.Name(), "/", "-")+"-synapse.log"), data, 0o644)
+			}
+		}
+	})
 	return p
 }
 
@@ -291,6 +304,71 @@ func (p *synapseProc) metric(prefix string) float64 {
 		}
 	}
 	return sum
+}
+
+// histogram is a Prometheus histogram's cumulative buckets (le → count),
+// summed over its series.
+type histogram map[float64]float64
+
+// histogram reads the buckets of the histogram name from /metrics.
+func (p *synapseProc) histogram(name string) histogram {
+	h := histogram{}
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", p.admin))
+	if err != nil {
+		return h
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	for _, l := range strings.Split(string(data), "\n") {
+		rest, ok := strings.CutPrefix(l, name+"_bucket{")
+		if !ok {
+			continue
+		}
+		i := strings.Index(rest, `le="`)
+		if i < 0 {
+			continue
+		}
+		le := rest[i+4:]
+		le = le[:strings.IndexByte(le, '"')]
+		bound, err := strconv.ParseFloat(le, 64)
+		if le == "+Inf" {
+			bound, err = math.Inf(1), nil
+		}
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(l)
+		v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+		h[bound] += v
+	}
+	return h
+}
+
+// quantile is the q-quantile of the observations in h but not in before
+// (a window of the run), as the upper bound of the bucket holding it (in
+// ms): a bucket's resolution, enough to say where a tail is spent.
+func (h histogram) quantile(before histogram, q float64) float64 {
+	bounds := make([]float64, 0, len(h))
+	for b := range h {
+		bounds = append(bounds, b)
+	}
+	slices.Sort(bounds)
+	if len(bounds) == 0 {
+		return -1
+	}
+	total := h[bounds[len(bounds)-1]] - before[bounds[len(bounds)-1]]
+	if total <= 0 {
+		return -1
+	}
+	for _, b := range bounds {
+		if h[b]-before[b] >= q*total {
+			if math.IsInf(b, 1) {
+				return -1
+			}
+			return b * 1000
+		}
+	}
+	return -1
 }
 
 // servers returns backend → server count from a full show servers state.
@@ -445,13 +523,24 @@ func convergence(b *testing.B, method string) {
 		b.Fatal(err)
 	}
 	initial := time.Since(start)
+	p.heapProfile(b, "heap-initial-"+method) // what the initial load left
 	reloads0, ownReloads0 := p.reloads.total(), p.metric("synapse_haproxy_reloads_total")
 	reads0 := p.metric(`syncstack_registry_reads_total{backend="zookeeper",op="get"}`) + p.metric(`syncstack_registry_reads_total{backend="zookeeper",op="children"}`) + p.metric(`syncstack_registry_reads_total{backend="etcd"`)
 	cpu0, _ := sampleProc(p.cmd.Process.Pid)
 
+	// The latency's breakdown inside synapse: from a watcher's update
+	// received to its state applied, and the runtime batch alone (the
+	// rest of the bench's figure is the registry's delivery and the
+	// decoding in the watcher, and seeing it in HAProxy).
+	conv0, batch0 := p.histogram("synapse_convergence_seconds"), p.histogram("synapse_haproxy_runtime_batch_seconds")
 	b.ResetTimer()
 	profiled := p.profile(b, "convergence-"+method)
 	var lat []time.Duration
+	var trace *os.File
+	if dir := os.Getenv("SYNCSTACK_BENCH_PPROF"); dir != "" {
+		trace, _ = os.Create(filepath.Join(dir, "changes-"+method+".txt"))
+		defer trace.Close()
+	}
 	ovr := w.overrides()
 	for i := range changes {
 		s := i / 4 % services
@@ -488,6 +577,11 @@ func convergence(b *testing.B, method string) {
 			b.Fatalf("change %d (%d): %v", i, i%4, err)
 		}
 		lat = append(lat, time.Since(t0))
+		if trace != nil {
+			// With profiles on: each change's write time and latency,
+			// to line up with synapse's own timings.
+			fmt.Fprintf(trace, "%d %s %d %d\n", t0.UnixNano(), backend, i%4, time.Since(t0).Microseconds())
+		}
 		if i%4 == 3 {
 			ovr.DeleteOverride(context.Background(), name)
 		}
@@ -496,6 +590,7 @@ func convergence(b *testing.B, method string) {
 	<-profiled
 	p.heapProfile(b, "heap-"+method)
 	cpu1, _ := sampleProc(p.cmd.Process.Pid)
+	conv1, batch1 := p.histogram("synapse_convergence_seconds"), p.histogram("synapse_haproxy_runtime_batch_seconds")
 	reloads := p.reloads.total() - reloads0
 	ownReloads := p.metric("synapse_haproxy_reloads_total") - ownReloads0
 	reads := p.metric(`syncstack_registry_reads_total{backend="zookeeper",op="get"}`) + p.metric(`syncstack_registry_reads_total{backend="zookeeper",op="children"}`) + p.metric(`syncstack_registry_reads_total{backend="etcd"`) - reads0
@@ -504,6 +599,9 @@ func convergence(b *testing.B, method string) {
 		"changes": float64(changes), "reloads": float64(reloads), "reloads-synapse-counter": ownReloads, "registry-reads-per-change": reads / float64(changes),
 		"initial-load-s": initial.Seconds(), "synapse-rss-MB": float64(cpu1.rssKB) / 1024, "synapse-cpu-%core": cpuPercent(cpu0, cpu1),
 		"backends": float64(services * per),
+		// Bucket upper bounds (ms), so coarse: where the tail is spent.
+		"in-synapse-p50-ms-bucket": conv1.quantile(conv0, .5), "in-synapse-p99-ms-bucket": conv1.quantile(conv0, .99),
+		"runtime-batch-p50-ms-bucket": batch1.quantile(batch0, .5), "runtime-batch-p99-ms-bucket": batch1.quantile(batch0, .99),
 	})
 
 	// Mass churn: every backend replaced at once. The high-water mark so

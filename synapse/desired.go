@@ -237,13 +237,12 @@ func overrideSig(o registry.Override) string {
 
 // guardState applies the panic threshold to the built state: it returns
 // the state to apply (built is not changed: the next build reuses its
-// services), the services whose panic began now and the services in
-// panic. gs is the guards' own state, carried from one call to the next.
+// services; without a service held the result shares built's map, which
+// nobody writes once built), the services whose panic began now and the
+// services in panic. gs is the guards' own state, carried from one call
+// to the next.
 func guardState(gs *guards, built generators.State, active []registry.Override, now time.Time) (st generators.State, entered []string, panics []PanicStatus) {
-	st = generators.State{Services: make(map[string]generators.Service, len(built.Services))}
-	for k, v := range built.Services {
-		st.Services[k] = v
-	}
+	st = built
 	entered, panics = gs.apply(&st, active, now)
 	return st, entered, panics
 }

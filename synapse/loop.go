@@ -66,6 +66,7 @@ type pipeline struct {
 
 	sets          map[string][]registry.Instance // the watchers' sets, filtered
 	heard         map[string]bool                // services whose watcher has answered
+	watched       map[string]bool                // a copy of heard for the status; nil: heard changed since
 	known         map[string]bool                // ... or that the cache knows
 	ovr           registry.OverrideSet
 	haveOverrides bool // the override set was read (or there are none to read)
@@ -140,6 +141,9 @@ func (p *pipeline) update(u update) {
 		p.s.log.Warn("discovery returned no backends; keeping the previous ones (use_previous_backends)", "service", u.service, "kept", len(set))
 	}
 	p.sets[u.service] = set
+	if !p.heard[u.service] {
+		p.watched = nil
+	}
 	p.heard[u.service], p.known[u.service] = true, true
 	p.dirty.add(u.service)
 	p.pending = append(p.pending, u.at)
@@ -205,7 +209,12 @@ func (p *pipeline) converge(ctx context.Context) {
 	p.ack(ackState{rev: p.ovr.Revision, quarantined: ackQuarantined(quarantined), held: ackHeld(p.panics)})
 	s.setStatus(func(st *Status) {
 		st.State, st.OverrideRevision, st.Overrides = *p.applied, p.ovr.Revision, p.ovr.Overrides
-		st.Watched = cloneMap(p.heard)
+		if p.watched == nil {
+			// Copied when a service is first heard from, not per
+			// change: the status keeps the copy it was given.
+			p.watched = cloneMap(p.heard)
+		}
+		st.Watched = p.watched
 		st.Quarantined = quarantined
 		st.Panic = p.panics
 	})

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"reflect"
+	"slices"
 	"sync"
 	"time"
 
@@ -149,21 +150,30 @@ func (s *Synapse) Run(ctx context.Context) error {
 	return s.loop(ctx, updates, overrideSets, acks)
 }
 
+// fanInGroup is how many watchers' channels one fan-in goroutine selects
+// over. A forwarding goroutine per service cost ~6 MB of stacks at 1000
+// services; one reflect.Select over all of them cost O(services) per
+// update (its case array is allocated and scanned on every call: at 1000
+// services a fifth of synapse's allocations and ~9 % of its CPU, from the
+// profiles). Groups of 64 keep both small: 16 goroutines at 1000 services.
+const fanInGroup = 64
+
 // watch starts every service's watcher (in wg, until ctx ends) and returns
 // their sets, tagged with the service. Every watcher sends on its own
-// channel and one goroutine receives from all of them: a forwarding
-// goroutine per service cost ~6 MB of stacks at 1000 services.
+// channel; one goroutine per fanInGroup watchers receives from theirs.
 func (s *Synapse) watch(ctx context.Context, wg *sync.WaitGroup) (<-chan update, error) {
-	cases := []reflect.SelectCase{{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())}}
-	var names []string
+	type watched struct {
+		name string
+		ch   chan []registry.Instance
+	}
+	var all []watched
 	for name, svc := range s.cfg.Services {
 		w, err := s.watcher(name, svc)
 		if err != nil {
 			return nil, err
 		}
 		ch := make(chan []registry.Instance)
-		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ch)})
-		names = append(names, name)
+		all = append(all, watched{name, ch})
 		wg.Go(func() {
 			if err := w.Run(ctx, ch); err != nil && ctx.Err() == nil {
 				s.log.Error("watcher stopped", "service", name, "err", err)
@@ -171,19 +181,25 @@ func (s *Synapse) watch(ctx context.Context, wg *sync.WaitGroup) (<-chan update,
 		})
 	}
 	updates := make(chan update, 16)
-	wg.Go(func() {
-		for {
-			i, v, _ := reflect.Select(cases)
-			if i == 0 {
-				return
-			}
-			select {
-			case updates <- update{names[i-1], v.Interface().([]registry.Instance), time.Now()}:
-			case <-ctx.Done():
-				return
-			}
+	for group := range slices.Chunk(all, fanInGroup) {
+		cases := []reflect.SelectCase{{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())}}
+		for _, w := range group {
+			cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(w.ch)})
 		}
-	})
+		wg.Go(func() {
+			for {
+				i, v, _ := reflect.Select(cases)
+				if i == 0 {
+					return
+				}
+				select {
+				case updates <- update{group[i-1].name, v.Interface().([]registry.Instance), time.Now()}:
+				case <-ctx.Done():
+					return
+				}
+			}
+		})
+	}
 	return updates, nil
 }
 
