@@ -35,7 +35,21 @@ type Generator struct {
 	written map[string]writtenFile
 	// rendered counts the files rendered and compared with the disk.
 	rendered int
+
+	// The whole directory (a stat of every file, and the listing that
+	// finds files of services no longer configured) is checked when the
+	// configured services change and otherwise at most every verifyEvery:
+	// per change, those syscalls were most of a synapse's CPU at 200
+	// services (make scale). A file edited or deleted by someone else is
+	// put right at the first apply after that.
+	verifyEvery time.Duration
+	lastVerify  time.Time
+	names       map[string]bool // the services configured at the last check
+	verified    int             // checks done (tests)
 }
+
+// verifyEvery is the default period of the whole-directory check.
+const verifyEvery = 10 * time.Second
 
 type writtenFile struct {
 	svc  generators.Service
@@ -51,7 +65,7 @@ func New(cfg Config) (*Generator, error) {
 	if err := os.MkdirAll(cfg.OutputDirectory, 0o755); err != nil {
 		return nil, fmt.Errorf("file_output.output_directory: %w", err)
 	}
-	return &Generator{dir: cfg.OutputDirectory, written: map[string]writtenFile{}}, nil
+	return &Generator{dir: cfg.OutputDirectory, written: map[string]writtenFile{}, verifyEvery: verifyEvery}, nil
 }
 
 // Name implements generators.Generator.
@@ -71,12 +85,16 @@ type record struct {
 // Apply implements generators.Generator.
 func (g *Generator) Apply(_ context.Context, st generators.State) error {
 	var errs []error
+	verify := time.Since(g.lastVerify) >= g.verifyEvery || !g.sameNames(st)
 	for name, svc := range st.Services {
 		if svc.Unknown {
 			continue // nothing known yet: keep the file as it is
 		}
 		path := filepath.Join(g.dir, name+".json")
 		if w, ok := g.written[name]; ok && w.svc.Equal(svc) {
+			if !verify {
+				continue
+			}
 			if fi, err := os.Stat(path); err == nil && fi.Size() == w.size && fi.ModTime().Equal(w.mod) {
 				continue
 			}
@@ -101,8 +119,18 @@ func (g *Generator) Apply(_ context.Context, st generators.State) error {
 			g.written[name] = writtenFile{svc: svc, size: fi.Size(), mod: fi.ModTime()}
 		}
 	}
+	if !verify {
+		return errors.Join(errs...)
+	}
+	g.verified++
+	g.lastVerify = time.Now()
+	g.names = make(map[string]bool, len(st.Services))
+	for name := range st.Services {
+		g.names[name] = true
+	}
 	entries, err := os.ReadDir(g.dir)
 	if err != nil {
+		g.lastVerify = time.Time{} // check again at the next apply
 		return errors.Join(append(errs, err)...)
 	}
 	for _, e := range entries {
@@ -118,6 +146,19 @@ func (g *Generator) Apply(_ context.Context, st generators.State) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// sameNames reports whether st configures the services of the last check.
+func (g *Generator) sameNames(st generators.State) bool {
+	if len(g.names) != len(st.Services) {
+		return false
+	}
+	for name := range st.Services {
+		if !g.names[name] {
+			return false
+		}
+	}
+	return true
 }
 
 func writeIfChanged(path string, data []byte) error {

@@ -68,9 +68,12 @@ func TestWritesOnChangeAndRemovesOldServices(t *testing.T) {
 	}
 }
 
-// An unchanged service's file is not read again on every apply (a
-// synapse with hundreds of services spent most of an apply doing that),
-// yet a file someone else edited or deleted is put right at the next one.
+// An unchanged service's file is not rendered or read again on every
+// apply, and the directory is not listed and stat'ed per change (at 200
+// services those were most of a synapse's CPU per change: make scale);
+// yet a file someone else edited or deleted is put right by the next
+// whole-directory check (every verifyEvery, or when the configured
+// services change), and so is a stray file of a service not configured.
 func TestUnchangedFilesSkippedTouchedFilesRestored(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "out")
 	g, err := New(Config{OutputDirectory: dir})
@@ -89,28 +92,49 @@ func TestUnchangedFilesSkippedTouchedFilesRestored(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := g.rendered
+	rendered, verified := g.rendered, g.verified
 	if err := g.Apply(ctx, st); err != nil {
 		t.Fatal(err)
 	}
-	if n := g.rendered - before; n != 0 {
+	if n := g.rendered - rendered; n != 0 {
 		t.Errorf("an apply with nothing changed rendered (and read) %d files again, want 0", n)
 	}
+	if n := g.verified - verified; n != 0 {
+		t.Errorf("an apply with nothing changed, within the check period, listed the directory %d times, want 0", n)
+	}
+	stray := filepath.Join(dir, "gone.json")
 	for _, touch := range []struct {
 		name string
 		do   func() error
 	}{
 		{"edited", func() error { return os.WriteFile(path, []byte("[]\n"), 0o644) }},
 		{"deleted", func() error { return os.Remove(path) }},
+		{"left beside a stray file", func() error { return os.WriteFile(stray, []byte("[]\n"), 0o644) }},
 	} {
 		if err := touch.do(); err != nil {
 			t.Fatal(err)
 		}
+		g.lastVerify = time.Now().Add(-g.verifyEvery) // the period is over
 		if err := g.Apply(ctx, st); err != nil {
 			t.Fatal(err)
 		}
 		if got, _ := os.ReadFile(path); string(got) != string(want) {
 			t.Errorf("a file %s by hand was not put right: %q, want %q", touch.name, got, want)
 		}
+		if _, err := os.Stat(stray); !os.IsNotExist(err) {
+			t.Errorf("a file of a service not configured is still there (%s): %v", touch.name, err)
+		}
+	}
+	// A new service configured: checked at once, whatever the period.
+	g.lastVerify = time.Now()
+	st.Services["api"] = generators.Service{}
+	if err := os.WriteFile(stray, []byte("[]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Apply(ctx, st); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stray); !os.IsNotExist(err) {
+		t.Errorf("the configured services changed and a stray file stayed: %v", err)
 	}
 }
