@@ -41,7 +41,8 @@ type Generator struct {
 	// configured services change and otherwise at most every verifyEvery:
 	// per change, those syscalls were most of a synapse's CPU at 200
 	// services (make scale). A file edited or deleted by someone else is
-	// put right at the first apply after that.
+	// put right at the first apply after that (synapse applies at least
+	// every 30 s).
 	verifyEvery time.Duration
 	lastVerify  time.Time
 	names       map[string]bool // the services configured at the last check
