@@ -33,58 +33,13 @@ func (p *serverProcess) Pid() int {
 // Every process is killed in t.Cleanup.
 func StartZKEnsembleWithObservers(t testing.TB, voters, observers int) *ZKEnsemble {
 	t.Helper()
-	checkJava(t)
-	if voters < 1 || observers < 0 {
-		t.Fatalf("testserver: %d voters and %d observers", voters, observers)
-	}
-	e := &ZKEnsemble{}
-	var servers []string
-	for i := 1; i <= voters+observers; i++ {
-		node := &ZKNode{ID: i, ClientPort: FreePort(t), dir: t.TempDir(), t: t}
-		node.Addr = fmt.Sprintf("127.0.0.1:%d", node.ClientPort)
-		e.Nodes = append(e.Nodes, node)
-		s := fmt.Sprintf("server.%d=127.0.0.1:%d:%d", i, FreePort(t), FreePort(t))
-		if i > voters {
-			s += ":observer"
-		}
-		servers = append(servers, s)
-	}
-	for _, node := range e.Nodes {
-		cfg := []string{
-			"tickTime=200", "initLimit=25", "syncLimit=10",
-			"dataDir=" + filepath.Join(node.dir, "data"),
-			fmt.Sprintf("clientPort=%d", node.ClientPort),
-			"clientPortAddress=127.0.0.1",
-			"admin.enableServer=false",
-			// wchs: the watch summary, for the scale benchmark.
-			"4lw.commands.whitelist=ruok,srvr,stat,mntr,wchs,cons",
-			"maxClientCnxns=0",
-			// A fleet reconnects all at once after an ensemble restart.
-			"globalOutstandingLimit=10000",
-		}
-		if node.ID > voters {
-			cfg = append(cfg, "peerType=observer")
-		}
-		cfg = append(cfg, servers...)
-		if err := os.MkdirAll(filepath.Join(node.dir, "data"), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(node.dir, "data", "myid"), []byte(fmt.Sprint(node.ID)), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(node.dir, "zoo.cfg"), []byte(strings.Join(cfg, "\n")+"\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		node.Start()
-		t.Cleanup(node.Kill)
-	}
-	deadline := time.Now().Add(60 * time.Second)
-	for _, node := range e.Nodes {
-		if err := node.WaitServing(time.Until(deadline)); err != nil {
-			t.Fatalf("testserver: %v\n%s", err, e.logs())
-		}
-	}
-	return e
+	return startZKEnsemble(t, voters, observers, []string{
+		// The 4lw whitelist given last wins: wchs (the watch summary)
+		// and cons, for the scale benchmark.
+		"4lw.commands.whitelist=ruok,srvr,stat,mntr,wchs,cons",
+		// A fleet reconnects all at once after an ensemble restart.
+		"globalOutstandingLimit=10000",
+	}, 60*time.Second)
 }
 
 // EtcdGRPCProxy is one `etcd grpc-proxy start` process in front of a

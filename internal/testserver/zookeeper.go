@@ -51,7 +51,19 @@ func StartZooKeeper(t testing.TB) *ZKEnsemble {
 // t.Cleanup.
 func StartZKEnsemble(t testing.TB, n int) *ZKEnsemble {
 	t.Helper()
+	return startZKEnsemble(t, n, 0, nil, 30*time.Second)
+}
+
+// startZKEnsemble starts voters voting and observers non-voting servers
+// (peerType=observer, last in Nodes) with the extra zoo.cfg lines, and
+// waits until every node serves clients.
+func startZKEnsemble(t testing.TB, voters, observers int, extra []string, timeout time.Duration) *ZKEnsemble {
+	t.Helper()
 	checkJava(t)
+	if voters < 1 || observers < 0 {
+		t.Fatalf("testserver: %d voters and %d observers", voters, observers)
+	}
+	n := voters + observers
 	e := &ZKEnsemble{}
 	var servers []string
 	for i := 1; i <= n; i++ {
@@ -59,7 +71,11 @@ func StartZKEnsemble(t testing.TB, n int) *ZKEnsemble {
 		node.Addr = fmt.Sprintf("127.0.0.1:%d", node.ClientPort)
 		e.Nodes = append(e.Nodes, node)
 		if n > 1 {
-			servers = append(servers, fmt.Sprintf("server.%d=127.0.0.1:%d:%d", i, FreePort(t), FreePort(t)))
+			s := fmt.Sprintf("server.%d=127.0.0.1:%d:%d", i, FreePort(t), FreePort(t))
+			if i > voters {
+				s += ":observer"
+			}
+			servers = append(servers, s)
 		}
 	}
 	for _, node := range e.Nodes {
@@ -71,6 +87,10 @@ func StartZKEnsemble(t testing.TB, n int) *ZKEnsemble {
 			"admin.enableServer=false",
 			"4lw.commands.whitelist=ruok,srvr,stat,mntr",
 			"maxClientCnxns=0",
+		}
+		cfg = append(cfg, extra...)
+		if node.ID > voters {
+			cfg = append(cfg, "peerType=observer")
 		}
 		cfg = append(cfg, servers...)
 		if err := os.MkdirAll(filepath.Join(node.dir, "data"), 0o755); err != nil {
@@ -87,7 +107,7 @@ func StartZKEnsemble(t testing.TB, n int) *ZKEnsemble {
 		node.Start()
 		t.Cleanup(node.Kill)
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(timeout)
 	for _, node := range e.Nodes {
 		if err := node.WaitServing(time.Until(deadline)); err != nil {
 			t.Fatalf("testserver: %v\n%s", err, e.logs())
