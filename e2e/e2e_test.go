@@ -273,6 +273,7 @@ func synapseKilledRegistryDown(t *testing.T, f *fleet) {
 	if !strings.Contains(log, "state cache loaded") {
 		t.Errorf("synapse did not start from its cache:\n%s", log)
 	}
+	leases := f.leaseRecoveries()
 	f.registryUp()
 	_, failed := l.finish(t, "synapse killed, registry down")
 	if failed != 0 {
@@ -287,6 +288,9 @@ func synapseKilledRegistryDown(t *testing.T, f *fleet) {
 	if m := f.metric("synapse_haproxy_validation_failures_total"); m != "synapse_haproxy_validation_failures_total 0" {
 		t.Errorf("restarted synapse: %s\n%s", m, tail(filepath.Join(f.dir, "synapse.log"), 20))
 	}
+	// The next scenario stops the registry again: first the nerves' leases
+	// must be kept alive again, or that outage would be a second one.
+	f.waitLeasesRecovered(leases, 15*time.Second)
 }
 
 // 4. Every registry server down for 30s: HAProxy keeps serving every

@@ -18,6 +18,7 @@ import (
 
 	"github.com/syncstack/syncstack/internal/fleettest"
 	"github.com/syncstack/syncstack/internal/testserver"
+	"github.com/syncstack/syncstack/registry/registrytest"
 )
 
 var binDir string
@@ -277,7 +278,8 @@ func (f *fleet) waitServers(want map[string]int, timeout time.Duration) time.Dur
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	f.t.Fatalf("HAProxy web servers %+v, want %v\nsynapse log:\n%s", got, want, tail(filepath.Join(f.dir, "synapse.log"), 30))
+	f.t.Fatalf("HAProxy web servers %+v, want %v\nsynapse log:\n%s\nnerve logs:\n%s\n%s\n%s", got, want, tail(filepath.Join(f.dir, "synapse.log"), 30),
+		tail(filepath.Join(f.dir, "nerve-a.log"), 15), tail(filepath.Join(f.dir, "nerve-b.log"), 15), tail(filepath.Join(f.dir, "nerve-c.log"), 15))
 	return 0
 }
 
@@ -351,6 +353,39 @@ func (f *fleet) metric(name string) string {
 
 func (f *fleet) workerPID() int {
 	return testserver.HAProxyWorkerPID(f.t, filepath.Join(f.dir, "master.sock"))
+}
+
+// leaseRecoveries counts, per nerve, the times its etcd lease was kept
+// alive again after an interruption (from its log: nerve's admin API is
+// off in the fleet).
+func (f *fleet) leaseRecoveries() map[string]int {
+	out := map[string]int{}
+	for id := range f.nerves {
+		b, _ := os.ReadFile(filepath.Join(f.dir, "nerve-"+id+".log"))
+		out[id] = strings.Count(string(b), "lease kept alive again after an interruption")
+	}
+	return out
+}
+
+// waitLeasesRecovered waits until every nerve's etcd lease was kept alive
+// again since before (a count from leaseRecoveries taken before the
+// registry came back). A registry stopped again before that would expire
+// the leases it had just extended: two outages, not the one a scenario
+// means. ZooKeeper sessions need no such wait.
+func (f *fleet) waitLeasesRecovered(before map[string]int, timeout time.Duration) {
+	f.t.Helper()
+	if f.method != "etcd" {
+		return
+	}
+	registrytest.Eventually(f.t, timeout, "every nerve's lease kept alive again after the outage", func() bool {
+		now := f.leaseRecoveries()
+		for id, n := range before {
+			if now[id] <= n {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 func tail(path string, n int) string {

@@ -239,6 +239,11 @@ func (c *Client) probe(p *pin) string {
 	waiting := time.After(progressTimeout) // set while an answer is due
 	unary := false                         // the endpoint answers no progress requests: probe with reads
 	var lastRead time.Time                 // of the last read probe
+	// answered: a progress request was answered on this pin, so the
+	// endpoint is a member that answers them, and a later silence is a
+	// stall, whatever reads say (a member restarting answers reads while
+	// its streams are gone: keeping the pin then let leases expire).
+	answered := false
 	for {
 		select {
 		case <-c.ctx.Done():
@@ -256,6 +261,9 @@ func (c *Client) probe(p *pin) string {
 					return "member has no leader"
 				}
 				return ""
+			}
+			if waiting != nil && wch != nil {
+				answered = true
 			}
 			waiting = nil // any answer on the stream shows it moves
 		case <-tick.C:
@@ -283,11 +291,16 @@ func (c *Client) probe(p *pin) string {
 			if wch == nil {
 				return fmt.Sprintf("watch not confirmed within %v", progressTimeout)
 			}
+			if answered {
+				return fmt.Sprintf("no watch progress within %v", progressTimeout)
+			}
 			// etcd's grpc-proxy (the watch fan-out tier of large fleets)
 			// confirms watches but never answers a progress request. An
-			// endpoint that still answers a read is not stalled: probe it
-			// with reads from now on (one small read per readProbeEvery,
-			// which the proxy forwards to the cluster: SCALING.md).
+			// endpoint that never answered one but answers a read (a
+			// linearizable one: a member without a leader does not) is
+			// not stalled: probe it with reads from now on (one per
+			// readProbeEvery, which the proxy forwards to the cluster:
+			// SCALING.md).
 			if err := c.ping(p); err != nil {
 				return fmt.Sprintf("no watch progress within %v, nor an answer to a read: %v", progressTimeout, err)
 			}
@@ -300,12 +313,12 @@ func (c *Client) probe(p *pin) string {
 }
 
 // ping is the probe of an endpoint that answers no watch progress requests:
-// a serializable count-only read of the probe key, within progressTimeout.
+// a linearizable count-only read of the probe key, within progressTimeout.
 // Counted as op "probe", apart from the reads that follow changes.
 func (c *Client) ping(p *pin) error {
 	ctx, cancel := context.WithTimeout(p.ctx, progressTimeout)
 	defer cancel()
-	_, err := p.cli.Get(ctx, c.cfg.Root+"/.progress-probe", clientv3.WithSerializable(), clientv3.WithCountOnly())
+	_, err := p.cli.Get(ctx, c.cfg.Root+"/.progress-probe", clientv3.WithCountOnly())
 	c.count("reads", "probe", err)
 	return err
 }
