@@ -21,8 +21,10 @@ import (
 // zkWatchBound is how soon after a write a watcher whose server froze must
 // see it, with the tests' 4 s session timeout: the frozen connection is
 // given up after a quarter of the session timeout (1 s), then the watch
-// re-lists on another server.
-const zkWatchBound = 2500 * time.Millisecond
+// re-lists on another server, after its share of the relist spread
+// (0–relistSpread after a reconnect, so that a fleet's relists do not all
+// land at once: SCALING.md).
+var zkWatchBound = 2500*time.Millisecond + relistSpread
 
 // orderedHosts connects to its servers in their order, starting with the
 // first, so that a test decides where a session starts.
