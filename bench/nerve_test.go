@@ -47,7 +47,8 @@ func BenchmarkNerve100Services(b *testing.B) {
 	port := ln.Addr().(*net.TCPAddr).Port
 	admin := fmt.Sprintf("127.0.0.1:%d", testserver.FreePort(b))
 	var cfg strings.Builder
-	fmt.Fprintf(&cfg, "instance_id: bench-host\nadmin: {listen: %s}\nservices:\n", admin)
+	// The profiles (SYNCSTACK_BENCH_PPROF) need admin.pprof.
+	fmt.Fprintf(&cfg, "instance_id: bench-host\nadmin: {listen: %s, pprof: %t}\nservices:\n", admin, os.Getenv("SYNCSTACK_BENCH_PPROF") != "")
 	for i := range services {
 		fmt.Fprintf(&cfg, "  svc%03d:\n    host: 127.0.0.1\n    port: %d\n    check_interval: 1s\n    checks: [{type: tcp, timeout: 500ms}]\n    zk_hosts: [%s]\n    zk_path: /bench/svc%03d\n",
 			i, port, zks.Nodes[0].Addr, i)
@@ -96,6 +97,15 @@ func BenchmarkNerve100Services(b *testing.B) {
 			data, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			os.WriteFile(filepath.Join(dir, "nerve-heap.txt"), data, 0o644)
+		}
+		if resp, err := http.Get("http://" + admin + "/debug/pprof/goroutine?debug=1"); err == nil {
+			data, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			os.WriteFile(filepath.Join(dir, "nerve-goroutines.txt"), data, 0o644)
+		}
+		// Which mappings the RSS is in (binary segments, heap, stacks).
+		if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", cmd.Process.Pid)); err == nil {
+			os.WriteFile(filepath.Join(dir, "nerve-smaps.txt"), data, 0o644)
 		}
 	}
 	cpu := cpuPercent(first, last)

@@ -131,7 +131,9 @@ func BenchmarkFleet(b *testing.B) {
 	bin := os.Getenv("SYNCSTACK_SCALE_BIN")
 	if bin == "" {
 		bin = filepath.Join(b.TempDir(), "synapse")
-		if out, err := exec.Command("go", "build", "-o", bin, "../cmd/synapse").CombinedOutput(); err != nil {
+		build := exec.Command("go", "build", "-o", bin, "../cmd/synapse")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0") // as make build and make dist build it
+		if out, err := build.CombinedOutput(); err != nil {
 			b.Fatalf("build synapse: %v\n%s", err, out)
 		}
 	}

@@ -32,6 +32,7 @@ func main() {
 	// of +100% trims its footprint on every host for a fraction of a
 	// percent of CPU.
 	daemon.SetGCPercent(50)
+	daemon.ProfileMemory(false) // until the config says admin.pprof
 	os.Exit(run(os.Args[1:]))
 }
 
@@ -48,6 +49,7 @@ func run(args []string) int {
 	for _, w := range cfg.Warnings {
 		log.Warn("config: " + w)
 	}
+	daemon.ProfileMemory(cfg.Admin.Pprof)
 	if flags.CheckConfig {
 		return command.ConfigOK(flags.ConfigPath, len(cfg.Services))
 	}

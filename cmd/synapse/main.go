@@ -40,6 +40,7 @@ func main() {
 	// instead of +100% keeps its footprint near the live set for little
 	// CPU.
 	daemon.SetGCPercent(50)
+	daemon.ProfileMemory(false) // until the config says admin.pprof
 	os.Exit(run(os.Args[1:]))
 }
 
@@ -56,6 +57,7 @@ func run(args []string) int {
 	for _, w := range cfg.Warnings {
 		log.Warn("config: " + w)
 	}
+	daemon.ProfileMemory(cfg.Admin.Pprof)
 	if flags.CheckConfig {
 		if err := checkHAProxy(cfg); err != nil {
 			return command.InvalidConfig(err)
@@ -153,6 +155,7 @@ func run(args []string) int {
 				cancel()
 				<-done
 				cfg = next
+				daemon.ProfileMemory(cfg.Admin.Pprof)
 				log.Info("SIGHUP: config reloaded")
 				break wait
 			}

@@ -20,7 +20,9 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -132,6 +134,27 @@ func (c Command) ConfigOK(path string, services int) int {
 func SetGCPercent(percent int) {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(percent)
+	}
+}
+
+// defaultMemProfileRate is the runtime's own default sampling rate.
+const defaultMemProfileRate = 512 * 1024
+
+// ProfileMemory turns the runtime's heap sampling on or off, unless
+// GODEBUG sets memprofilerate (which then wins). The daemons keep it off
+// until their config turns admin.pprof on: every sample walks its stack
+// (paging in the binary's tables) and keeps a record, which costs nerve
+// 0.5–1.3 MB of its 24 MB budget (bench, BenchmarkNerve100Services) and
+// buys nothing while nobody can fetch the profile. Call it first in main
+// with false, then with the config's choice.
+func ProfileMemory(on bool) {
+	if strings.Contains(os.Getenv("GODEBUG"), "memprofilerate=") {
+		return
+	}
+	if on {
+		runtime.MemProfileRate = defaultMemProfileRate
+	} else {
+		runtime.MemProfileRate = 0
 	}
 }
 

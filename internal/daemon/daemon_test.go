@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -115,5 +116,31 @@ func TestSignals(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("%v not delivered", tc.sig)
 		}
+	}
+}
+
+func TestProfileMemory(t *testing.T) {
+	saved := runtime.MemProfileRate
+	t.Cleanup(func() { runtime.MemProfileRate = saved })
+	for _, tc := range []struct {
+		name    string
+		godebug string
+		on      bool
+		want    int
+	}{
+		{"off", "", false, 0},
+		{"on at the runtime's default", "", true, 512 * 1024},
+		{"GODEBUG wins over off", "memprofilerate=4096", false, 12345},
+		{"GODEBUG wins over on", "gctrace=1,memprofilerate=1", true, 12345},
+		{"other GODEBUG settings do not", "gctrace=1", false, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("GODEBUG", tc.godebug)
+			runtime.MemProfileRate = 12345 // what GODEBUG would have set
+			ProfileMemory(tc.on)
+			if runtime.MemProfileRate != tc.want {
+				t.Errorf("MemProfileRate = %d, want %d", runtime.MemProfileRate, tc.want)
+			}
+		})
 	}
 }
