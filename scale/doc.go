@@ -11,9 +11,11 @@
 //     (the synapses' own syncstack_registry_reads_total), server reads,
 //     CPU and memory of the registry processes, watch counts;
 //   - storms: leader kill and full-ensemble restart with the fleet
-//     connected: connections over time, reads after reconnect, time until
-//     every synapse is current, and whether any synapse's output ever
-//     lost a backend that stayed registered;
+//     connected (N synapses and N nerves, each nerve registering one
+//     instance that every synapse watches): connections over time, reads after reconnect, time until
+//     every synapse is current, whether any synapse's output ever lost a
+//     backend that stayed registered or a nerve's instance, and the
+//     nerves' re-registrations;
 //   - cost per watcher: server memory and CPU with 0 and N synapses, and
 //     with N bare sessions that watch nothing.
 //
@@ -24,6 +26,7 @@
 // SYNCSTACK_SCALE_ROUNDS (rounds of fan-out, wave and storms, default 3),
 // SYNCSTACK_SCALE_HAPROXY (synapses that also drive a real HAProxy,
 // default 3), SYNCSTACK_SCALE_R (backends in the deploy wave, default 20),
+// SYNCSTACK_SCALE_NERVES (nerve processes, default N),
 // SYNCSTACK_SCALE_REGISTRIES (default "zookeeper,etcd"),
 // SYNCSTACK_SCALE_TIER=1 (every synapse reads through a ZooKeeper observer
 // or an etcd grpc-proxy only), SYNCSTACK_SCALE_BIN (a synapse binary built

@@ -92,6 +92,8 @@ func startFleet(b *testing.B, bin string, cl cluster, hosts []string, n, service
 		for s := range services {
 			fmt.Fprintf(&cfg, "  svc%04d:\n    discovery: {method: %s, hosts: [%s], path: /scale/svc%04d}%s\n", s, cl.name(), hostList, s, section)
 		}
+		// The nerves' registrations (nerve_test.go).
+		fmt.Fprintf(&cfg, "  %s:\n    discovery: {method: %s, hosts: [%s], path: %s}%s\n", nerveService, cl.name(), hostList, nervePath, section)
 		path := filepath.Join(p.dir, "synapse.yaml")
 		if err := os.WriteFile(path, []byte(cfg.String()), 0o644); err != nil {
 			b.Fatal(err)
@@ -285,6 +287,28 @@ func waitAllServices(fleet []*synapseProc, services, min int, timeout time.Durat
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%d service files still incomplete after %v", missing, timeout)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// waitAllNerves waits until every synapse's nerve service holds all n
+// nerves' instances.
+func waitAllNerves(fleet []*synapseProc, n int, timeout time.Duration) error {
+	every := allNerves(n)
+	deadline := time.Now().Add(timeout)
+	for {
+		missing := 0
+		for _, p := range fleet {
+			if set, err := backendsIn(p, nerveService); err != nil || !every(set) {
+				missing++
+			}
+		}
+		if missing == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d synapses still without every nerve after %v", missing, timeout)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

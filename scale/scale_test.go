@@ -19,6 +19,7 @@ import (
 
 type params struct {
 	N, S, B, Writes, Rounds, HAProxy, R int
+	Nerves                              int // nerve processes registering during the storms
 	Registries                          []string
 }
 
@@ -39,6 +40,7 @@ func load() params {
 		HAProxy: envInt("SYNCSTACK_SCALE_HAPROXY", 3),
 		R:       envInt("SYNCSTACK_SCALE_R", 20),
 	}
+	p.Nerves = envInt("SYNCSTACK_SCALE_NERVES", p.N)
 	p.Registries = strings.Split("zookeeper,etcd", ",")
 	if v := os.Getenv("SYNCSTACK_SCALE_REGISTRIES"); v != "" {
 		p.Registries = strings.Split(v, ",")
@@ -207,15 +209,21 @@ type waveResult struct {
 }
 
 type stormResult struct {
-	QuorumAfter    float64   `json:"quorum_after_ms"` // from the fault
-	CurrentAfterQ  float64   `json:"all_current_after_quorum_ms"`
-	ReadsMean      float64   `json:"reads_per_synapse_mean"`
-	ReadsMax       float64   `json:"reads_per_synapse_max"`
-	RelistSize     float64   `json:"one_relist_reads"`
-	LostBackends   int       `json:"outputs_missing_a_stable_backend"`
-	ConnsCurve     []float64 `json:"conns_every_250ms"`
-	AllReconnected float64   `json:"all_reconnected_after_quorum_ms"`
-	Load           string    `json:"loadavg"`
+	QuorumAfter   float64 `json:"quorum_after_ms"` // from the fault
+	CurrentAfterQ float64 `json:"all_current_after_quorum_ms"`
+	ReadsMean     float64 `json:"reads_per_synapse_mean"`
+	ReadsMax      float64 `json:"reads_per_synapse_max"`
+	RelistSize    float64 `json:"one_relist_reads"`
+	LostBackends  int     `json:"outputs_missing_a_stable_backend"`
+	// The nerves' registrations: outputs seen without one of them, and
+	// what the nerves did (re-registrations after a lost session or
+	// lease, and those losses).
+	NervesMissing        int       `json:"outputs_missing_a_nerve_instance"`
+	NerveReregistrations float64   `json:"nerve_reregistrations"`
+	NerveSessionLosses   float64   `json:"nerve_session_losses"`
+	ConnsCurve           []float64 `json:"conns_every_250ms"`
+	AllReconnected       float64   `json:"all_reconnected_after_quorum_ms"`
+	Load                 string    `json:"loadavg"`
 }
 
 type registryResult struct {
@@ -275,8 +283,13 @@ func runRegistry(b *testing.B, reg, bin string, p params) *registryResult {
 		hosts = cl.tier()
 		res.Tier = hosts
 	}
+	// The nerves register through the voters (they write), as on a host.
+	nerves := startNerves(b, cl, cl.hosts(), p.Nerves)
 	fleet := startFleet(b, bin, cl, hosts, p.N, p.S, p.HAProxy)
 	if err := waitAllServices(fleet, p.S, p.B, 10*time.Minute); err != nil {
+		b.Fatal(err)
+	}
+	if err := waitAllNerves(fleet, p.Nerves, 2*time.Minute); err != nil {
 		b.Fatal(err)
 	}
 	res.InitialLoad = time.Since(start).Seconds()
@@ -385,10 +398,10 @@ func runRegistry(b *testing.B, reg, bin string, p params) *registryResult {
 
 		// Storms.
 		for _, kind := range []string{"leader-kill", "full-restart"} {
-			st := storm(b, cl, fleet, nt, p, kind, fmt.Sprintf("s%d-%s", round, kind), stable)
+			st := storm(b, cl, fleet, nerves, nt, p, kind, fmt.Sprintf("s%d-%s", round, kind), stable)
 			rr.Storms[kind] = st
-			fmt.Printf("%s round %d %s: quorum after %.0f ms; every synapse current %.0f ms after quorum; reads/synapse mean %.0f max %.0f (one relist %.0f); lost %d; reconnected %.0f ms after quorum; conns %v\n",
-				reg, round, kind, st.QuorumAfter, st.CurrentAfterQ, st.ReadsMean, st.ReadsMax, st.RelistSize, st.LostBackends, st.AllReconnected, st.ConnsCurve)
+			fmt.Printf("%s round %d %s: quorum after %.0f ms; every synapse current %.0f ms after quorum; reads/synapse mean %.0f max %.0f (one relist %.0f); lost %d; nerve instances missing %d (nerves: %.0f re-registrations, %.0f session/lease losses); reconnected %.0f ms after quorum; conns %v\n",
+				reg, round, kind, st.QuorumAfter, st.CurrentAfterQ, st.ReadsMean, st.ReadsMax, st.RelistSize, st.LostBackends, st.NervesMissing, st.NerveReregistrations, st.NerveSessionLosses, st.AllReconnected, st.ConnsCurve)
 		}
 		res.Rounds = append(res.Rounds, rr)
 	}
@@ -424,10 +437,12 @@ func cpuPct(a, b int64, d time.Duration) float64 {
 // measures the fleet's return: connections over time, reads, time until
 // every synapse applied a write made once quorum is back, and any output
 // that lost a backend that stayed registered.
-func storm(b *testing.B, cl cluster, fleet []*synapseProc, nt *notifier, p params, kind, marker string, stable func(map[string]bool) bool) stormResult {
+func storm(b *testing.B, cl cluster, fleet []*synapseProc, nerves []*nerveProc, nt *notifier, p params, kind, marker string, stable func(map[string]bool) bool) stormResult {
 	st := stormResult{Load: loadavg()}
 	nt.drain()
 	r0 := readsOf(fleet)
+	rereg0, losses0 := nerveTotals(nerves, "syncstack_registry_reregistrations_total"), nerveTotals(nerves, "syncstack_registry_session_losses_total")
+	everyNerve := allNerves(len(nerves))
 
 	// Connections every 250 ms, from the fault until every synapse is back.
 	stop := make(chan struct{})
@@ -474,7 +489,14 @@ func storm(b *testing.B, cl cluster, fleet []*synapseProc, nt *notifier, p param
 	}
 	lost := 0
 	check := func(p *synapseProc, svc string) {
-		if set, err := backendsIn(p, svc); err == nil && !stable(set) {
+		set, err := backendsIn(p, svc)
+		switch {
+		case err != nil:
+		case svc == nerveService:
+			if !everyNerve(set) {
+				st.NervesMissing++
+			}
+		case !stable(set):
 			lost++
 		}
 	}
@@ -515,12 +537,17 @@ func storm(b *testing.B, cl cluster, fleet []*synapseProc, nt *notifier, p param
 	default:
 		st.RelistSize = float64(p.S)
 	}
-	// Every output holds every stable backend at the end, too.
+	// Every output holds every stable backend and every nerve at the end, too.
 	for _, sp := range fleet {
 		for s := range p.S {
 			check(sp, fmt.Sprintf("svc%04d", s))
 		}
+		if len(nerves) > 0 {
+			check(sp, nerveService)
+		}
 	}
+	st.NerveReregistrations = nerveTotals(nerves, "syncstack_registry_reregistrations_total") - rereg0
+	st.NerveSessionLosses = nerveTotals(nerves, "syncstack_registry_session_losses_total") - losses0
 	st.LostBackends = lost
 	return st
 }
