@@ -162,9 +162,13 @@ func (g *Generator) sameNames(st generators.State) bool {
 	return true
 }
 
+// writeIfChanged replaces path with data unless it holds data already. The
+// files are rebuilt from the registry at every start (the first Apply
+// renders every service), so the directory is not fsynced: after a crash a
+// file may hold its previous version until then, never a partial one.
 func writeIfChanged(path string, data []byte) error {
 	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
 		return nil
 	}
-	return atomicfile.WriteFile(path, data)
+	return atomicfile.Write(path, data, atomicfile.Options{Rebuilt: true})
 }

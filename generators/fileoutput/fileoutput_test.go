@@ -138,3 +138,50 @@ func TestUnchangedFilesSkippedTouchedFilesRestored(t *testing.T) {
 		t.Errorf("the configured services changed and a stray file stayed: %v", err)
 	}
 }
+
+// The files are written without syncing their directory (atomicfile
+// Rebuilt), which is safe only because a new generator (synapse's next
+// start) rewrites every file that does not hold the current state: here
+// the previous version a crash could bring back.
+func TestFirstApplyRewritesAPreviousVersion(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	st := func(host string) generators.State {
+		return generators.State{Services: map[string]generators.Service{
+			"web": {Backends: []generators.Backend{{Instance: registry.Instance{Host: host, Port: 80, Name: "a"}}}},
+		}}
+	}
+	before, err := New(Config{OutputDirectory: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := before.Apply(context.Background(), st("10.0.0.1")); err != nil {
+		t.Fatal(err)
+	}
+	previous, _ := os.ReadFile(filepath.Join(dir, "web.json"))
+	if err := before.Apply(context.Background(), st("10.0.0.2")); err != nil {
+		t.Fatal(err)
+	}
+	// What the current state renders to, in a directory of its own.
+	fresh, err := New(Config{OutputDirectory: filepath.Join(t.TempDir(), "fresh")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fresh.Apply(context.Background(), st("10.0.0.2")); err != nil {
+		t.Fatal(err)
+	}
+	current, _ := os.ReadFile(filepath.Join(fresh.dir, "web.json"))
+	// The crash: the last rename is lost.
+	if err := os.WriteFile(filepath.Join(dir, "web.json"), previous, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	after, err := New(Config{OutputDirectory: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := after.Apply(context.Background(), st("10.0.0.2")); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "web.json")); string(got) != string(current) {
+		t.Errorf("web.json after a restart =\n%s\nwant\n%s", got, current)
+	}
+}

@@ -1,6 +1,7 @@
 // Package atomicfile replaces files so that a reader sees the old content or
 // the new, never a part: temp file in the same directory, write, fsync,
-// rename, fsync of the directory. Every error on the way is returned and
+// rename, fsync of the directory (skipped for a file its writer rebuilds
+// at every start: Options.Rebuilt). Every error on the way is returned and
 // leaves the old file in place: a full disk must fail the write, not
 // truncate the file.
 package atomicfile
@@ -23,6 +24,15 @@ type Options struct {
 	// file and is returned. (HAProxy's config is checked this way, with
 	// haproxy -c, before it replaces the one HAProxy loads.)
 	Check func(tmpPath string) error
+	// Rebuilt marks a file its writer rebuilds from its sources every time
+	// it starts (synapse's file_output): the directory is not fsynced
+	// after the rename. A crash may then bring the previous version back,
+	// complete (the data is still synced before the rename, so never an
+	// empty or partial file), and the writer's next start replaces it.
+	// It saves a journal commit per write, most of a write's latency when
+	// many processes on a host write at once (50 writers: p50 16–23 ms
+	// with the directory synced, 10.5 ms without).
+	Rebuilt bool
 }
 
 // file is what WriteFile needs of an *os.File; tests inject faults here.
@@ -107,6 +117,9 @@ func Write(path string, data []byte, opts Options) error {
 		return fail("rename", err)
 	}
 	renamed = true
+	if opts.Rebuilt {
+		return nil
+	}
 	// The new content is in place; a failed directory fsync means a crash
 	// could bring the old one back, so it is reported, except where the
 	// file system cannot sync a directory at all.

@@ -144,3 +144,47 @@ func TestWriteCheck(t *testing.T) {
 		t.Errorf("mode %v, want 0600", fi.Mode())
 	}
 }
+
+// countingFile counts the fsyncs of a real temp file.
+type countingFile struct {
+	*os.File
+	syncs *int
+}
+
+func (f countingFile) Sync() error { *f.syncs++; return f.File.Sync() }
+
+// A rebuilt file skips only the directory's fsync: its data is still
+// synced before the rename, so a crash brings back the old file or the
+// new, never an empty one.
+func TestRebuiltSkipsOnlyTheDirectorySync(t *testing.T) {
+	origCreate, origSync := createTemp, syncDir
+	t.Cleanup(func() { createTemp, syncDir = origCreate, origSync })
+	var fileSyncs, dirSyncs int
+	createTemp = func(dir, pattern string) (file, error) {
+		f, err := os.CreateTemp(dir, pattern)
+		if err != nil {
+			return nil, err
+		}
+		return countingFile{File: f, syncs: &fileSyncs}, nil
+	}
+	syncDir = func(string) error { dirSyncs++; return nil }
+	path := filepath.Join(t.TempDir(), "svc.json")
+	for _, tc := range []struct {
+		opts                  Options
+		wantFile, wantDirSync int
+	}{
+		{Options{}, 1, 1},
+		{Options{Rebuilt: true}, 1, 0},
+	} {
+		fileSyncs, dirSyncs = 0, 0
+		if err := Write(path, []byte("content"), tc.opts); err != nil {
+			t.Fatal(err)
+		}
+		if fileSyncs != tc.wantFile || dirSyncs != tc.wantDirSync {
+			t.Errorf("Rebuilt=%v: %d file and %d directory fsyncs, want %d and %d", tc.opts.Rebuilt, fileSyncs, dirSyncs, tc.wantFile, tc.wantDirSync)
+		}
+		if got, _ := os.ReadFile(path); string(got) != "content" {
+			t.Errorf("Rebuilt=%v: file holds %q", tc.opts.Rebuilt, got)
+		}
+	}
+}
