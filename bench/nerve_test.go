@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -30,21 +29,7 @@ func BenchmarkNerve100Services(b *testing.B) {
 	nerve := buildBinary(b, "nerve")
 	zks := testserver.StartZooKeeper(b)
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	port := ln.Addr().(*net.TCPAddr).Port
+	port := testserver.StartTCPAcceptor(b)
 	admin := fmt.Sprintf("127.0.0.1:%d", testserver.FreePort(b))
 	var cfg strings.Builder
 	// The profiles (SYNCSTACK_BENCH_PPROF) need admin.pprof.

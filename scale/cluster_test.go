@@ -49,7 +49,7 @@ type cluster interface {
 type serverStats struct {
 	Watches   float64 `json:"watches"`   // ZooKeeper zk_watch_count; etcd etcd_debugging_mvcc_watcher_total
 	Reads     float64 `json:"reads"`     // etcd range requests (etcd_debugging_mvcc_range_total); ZooKeeper packets received
-	HeapKB    float64 `json:"heap_kb"`   // live heap: ZooKeeper after a full GC (jcmd GC.run + jstat); etcd go_memstats_heap_inuse_bytes
+	HeapKB    float64 `json:"heap_kb"`   // live heap after a full GC: ZooKeeper jcmd GC.run + jstat; etcd /debug/pprof/heap?gc=1, then go_memstats_heap_alloc_bytes
 	RSSKB     float64 `json:"rss_kb"`    // resident set, /proc
 	CPUTicks  int64   `json:"cpu_ticks"` // utime+stime, /proc
 	Conns     int     `json:"conns"`     // established client connections, /proc/net/tcp
@@ -321,11 +321,17 @@ func (c *etcdCluster) stats() serverStats {
 		if !m.Running() {
 			continue
 		}
+		// The live heap, as for ZooKeeper: a collection first (a heap
+		// profile with gc=1), then the bytes allocated and not freed.
+		if resp, err := http.Get(m.ClientURL + "/debug/pprof/heap?gc=1"); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
 		metrics := scrape(m.ClientURL + "/metrics")
 		s.Watches += metrics["etcd_debugging_mvcc_watcher_total"]
 		s.WatchStrm += metrics["etcd_debugging_mvcc_watch_stream_total"]
 		s.Reads += metrics["etcd_debugging_mvcc_range_total"]
-		s.HeapKB += metrics["go_memstats_heap_inuse_bytes"] / 1024
+		s.HeapKB += metrics["go_memstats_heap_alloc_bytes"] / 1024
 	}
 	procStats(&s, c.pids(), c.ports())
 	return s

@@ -37,8 +37,16 @@ func (p *synapseProc) metricsURL() string { return fmt.Sprintf("http://127.0.0.1
 // (ZooKeeper children/get/exists, etcd range), from one scrape; etcd's
 // liveness probes (op "probe") are not reads of records.
 func (p *synapseProc) reads() float64 {
+	return sumMetric(p.metricsURL(), func(l string) bool {
+		return strings.HasPrefix(l, "syncstack_registry_reads_total{") && !strings.Contains(l, `op="probe"`)
+	})
+}
+
+// sumMetric sums the samples of the lines of a /metrics page that keep
+// accepts (-1 when the page cannot be read).
+func sumMetric(url string, keep func(line string) bool) float64 {
 	cl := http.Client{Timeout: 5 * time.Second}
-	resp, err := cl.Get(p.metricsURL())
+	resp, err := cl.Get(url)
 	if err != nil {
 		return -1
 	}
@@ -46,7 +54,7 @@ func (p *synapseProc) reads() float64 {
 	data, _ := io.ReadAll(resp.Body)
 	var sum float64
 	for _, l := range strings.Split(string(data), "\n") {
-		if !strings.HasPrefix(l, "syncstack_registry_reads_total{") || strings.Contains(l, `op="probe"`) {
+		if strings.HasPrefix(l, "#") || !keep(l) {
 			continue
 		}
 		v, _ := strconv.ParseFloat(l[strings.LastIndexByte(l, ' ')+1:], 64)
@@ -94,27 +102,33 @@ func startFleet(b *testing.B, bin string, cl cluster, hosts []string, n, service
 		}
 		// The nerves' registrations (nerve_test.go).
 		fmt.Fprintf(&cfg, "  %s:\n    discovery: {method: %s, hosts: [%s], path: %s}%s\n", nerveService, cl.name(), hostList, nervePath, section)
-		path := filepath.Join(p.dir, "synapse.yaml")
-		if err := os.WriteFile(path, []byte(cfg.String()), 0o644); err != nil {
-			b.Fatal(err)
-		}
-		log, err := os.Create(filepath.Join(p.dir, "synapse.log"))
-		if err != nil {
-			b.Fatal(err)
-		}
-		p.cmd = exec.Command(bin, "-config", path, "-log-level", "warn")
-		p.cmd.Stdout, p.cmd.Stderr = log, log
-		// Dies with the benchmark, even on a crash of it.
-		p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := p.cmd.Start(); err != nil {
-			log.Close()
-			b.Fatalf("start synapse %d: %v", i, err)
-		}
-		log.Close()
-		b.Cleanup(func() { p.cmd.Process.Kill(); p.cmd.Wait() })
+		p.cmd = startDaemon(b, bin, filepath.Join(p.dir, "synapse"), cfg.String())
 		fleet = append(fleet, p)
 	}
 	return fleet
+}
+
+// startDaemon writes config to base+".yaml" and starts bin with it, its
+// output in base+".log"; the process is killed in b.Cleanup, and with
+// the benchmark even on a crash of it.
+func startDaemon(b *testing.B, bin, base, config string) *exec.Cmd {
+	path := base + ".yaml"
+	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	log, err := os.Create(base + ".log")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer log.Close()
+	cmd := exec.Command(bin, "-config", path, "-log-level", "warn")
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		b.Fatalf("start %s: %v", base, err)
+	}
+	b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd
 }
 
 // ---- inotify: when each synapse wrote each service file
@@ -271,44 +285,42 @@ func waitAll(fleet []*synapseProc, n *notifier, service string, t0 time.Time, ti
 // waitAllServices waits until every synapse wrote every service with at
 // least min backends (the fleet's initial load).
 func waitAllServices(fleet []*synapseProc, services, min int, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
+	return waitEvery(fleet, "service files still incomplete", timeout, func(p *synapseProc) int {
 		missing := 0
-		for _, p := range fleet {
-			for s := range services {
-				set, err := backendsIn(p, fmt.Sprintf("svc%04d", s))
-				if err != nil || len(set) < min {
-					missing++
-				}
+		for s := range services {
+			if set, err := backendsIn(p, fmt.Sprintf("svc%04d", s)); err != nil || len(set) < min {
+				missing++
 			}
 		}
-		if missing == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%d service files still incomplete after %v", missing, timeout)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return missing
+	})
 }
 
 // waitAllNerves waits until every synapse's nerve service holds all n
 // nerves' instances.
 func waitAllNerves(fleet []*synapseProc, n int, timeout time.Duration) error {
 	every := allNerves(n)
+	return waitEvery(fleet, "synapses still without every nerve", timeout, func(p *synapseProc) int {
+		if set, err := backendsIn(p, nerveService); err != nil || !every(set) {
+			return 1
+		}
+		return 0
+	})
+}
+
+// waitEvery waits until missing counts 0 for every synapse.
+func waitEvery(fleet []*synapseProc, what string, timeout time.Duration, missing func(*synapseProc) int) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		missing := 0
+		n := 0
 		for _, p := range fleet {
-			if set, err := backendsIn(p, nerveService); err != nil || !every(set) {
-				missing++
-			}
+			n += missing(p)
 		}
-		if missing == 0 {
+		if n == 0 {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%d synapses still without every nerve after %v", missing, timeout)
+			return fmt.Errorf("%d %s after %v", n, what, timeout)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

@@ -2,15 +2,10 @@ package scale
 
 import (
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -52,20 +47,7 @@ func startNerves(b *testing.B, cl cluster, hosts []string, n int) []*nerveProc {
 	for i := range n {
 		// Each instance's own listener: its check passes, and its
 		// host:port is its own.
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
+		port := testserver.StartTCPAcceptor(b)
 		np := &nerveProc{idx: i, admin: testserver.FreePort(b)}
 		registry := fmt.Sprintf("reporter_type: zookeeper\n    zk_hosts: [%s]\n    zk_path: %s", strings.Join(hosts, ", "), nervePath)
 		if cl.name() == "etcd" {
@@ -80,24 +62,8 @@ services:
     check_interval: 1s
     checks: [{type: tcp, timeout: 500ms}]
     %[4]s
-`, nerveName(i), np.admin, ln.Addr().(*net.TCPAddr).Port, registry)
-		path := filepath.Join(root, nerveName(i)+".yaml")
-		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-			b.Fatal(err)
-		}
-		log, err := os.Create(filepath.Join(root, nerveName(i)+".log"))
-		if err != nil {
-			b.Fatal(err)
-		}
-		np.cmd = exec.Command(bin, "-config", path, "-log-level", "warn")
-		np.cmd.Stdout, np.cmd.Stderr = log, log
-		np.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := np.cmd.Start(); err != nil {
-			log.Close()
-			b.Fatalf("start nerve %d: %v", i, err)
-		}
-		log.Close()
-		b.Cleanup(func() { np.cmd.Process.Kill(); np.cmd.Wait() })
+`, nerveName(i), np.admin, port, registry)
+		np.cmd = startDaemon(b, bin, filepath.Join(root, nerveName(i)), cfg)
 		nerves = append(nerves, np)
 	}
 	deadline := time.Now().Add(2 * time.Minute)
@@ -115,22 +81,9 @@ services:
 // metric sums the samples of one metric family from nerve's /metrics
 // (-1 when it cannot be read).
 func (np *nerveProc) metric(name string) float64 {
-	cl := http.Client{Timeout: 5 * time.Second}
-	resp, err := cl.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", np.admin))
-	if err != nil {
-		return -1
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	var sum float64
-	for _, l := range strings.Split(string(data), "\n") {
-		if l != name && !strings.HasPrefix(l, name+"{") && !strings.HasPrefix(l, name+" ") {
-			continue
-		}
-		v, _ := strconv.ParseFloat(l[strings.LastIndexByte(l, ' ')+1:], 64)
-		sum += v
-	}
-	return sum
+	return sumMetric(fmt.Sprintf("http://127.0.0.1:%d/metrics", np.admin), func(l string) bool {
+		return strings.HasPrefix(l, name+"{") || strings.HasPrefix(l, name+" ")
+	})
 }
 
 // nerveTotals sums a metric over every nerve.

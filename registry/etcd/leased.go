@@ -345,37 +345,16 @@ func (k *leasedKey) update(ctx context.Context, data []byte) error {
 	}
 }
 
-type registration struct{ k *leasedKey }
+// The registry.Keeper of a leased key.
 
-func (r registration) Key() string { return r.k.key }
-
-func (r registration) Update(ctx context.Context, inst registry.Instance) error {
-	data, err := inst.Encode()
-	if err != nil {
-		return err
-	}
-	return r.k.update(ctx, data)
-}
-
-// Deregister deletes the key and waits until etcd confirms it. If ctx ends
-// first it returns an error, and the keeper keeps trying in the background;
-// calling Deregister again waits again.
-func (r registration) Deregister(ctx context.Context) error {
-	r.k.cancel()
-	select {
-	case <-r.k.done:
-	case <-ctx.Done():
-		r.k.mu.Lock()
-		last := r.k.removeErr
-		r.k.mu.Unlock()
-		if last == nil {
-			last = errors.New("no answer yet")
-		}
-		return fmt.Errorf("etcd: deregister %s: removal not confirmed yet, retrying (last: %v): %w", r.k.key, last, ctx.Err())
-	}
-	r.k.mu.Lock()
-	defer r.k.mu.Unlock()
-	return r.k.removeErr
+func (k *leasedKey) Key() string                                  { return k.key }
+func (k *leasedKey) Write(ctx context.Context, data []byte) error { return k.update(ctx, data) }
+func (k *leasedKey) Stop()                                        { k.cancel() }
+func (k *leasedKey) Stopped() <-chan struct{}                     { return k.done }
+func (k *leasedKey) RemoveErr() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.removeErr
 }
 
 // Register implements registry.Backend. The key is
@@ -401,5 +380,5 @@ func (c *Client) Register(ctx context.Context, dir string, inst registry.Instanc
 	if err := k.waitFirst(ctx); err != nil {
 		return nil, err
 	}
-	return registration{k}, nil
+	return registry.Kept{Backend: backendName, Keeper: k}, nil
 }

@@ -151,7 +151,7 @@ func TestWatchWithoutLeaderBacksOff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := r.(registration).k
+	k := r.(registry.Kept).Keeper.(*leasedKey)
 	cluster.Members[1].Kill()
 	cluster.Members[2].Kill()
 	registrytest.Eventually(t, 10*time.Second, "the watch ended for want of a leader", func() bool { return k.watches.Load() > 1 })

@@ -581,42 +581,20 @@ func (e *ephemeral) update(ctx context.Context, data []byte) error {
 	return nil
 }
 
-// registration is a registry.Registration backed by an ephemeral keeper.
-type registration struct{ e *ephemeral }
+// The registry.Keeper of an ephemeral node.
 
-func (r registration) Key() string {
-	r.e.mu.Lock()
-	defer r.e.mu.Unlock()
-	return r.e.node
+func (e *ephemeral) Key() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.node
 }
-
-func (r registration) Update(ctx context.Context, inst registry.Instance) error {
-	data, err := inst.Encode()
-	if err != nil {
-		return err
-	}
-	return r.e.update(ctx, data)
-}
-
-// Deregister removes the node and waits until the removal is confirmed. If
-// ctx ends first it returns an error, and the keeper keeps trying in the
-// background; calling Deregister again waits again.
-func (r registration) Deregister(ctx context.Context) error {
-	r.e.cancel()
-	select {
-	case <-r.e.done:
-	case <-ctx.Done():
-		r.e.mu.Lock()
-		last := r.e.removeErr
-		r.e.mu.Unlock()
-		if last == nil {
-			last = errors.New("no answer yet")
-		}
-		return fmt.Errorf("zookeeper: deregister %s: removal not confirmed yet, retrying (last: %v): %w", r.Key(), last, ctx.Err())
-	}
-	r.e.mu.Lock()
-	defer r.e.mu.Unlock()
-	return r.e.removeErr
+func (e *ephemeral) Write(ctx context.Context, data []byte) error { return e.update(ctx, data) }
+func (e *ephemeral) Stop()                                        { e.cancel() }
+func (e *ephemeral) Stopped() <-chan struct{}                     { return e.done }
+func (e *ephemeral) RemoveErr() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.removeErr
 }
 
 // Register implements registry.Backend.
@@ -636,5 +614,5 @@ func (c *Client) Register(ctx context.Context, dir string, inst registry.Instanc
 	if err := e.waitFirst(ctx); err != nil {
 		return nil, err
 	}
-	return registration{e}, nil
+	return registry.Kept{Backend: backendName, Keeper: e}, nil
 }
