@@ -7,6 +7,7 @@ package fileoutput
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -27,9 +28,11 @@ type Config struct {
 // Generator writes the files.
 type Generator struct {
 	dir string
-	// written is each service as its file holds it, with the file's size
-	// and mtime then: an apply marshals, reads and writes only the files
-	// whose service changed or that someone else touched (a stat each).
+	// written is each service as its file holds it, with the file's size,
+	// mtime and content hash then: an apply marshals and writes only the
+	// files whose service changed or that someone else touched (a stat
+	// each), and reads back only the latter: a file it wrote is compared
+	// by hash.
 	// With hundreds of services a synapse otherwise spends most of an
 	// apply re-reading unchanged files (measured in make scale).
 	written map[string]writtenFile
@@ -56,7 +59,11 @@ type writtenFile struct {
 	svc  generators.Service
 	size int64
 	mod  time.Time
+	sum  [sha256.Size]byte // of the content
 }
+
+// readFile reads a file back to compare it; tests count the reads.
+var readFile = os.ReadFile
 
 // New validates cfg and creates the output directory.
 func New(cfg Config) (*Generator, error) {
@@ -92,13 +99,14 @@ func (g *Generator) Apply(_ context.Context, st generators.State) error {
 			continue // nothing known yet: keep the file as it is
 		}
 		path := filepath.Join(g.dir, name+".json")
-		if w, ok := g.written[name]; ok && w.svc.Equal(svc) {
-			if !verify {
-				continue
+		prev, known := g.written[name] // the file holds what we wrote
+		if known && verify {
+			if fi, err := os.Stat(path); err != nil || fi.Size() != prev.size || !fi.ModTime().Equal(prev.mod) {
+				known = false // someone else touched it: compare with the disk
 			}
-			if fi, err := os.Stat(path); err == nil && fi.Size() == w.size && fi.ModTime().Equal(w.mod) {
-				continue
-			}
+		}
+		if known && prev.svc.Equal(svc) {
+			continue
 		}
 		delete(g.written, name)
 		g.rendered++
@@ -112,12 +120,25 @@ func (g *Generator) Apply(_ context.Context, st generators.State) error {
 			continue
 		}
 		data = append(data, '\n')
-		if err := writeIfChanged(path, data); err != nil {
+		sum := sha256.Sum256(data)
+		switch {
+		case known && sum == prev.sum:
+			// A change the file does not show (a registration order, say).
+			prev.svc = svc
+			g.written[name] = prev
+			continue
+		case known:
+			// The file holds what we wrote last: no need to read it back.
+			err = atomicfile.Write(path, data, atomicfile.Options{Rebuilt: true})
+		default:
+			err = writeIfChanged(path, data)
+		}
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		if fi, err := os.Stat(path); err == nil {
-			g.written[name] = writtenFile{svc: svc, size: fi.Size(), mod: fi.ModTime()}
+			g.written[name] = writtenFile{svc: svc, size: fi.Size(), mod: fi.ModTime(), sum: sum}
 		}
 	}
 	if !verify {
@@ -167,7 +188,7 @@ func (g *Generator) sameNames(st generators.State) bool {
 // renders every service), so the directory is not fsynced: after a crash a
 // file may hold its previous version until then, never a partial one.
 func writeIfChanged(path string, data []byte) error {
-	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
+	if old, err := readFile(path); err == nil && bytes.Equal(old, data) {
 		return nil
 	}
 	return atomicfile.Write(path, data, atomicfile.Options{Rebuilt: true})

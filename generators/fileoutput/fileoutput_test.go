@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -183,5 +184,66 @@ func TestFirstApplyRewritesAPreviousVersion(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(filepath.Join(dir, "web.json")); string(got) != string(current) {
 		t.Errorf("web.json after a restart =\n%s\nwant\n%s", got, current)
+	}
+}
+
+// A file this generator wrote is not read back when its service changes
+// (its content is known by hash), nor rewritten when the change does not
+// show in it; a file it did not write (the first apply) or that someone
+// else touched is compared with the disk.
+func TestChangedFilesAreNotReadBack(t *testing.T) {
+	reads := 0
+	orig := readFile
+	t.Cleanup(func() { readFile = orig })
+	readFile = func(path string) ([]byte, error) { reads++; return orig(path) }
+
+	dir := filepath.Join(t.TempDir(), "out")
+	g, err := New(Config{OutputDirectory: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.verifyEvery = time.Hour // only the service-set check, at the first apply
+	ctx := context.Background()
+	// cached: a change of the service the file does not show.
+	web := func(host string, cached bool) generators.State {
+		return generators.State{Services: map[string]generators.Service{
+			"web": {Cached: cached, Backends: []generators.Backend{{Instance: registry.Instance{Host: host, Port: 80, Name: "a"}}}},
+		}}
+	}
+	if err := g.Apply(ctx, web("10.0.0.1", false)); err != nil {
+		t.Fatal(err)
+	}
+	if reads != 1 {
+		t.Errorf("first apply: %d reads, want 1 (a file this generator did not write)", reads)
+	}
+	reads = 0
+	if err := g.Apply(ctx, web("10.0.0.2", false)); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "web.json")
+	if got, _ := os.ReadFile(path); !strings.Contains(string(got), "10.0.0.2") {
+		t.Fatalf("web.json not rewritten: %s", got)
+	}
+	if reads != 0 {
+		t.Errorf("a changed service's file was read back %d times", reads)
+	}
+	// A change the file does not show: not written.
+	before, _ := os.Stat(path)
+	if err := g.Apply(ctx, web("10.0.0.2", true)); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := os.Stat(path); !os.SameFile(before, after) || reads != 0 {
+		t.Errorf("an unchanged rendering was rewritten (same inode %v) or read (%d)", os.SameFile(before, after), reads)
+	}
+	// Someone else rewrites the file: the next check compares with the disk.
+	if err := os.WriteFile(path, []byte("[]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	g.verifyEvery = 0
+	if err := g.Apply(ctx, web("10.0.0.3", true)); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(path); !strings.Contains(string(got), "10.0.0.3") || reads != 1 {
+		t.Errorf("touched file: %d reads (want 1), content %s", reads, got)
 	}
 }
