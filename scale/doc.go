@@ -22,7 +22,7 @@
 // Knobs (environment): SYNCSTACK_SCALE_N (synapses, default 50),
 // SYNCSTACK_SCALE_S (services each watches, default 200),
 // SYNCSTACK_SCALE_B (backends per service, default 3),
-// SYNCSTACK_SCALE_WRITES (fan-out writes per round, default 40),
+// SYNCSTACK_SCALE_WRITES (fan-out writes per round, default 100),
 // SYNCSTACK_SCALE_ROUNDS (rounds of fan-out, wave and storms, default 3),
 // SYNCSTACK_SCALE_HAPROXY (synapses that also drive a real HAProxy,
 // default 3), SYNCSTACK_SCALE_R (backends in the deploy wave, default 20),

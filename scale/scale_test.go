@@ -32,10 +32,11 @@ func envInt(name string, def int) int {
 
 func load() params {
 	p := params{
-		N:       envInt("SYNCSTACK_SCALE_N", 50),
-		S:       envInt("SYNCSTACK_SCALE_S", 200),
-		B:       envInt("SYNCSTACK_SCALE_B", 3),
-		Writes:  envInt("SYNCSTACK_SCALE_WRITES", 40),
+		N: envInt("SYNCSTACK_SCALE_N", 50),
+		S: envInt("SYNCSTACK_SCALE_S", 200),
+		B: envInt("SYNCSTACK_SCALE_B", 3),
+		// 100 writes a round: a p99 of 40 was their maximum.
+		Writes:  envInt("SYNCSTACK_SCALE_WRITES", 100),
 		Rounds:  envInt("SYNCSTACK_SCALE_ROUNDS", 3),
 		HAProxy: envInt("SYNCSTACK_SCALE_HAPROXY", 3),
 		R:       envInt("SYNCSTACK_SCALE_R", 20),
@@ -182,11 +183,12 @@ func machine() map[string]string {
 type roundResult struct {
 	Load string `json:"loadavg"`
 	// fan-out: per write, when the last synapse had applied it
-	FanoutLastP50   float64 `json:"fanout_last_p50_ms"`
-	FanoutLastP99   float64 `json:"fanout_last_p99_ms"`
-	FanoutLastMax   float64 `json:"fanout_last_max_ms"`
-	FanoutEachP50   float64 `json:"fanout_each_synapse_p50_ms"`
-	FanoutServerCPU float64 `json:"fanout_server_cpu_pct"`
+	FanoutLasts     []float64 `json:"fanout_last_ms"` // every write's last synapse
+	FanoutLastP50   float64   `json:"fanout_last_p50_ms"`
+	FanoutLastP99   float64   `json:"fanout_last_p99_ms"`
+	FanoutLastMax   float64   `json:"fanout_last_max_ms"`
+	FanoutEachP50   float64   `json:"fanout_each_synapse_p50_ms"`
+	FanoutServerCPU float64   `json:"fanout_server_cpu_pct"`
 	// CPU the synapses spent per write, each (ms): what N of them cost a
 	// 2-core machine per write explains the tail of "the last one".
 	FanoutSynapseCPU float64 `json:"fanout_synapse_cpu_ms_per_write_each"`
@@ -346,6 +348,9 @@ func runRegistry(b *testing.B, reg, bin string, p params) *registryResult {
 		rr.FanoutServerCPU = cpuPct(s0.CPUTicks, s1.CPUTicks, time.Since(at0))
 		rr.FanoutSynapseCPU = float64(fleetTicks(fleet)-f0) * 10 / float64(p.Writes*p.N)
 		rr.FanoutLastP50, rr.FanoutLastP99, rr.FanoutLastMax = pct(lasts, 50), pct(lasts, 99), pct(lasts, 100)
+		for _, d := range lasts {
+			rr.FanoutLasts = append(rr.FanoutLasts, ms(d))
+		}
 		rr.FanoutEachP50 = pct(each, 50)
 		fmt.Printf("%s round %d fan-out: last of %d synapses p50 %.1f p99 %.1f max %.1f ms (each p50 %.1f); synapse CPU %.1f ms per write each; server CPU %.0f%%; load %s\n",
 			reg, round, p.N, rr.FanoutLastP50, rr.FanoutLastP99, rr.FanoutLastMax, rr.FanoutEachP50, rr.FanoutSynapseCPU, rr.FanoutServerCPU, rr.Load)
@@ -406,6 +411,8 @@ func runRegistry(b *testing.B, reg, bin string, p params) *registryResult {
 		res.Rounds = append(res.Rounds, rr)
 	}
 	summarize(res)
+	fmt.Printf("%s fan-out, every round's writes pooled (%.0f): last of %d synapses p50 %.1f p99 %.1f ms\n",
+		reg, res.Summary["fanout_writes_pooled"], p.N, res.Summary["fanout_last_p50_pooled_ms"], res.Summary["fanout_last_p99_pooled_ms"])
 	return res
 }
 
@@ -554,8 +561,12 @@ func storm(b *testing.B, cl cluster, fleet []*synapseProc, nerves []*nerveProc, 
 
 func summarize(r *registryResult) {
 	var p99s, waveZK, waveMax, current, reads []float64
+	var pooled []time.Duration // every round's writes
 	for _, rr := range r.Rounds {
 		p99s = append(p99s, rr.FanoutLastP99)
+		for _, v := range rr.FanoutLasts {
+			pooled = append(pooled, time.Duration(v*float64(time.Millisecond)))
+		}
 		for _, w := range rr.Waves {
 			waveZK = append(waveZK, w.ReadsPerChange)
 			waveMax = append(waveMax, w.ReadsPerChangeMx)
@@ -571,6 +582,10 @@ func summarize(r *registryResult) {
 		}
 	}
 	put("fanout_last_p99_ms", p99s)
+	if len(pooled) > 0 {
+		r.Summary["fanout_last_p50_pooled_ms"], r.Summary["fanout_last_p99_pooled_ms"] = pct(pooled, 50), pct(pooled, 99)
+		r.Summary["fanout_writes_pooled"] = float64(len(pooled))
+	}
 	put("wave_reads_per_change_mean", waveZK)
 	put("wave_reads_per_change_worst_synapse", waveMax)
 	put("full_restart_current_after_quorum_ms", current)
