@@ -24,6 +24,10 @@ type Metrics struct {
 	WatchUpdates *prometheus.CounterVec // backend, path
 	// SessionLosses counts ZooKeeper session expiries and etcd lease losses.
 	SessionLosses *prometheus.CounterVec // backend
+	// ProgressRequests counts the watch progress requests etcd clients
+	// send to check that their member is not stalled (one per probe
+	// interval per client): a load on the cluster to size at fleet scale.
+	ProgressRequests *prometheus.CounterVec // backend
 }
 
 // NewMetrics creates the registry metrics and registers them with reg
@@ -58,9 +62,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "syncstack_registry_session_losses_total",
 			Help: "ZooKeeper session expiries and etcd lease losses.",
 		}, []string{"backend"}),
+		ProgressRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "syncstack_registry_progress_requests_total",
+			Help: "Watch progress requests sent to check that the pinned etcd member is not stalled.",
+		}, []string{"backend"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.RecordsSkipped, m.Reads, m.Writes, m.Errors, m.Reregistrations, m.WatchUpdates, m.SessionLosses)
+		reg.MustRegister(m.RecordsSkipped, m.Reads, m.Writes, m.Errors, m.Reregistrations, m.WatchUpdates, m.SessionLosses, m.ProgressRequests)
 	}
 	return m
 }

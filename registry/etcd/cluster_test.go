@@ -19,7 +19,7 @@ import (
 )
 
 // watchBound is how soon after a write a watcher whose member froze must
-// see it: the progress monitor notices within progressEvery +
+// see it: the progress monitor notices within Config.ProbeInterval +
 // progressTimeout (1.5 s), then the watch resumes on another member.
 const watchBound = 2 * time.Second
 

@@ -96,6 +96,8 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{Config{Endpoints: []string{"nohostport"}}, "endpoints[0]"},
 		{Config{Endpoints: []string{"127.0.0.1:2379"}, LeaseTTL: time.Millisecond}, "lease_ttl"},
 		{Config{Endpoints: []string{"127.0.0.1:2379"}, Root: "rel/path"}, "root"},
+		{Config{Endpoints: []string{"127.0.0.1:2379"}, ProbeInterval: 50 * time.Millisecond}, "probe_interval"},
+		{Config{Endpoints: []string{"127.0.0.1:2379"}, ProbeInterval: time.Minute}, "probe_interval"},
 	} {
 		if _, err := New(tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("New(%+v) = %v, want an error naming %s", tc.cfg, err, tc.want)

@@ -9,6 +9,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/syncstack/syncstack/internal/backoff"
 )
@@ -40,14 +41,15 @@ import (
 // new connection to it.
 
 var (
-	// progressEvery is how often the monitor asks the pinned member for
-	// watch progress, and progressTimeout how long it waits for the answer
-	// before it declares the member stalled. A change made while the pinned
-	// member is stalled reaches watchers within about their sum plus a
-	// reconnect: about 1 s. (Each check is one small request per Client,
-	// answered from the member's memory.)
-	progressEvery   = 300 * time.Millisecond
-	progressTimeout = 700 * time.Millisecond
+	// defaultProbeInterval is how often the monitor asks the pinned member
+	// for watch progress (Config.ProbeInterval), and progressTimeout how
+	// long it waits for the answer before it declares the member stalled.
+	// A change made while the pinned member is stalled reaches watchers
+	// within about their sum plus a reconnect: about 1 s by default. (Each
+	// check is one small request per Client, answered from the member's
+	// memory.)
+	defaultProbeInterval = 300 * time.Millisecond
+	progressTimeout      = 700 * time.Millisecond
 	// readProbeEvery is the period of the read that replaces the progress
 	// request behind an endpoint that answers none (etcd's grpc-proxy): the
 	// proxy forwards each read to the cluster, so at fleet scale a 300 ms
@@ -174,8 +176,8 @@ func (c *Client) closePin() {
 }
 
 // watchContext returns the context every watch on a pin uses: watches that
-// share outgoing metadata share one gRPC stream, and the monitor's progress
-// requests must travel on that stream. It starts the monitor.
+// share outgoing metadata share one gRPC stream (the monitor's probe has a
+// stream of its own: probeContext). It starts the monitor.
 func (c *Client) watchContext(ctx context.Context) context.Context {
 	c.startMonitor()
 	return clientv3.WithRequireLeader(ctx)
@@ -214,7 +216,7 @@ func (c *Client) monitorPins() {
 		start := time.Now()
 		if why := c.probe(p); why != "" {
 			c.abandon(p, why)
-		} else if time.Since(start) > 10*progressEvery {
+		} else if time.Since(start) > 10*c.cfg.ProbeInterval {
 			b.Reset() // it ran a good while: not a fast failure loop
 		}
 		if b.Wait(c.ctx) != nil {
@@ -223,18 +225,31 @@ func (c *Client) monitorPins() {
 	}
 }
 
-// probe watches a key nobody writes on p's watch stream and asks for
-// progress every progressEvery. It returns why the member is considered
-// stalled, or "" when the pin went away for another reason.
+// probeContext is the context of the monitor's probe: its own gRPC stream
+// on the pin's connection (so it stalls with the member), apart from the
+// watches'. etcd ≥ 3.5 does not answer a progress request while any watch
+// on the stream starts ahead of the store's revision — and every watch
+// here starts at the revision after its list, or after its own write — and
+// ignores later requests until that one is answered: on the watches'
+// stream, a quiet cluster's members looked like proxies (measured on etcd
+// 3.6: every client fell back to read probes).
+func (c *Client) probeContext() context.Context {
+	return metadata.AppendToOutgoingContext(c.watchContext(c.ctx), "syncstack-stream", "probe")
+}
+
+// probe watches a key nobody writes on its own stream of p's connection
+// and asks for progress every Config.ProbeInterval. It returns why the
+// member is considered stalled, or "" when the pin went away for another
+// reason.
 func (c *Client) probe(p *pin) string {
-	ctx, cancel := context.WithCancel(c.watchContext(c.ctx))
+	ctx, cancel := context.WithCancel(c.probeContext())
 	defer cancel()
 	// Watch returns only once the member confirms the watch: a stalled
 	// member never does, so that wait is timed too.
 	created := make(chan clientv3.WatchChan, 1)
 	go func() { created <- p.cli.Watch(ctx, c.cfg.Root+"/.progress-probe") }()
 	var wch clientv3.WatchChan
-	tick := time.NewTicker(progressEvery)
+	tick := time.NewTicker(c.cfg.ProbeInterval)
 	defer tick.Stop()
 	waiting := time.After(progressTimeout) // set while an answer is due
 	unary := false                         // the endpoint answers no progress requests: probe with reads
@@ -271,7 +286,7 @@ func (c *Client) probe(p *pin) string {
 				continue
 			}
 			if unary {
-				if time.Since(lastRead) < readProbeEvery {
+				if time.Since(lastRead) < max(readProbeEvery, c.cfg.ProbeInterval) {
 					continue
 				}
 				lastRead = time.Now()
@@ -283,6 +298,7 @@ func (c *Client) probe(p *pin) string {
 			rctx, rcancel := context.WithTimeout(ctx, progressTimeout)
 			err := p.cli.RequestProgress(rctx)
 			rcancel()
+			c.m.ProgressRequests.WithLabelValues(backendName).Inc()
 			if err != nil && c.ctx.Err() == nil {
 				return fmt.Sprintf("progress request: %v", err)
 			}

@@ -1,0 +1,76 @@
+package etcd
+
+import (
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/syncstack/syncstack/internal/testserver"
+	"github.com/syncstack/syncstack/registry/registrytest"
+)
+
+// probeCounts reads a client's liveness probes: progress requests, and the
+// reads that replace them behind an endpoint that answers none (a proxy).
+func probeCounts(c *Client) (progress, reads float64) {
+	return testutil.ToFloat64(c.m.ProgressRequests.WithLabelValues(backendName)),
+		testutil.ToFloat64(c.m.Reads.WithLabelValues(backendName, "probe"))
+}
+
+// The progress requests that keep a client off a stalled member come once
+// per Config.ProbeInterval: at fleet scale their rate is the cluster's load
+// (~0.33 ms of its CPU each, SCALING.md), so the interval is the operator's
+// to lengthen. Counted over a 3 s window on a real etcd.
+func TestProbeIntervalPacesProgressRequests(t *testing.T) {
+	srv := testserver.StartEtcd(t)
+	for _, tc := range []struct {
+		interval time.Duration
+		min, max float64 // progress requests in the window
+	}{
+		{defaultProbeInterval, 6, 11},
+		{time.Second, 1, 4},
+	} {
+		t.Run(tc.interval.String(), func(t *testing.T) {
+			var c *Client
+			if tc.interval == defaultProbeInterval {
+				c = newClient(t, srv.Endpoint) // the default, unset
+			} else {
+				c = newClient(t, srv.Endpoint, func(cfg *Config) { cfg.ProbeInterval = tc.interval })
+			}
+			startWatch(t, c, "/svc").WaitFor(t, 5*time.Second, "empty", hasLen(0))
+			registrytest.Eventually(t, 10*time.Second, "a first progress request", func() bool { p, _ := probeCounts(c); return p > 0 })
+			before, _ := probeCounts(c)
+			window := time.NewTimer(3 * time.Second) // a rate is counted over a window
+			<-window.C
+			if p, _ := probeCounts(c); p-before < tc.min || p-before > tc.max {
+				t.Errorf("%v progress requests in 3s at a %v interval, want %v..%v", p-before, tc.interval, tc.min, tc.max)
+			}
+			if n := testutil.ToFloat64(c.m.Errors.WithLabelValues(backendName, "member_stalled")); n != 0 {
+				t.Errorf("the member was left %v times as stalled", n)
+			}
+		})
+	}
+}
+
+// A quiet etcd ≥ 3.5 member (the embedded server is 3.6) answers progress
+// requests and is probed with them, not taken for a proxy and probed with
+// reads, nor for a stalled member. It answers none on a stream where a
+// watch starts ahead of the store's revision, as every watch here does
+// (the revision after its list) until the next write: the probe has a
+// stream of its own. With the probe on the watches' stream, this client
+// fell back to read probes within a second.
+func TestQuietMemberIsProbedWithProgressRequests(t *testing.T) {
+	srv := testserver.StartEtcd(t)
+	c := newClient(t, srv.Endpoint)
+	startWatch(t, c, "/svc").WaitFor(t, 5*time.Second, "empty", hasLen(0))
+	p0, r0 := probeCounts(c)
+	window := time.NewTimer(2 * readProbeEvery) // two periods of the read probe; nothing is written
+	<-window.C
+	p, r := probeCounts(c)
+	if r != r0 || p-p0 < 5 {
+		t.Errorf("in %v: %v read probes and %v progress requests, want 0 and at least 5", 2*readProbeEvery, r-r0, p-p0)
+	}
+	if n := testutil.ToFloat64(c.m.Errors.WithLabelValues(backendName, "member_stalled")); n != 0 {
+		t.Errorf("the member was left %v times as stalled", n)
+	}
+}
