@@ -203,21 +203,7 @@ func (c *EtcdCluster) logs() string {
 // Start starts the member's process (again after Kill, with the same data
 // directory and ports); it does not wait for it to serve.
 func (m *EtcdMember) Start() {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.cmd != nil {
-		return
-	}
-	log, err := os.OpenFile(filepath.Join(m.dir, "etcd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		m.t.Fatal(err)
-	}
-	defer log.Close()
-	cmd := exec.Command(EtcdBinary, m.args...)
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := m.startLocked(cmd); err != nil {
-		m.t.Fatalf("testserver: start etcd %s: %v", m.Name, err)
-	}
+	m.start(m.t, "etcd "+m.Name, filepath.Join(m.dir, "etcd.log"), append([]string{EtcdBinary}, m.args...)...)
 }
 
 // LogTail returns the last lines of the member's log.

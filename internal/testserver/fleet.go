@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -85,21 +84,7 @@ func StartEtcdGRPCProxy(t testing.TB, endpoints []string) *EtcdGRPCProxy {
 
 // Start (re)starts the proxy process; it does not wait for it to listen.
 func (p *EtcdGRPCProxy) Start() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd != nil {
-		return
-	}
-	log, err := os.OpenFile(filepath.Join(p.dir, "proxy.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	defer log.Close()
-	cmd := exec.Command(EtcdBinary, p.args...)
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := p.startLocked(cmd); err != nil {
-		p.t.Fatalf("testserver: start etcd grpc-proxy: %v", err)
-	}
+	p.start(p.t, "etcd grpc-proxy", filepath.Join(p.dir, "proxy.log"), append([]string{EtcdBinary}, p.args...)...)
 }
 
 // dials reports whether something accepts TCP connections on addr.

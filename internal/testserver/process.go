@@ -1,9 +1,11 @@
 package testserver
 
 import (
+	"os"
 	"os/exec"
 	"sync"
 	"syscall"
+	"testing"
 )
 
 // serverProcess is one server a test can kill, start again, freeze and
@@ -13,6 +15,26 @@ type serverProcess struct {
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	frozen bool
+}
+
+// start starts argv unless the process runs, its output appended to
+// logPath; it does not wait for it to serve. what names it in a failure.
+func (p *serverProcess) start(t testing.TB, what, logPath string, argv ...string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd != nil {
+		return
+	}
+	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := p.startLocked(cmd); err != nil {
+		t.Fatalf("testserver: start %s: %v", what, err)
+	}
 }
 
 // startLocked starts cmd; p.mu is held and no process runs.

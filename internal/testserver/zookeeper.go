@@ -136,24 +136,10 @@ func (e *ZKEnsemble) logs() string {
 
 // Start (re)starts the node's process; it does not wait for it to serve.
 func (n *ZKNode) Start() {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.cmd != nil {
-		return
-	}
-	log, err := os.OpenFile(filepath.Join(n.dir, "zookeeper.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	cmd := exec.Command("java", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+	n.start(n.t, "zookeeper", filepath.Join(n.dir, "zookeeper.log"),
+		"java", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
 		"-Dzookeeper.admin.enableServer=false", "-cp", ZooKeeperJar,
 		"org.apache.zookeeper.server.quorum.QuorumPeerMain", filepath.Join(n.dir, "zoo.cfg"))
-	cmd.Stdout, cmd.Stderr = log, log
-	err = n.startLocked(cmd)
-	log.Close()
-	if err != nil {
-		n.t.Fatalf("testserver: start zookeeper: %v", err)
-	}
 }
 
 // WaitServing waits until the node answers srvr with a mode, which it does
