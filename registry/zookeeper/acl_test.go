@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/go-zookeeper/zk"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/syncstack/syncstack/internal/testserver"
 	"github.com/syncstack/syncstack/registry"
@@ -289,34 +288,7 @@ func TestLoadAuth(t *testing.T) {
 // With credentials (one identity for every client, as a single-role
 // fleet), every behaviour of the conformance suite is unchanged.
 func TestConformanceWithAuth(t *testing.T) {
-	zks := testserver.StartZooKeeper(t)
-	a := &Auth{User: "fleet", Password: "fleet-secret"}
-	admin := newClient(t, zks.Servers(), withAuth(a))
-	registrytest.Run(t, registrytest.Harness{
-		New: func(t *testing.T) registry.Backend { return newClient(t, zks.Servers(), withAuth(a)) },
-		Plant: func(t *testing.T, dir, name string, data []byte) {
-			if err := admin.ensurePath(dir); err != nil {
-				t.Fatal(err)
-			}
-			_, err := admin.conn.Create(dir+"/"+name, data, 0, admin.acl())
-			if errors.Is(err, zk.ErrNodeExists) {
-				_, err = admin.conn.Set(dir+"/"+name, data, -1)
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-		},
-		Raw: func(t *testing.T, key string) []byte {
-			data, _, err := admin.conn.Get(key)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return data
-		},
-		Skipped: func(b registry.Backend, dir string) float64 {
-			return testutil.ToFloat64(b.(*Client).m.RecordsSkipped.WithLabelValues(backendName, dir))
-		},
-	})
+	conformance(t, withAuth(&Auth{User: "fleet", Password: "fleet-secret"}))
 }
 
 // A fleet that ran without credentials has an open tree; setup takes it

@@ -37,15 +37,22 @@ var (
 )
 
 func TestConformance(t *testing.T) {
+	conformance(t)
+}
+
+// conformance runs the registry conformance suite on a ZooKeeper server,
+// with clients made with tweak (TestConformanceWithAuth: credentials); the
+// records it plants carry the ACL those clients write with.
+func conformance(t *testing.T, tweak ...func(*Config)) {
 	zks := testserver.StartZooKeeper(t)
-	admin := newClient(t, zks.Servers())
+	admin := newClient(t, zks.Servers(), tweak...)
 	registrytest.Run(t, registrytest.Harness{
-		New: func(t *testing.T) registry.Backend { return newClient(t, zks.Servers()) },
+		New: func(t *testing.T) registry.Backend { return newClient(t, zks.Servers(), tweak...) },
 		Plant: func(t *testing.T, dir, name string, data []byte) {
 			if err := admin.ensurePath(dir); err != nil {
 				t.Fatal(err)
 			}
-			_, err := admin.conn.Create(dir+"/"+name, data, 0, zk.WorldACL(zk.PermAll))
+			_, err := admin.conn.Create(dir+"/"+name, data, 0, admin.acl())
 			if errors.Is(err, zk.ErrNodeExists) {
 				_, err = admin.conn.Set(dir+"/"+name, data, -1)
 			}
