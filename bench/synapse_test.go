@@ -523,6 +523,9 @@ func convergence(b *testing.B, method string) {
 		b.Fatal(err)
 	}
 	initial := time.Since(start)
+	// The high-water mark of the initial load alone (the changes' and the
+	// churn's follow), before the profile, which costs synapse memory.
+	loaded, _ := sampleProc(p.cmd.Process.Pid)
 	p.heapProfile(b, "heap-initial-"+method) // what the initial load left
 	reloads0, ownReloads0 := p.reloads.total(), p.metric("synapse_haproxy_reloads_total")
 	reads0 := p.metric(`syncstack_registry_reads_total{backend="zookeeper",op="get"}`) + p.metric(`syncstack_registry_reads_total{backend="zookeeper",op="children"}`) + p.metric(`syncstack_registry_reads_total{backend="etcd"`)
@@ -597,7 +600,7 @@ func convergence(b *testing.B, method string) {
 	report(b, "convergence/"+method, map[string]float64{
 		"p50-ms": ms(percentile(lat, .5)), "p90-ms": ms(percentile(lat, .9)), "p99-ms": ms(percentile(lat, .99)), "max-ms": ms(percentile(lat, 1)),
 		"changes": float64(changes), "reloads": float64(reloads), "reloads-synapse-counter": ownReloads, "registry-reads-per-change": reads / float64(changes),
-		"initial-load-s": initial.Seconds(), "synapse-rss-MB": float64(cpu1.rssKB) / 1024, "synapse-cpu-%core": cpuPercent(cpu0, cpu1),
+		"initial-load-s": initial.Seconds(), "synapse-rss-hwm-initial-MB": float64(loaded.hwmKB) / 1024, "synapse-rss-MB": float64(cpu1.rssKB) / 1024, "synapse-cpu-%core": cpuPercent(cpu0, cpu1),
 		"backends": float64(services * per),
 		// Bucket upper bounds (ms), so coarse: where the tail is spent.
 		"in-synapse-p50-ms-bucket": conv1.quantile(conv0, .5), "in-synapse-p99-ms-bucket": conv1.quantile(conv0, .99),
@@ -611,7 +614,16 @@ func convergence(b *testing.B, method string) {
 	hwmReset := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", p.cmd.Process.Pid), []byte("5"), 0) == nil
 	reloads0 = p.reloads.total()
 	t0 := time.Now()
+	// With profiles on, one more halfway through the writes: its
+	// inuse_space is what is live in the middle of the churn (it costs
+	// synapse memory and time: the churn figures of such a run are not
+	// the benchmark's).
+	var midProfile sync.Once
+	var midDone sync.WaitGroup
 	if err := parallel(services*per, func(i int) error {
+		if i == services*per/2 && os.Getenv("SYNCSTACK_BENCH_PPROF") != "" {
+			midProfile.Do(func() { midDone.Go(func() { p.heapProfile(b, "heap-midchurn-"+method) }) })
+		}
 		s, k := i/per, i%per
 		if err := w.put(nodePath(method, s, fmt.Sprintf("n%02d", k)), record(fmt.Sprintf("n%02d", k), 20000+i, nil)); err != nil {
 			return err
@@ -621,6 +633,7 @@ func convergence(b *testing.B, method string) {
 		b.Fatal(err)
 	}
 	written := time.Since(t0)
+	midDone.Wait()
 	for {
 		st, err := p.servers()
 		ok := err == nil && len(st) == services
@@ -649,6 +662,10 @@ func convergence(b *testing.B, method string) {
 	// is the measured interval (how long "at rest" lasts), not a wait.
 	time.Sleep(10 * time.Second)
 	settled, _ := sampleProc(p.cmd.Process.Pid)
+	// After the samples, so that taking it does not count in them: its
+	// alloc_space less heap-<method>'s is what the churn (and the rest
+	// after it) allocated, its inuse_space what stays at rest.
+	p.heapProfile(b, "heap-churn-"+method)
 	const targetMB = 64
 	rest, hwm := float64(settled.rssKB)/1024, float64(max(settled.hwmKB, beforeChurn.hwmKB))/1024
 	churnHWM := -1.0 // unknown: clear_refs refused

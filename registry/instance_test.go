@@ -280,3 +280,35 @@ func TestEqualSetsComparesRegistrationOrder(t *testing.T) {
 		t.Error("a set is not equal to its copy")
 	}
 }
+
+// CompareIDs orders as the IDs' strings do, IPv6 brackets, names and ports
+// of every length included, and allocates nothing: sets are sorted by ID on
+// every watch event.
+func TestCompareIDs(t *testing.T) {
+	var ins []Instance
+	for _, name := range []string{"", "a", "a@b", "web-1", "ab", strings.Repeat("n", 120)} {
+		for _, host := range []string{"10.0.0.1", "10.0.0.10", "::1", "fe80::1", "a", "a:"} {
+			for _, port := range []int{1, 9, 80, 8080, 65535} {
+				ins = append(ins, Instance{Name: name, Host: host, Port: port})
+			}
+		}
+	}
+	for _, a := range ins {
+		for _, b := range ins {
+			if got, want := CompareIDs(a, b), strings.Compare(a.ID(), b.ID()); got != want {
+				t.Fatalf("CompareIDs(%q, %q) = %d, want %d", a.ID(), b.ID(), got, want)
+			}
+		}
+	}
+	set := make([]Instance, 10)
+	for i := range set {
+		set[i] = Instance{Name: fmt.Sprintf("i%02d", 9-i), Host: "127.0.0.1", Port: 20000 + i}
+	}
+	work := make([]Instance, len(set))
+	if n := testing.AllocsPerRun(100, func() {
+		copy(work, set)
+		Dedupe(work)
+	}); n != 0 {
+		t.Errorf("Dedupe of 10 records: %v allocations, want 0", n)
+	}
+}

@@ -336,3 +336,79 @@ func TestCacheKeepsRegistrationOrder(t *testing.T) {
 		t.Errorf("leader from the cache: %v, want b", d)
 	}
 }
+
+// A watcher's set is shared, not copied, by the pipeline (mergeSet keeps
+// it when its filters keep every record), the desired state's build and
+// the state cache: none of them may write it. The watcher still holds it
+// (to compare the next set with) in the order it sent: by ID. Building
+// sorts in registration order, which must happen on the build's own copy.
+func TestSharedSetsStayUnwritten(t *testing.T) {
+	w := func(n int) *int { return &n }
+	got := []registry.Instance{rec("a", 1, 30), rec("b", 2, 20), rec("c", 3, 10)} // by ID, as watchers send
+	got[0].Weight = w(5)
+	sent := make([]registry.Instance, len(got))
+	for i, in := range got {
+		sent[i] = in.Clone()
+	}
+	svc := &ServiceConfig{}
+	set, _ := mergeSet(svc, nil, got)
+	if &set[0] != &got[0] {
+		t.Fatal("mergeSet copied a set its filters keep whole: a copy per stage is what sharing saves")
+	}
+	in := buildInput{services: map[string]*ServiceConfig{"web": svc}, known: map[string]bool{"web": true}, heard: map[string]bool{"web": true},
+		sets: map[string][]registry.Instance{"web": set}, recordWeights: false,
+		active: []registry.Override{{Target: "a", State: registry.StateReady, Weight: w(9), At: time.Unix(1, 0)}}}
+	st, _ := build(in, nil, allDirty())
+	if got := desc(st.Services["web"].Backends); !slices.Equal(got, []string{"c", "b", "a@9"}) {
+		t.Fatalf("built %v, want registration order with the override's weight", got)
+	}
+	gs := guards{cfg: &Config{Services: in.services}}
+	guardState(&gs, st, nil, time.Now())
+	for i := range got {
+		if !got[i].Equal(sent[i]) || got[i].Seq != sent[i].Seq {
+			t.Errorf("the watcher's set changed at %d: %+v, sent %+v", i, got[i], sent[i])
+		}
+	}
+	if got[0].Weight == nil || *got[0].Weight != 5 {
+		t.Errorf("the watcher's record weight changed")
+	}
+}
+
+// A filter that leaves a record out copies: the watcher's set keeps it.
+func TestMergeSetFilteredCopies(t *testing.T) {
+	onlyBlue := &ServiceConfig{Discovery: watchers.Config{LabelFilters: []watchers.LabelFilter{{Label: "color", Value: "blue"}}}}
+	blue := func(n string, i int) registry.Instance {
+		in := rec(n, i, int64(i))
+		in.Labels = map[string]string{"color": "blue"}
+		return in
+	}
+	red := rec("r", 9, 9)
+	for _, got := range [][]registry.Instance{
+		{red, blue("a", 1), blue("b", 2)},
+		{blue("a", 1), red, blue("b", 2)},
+		{blue("a", 1), blue("b", 2), red},
+	} {
+		before := slices.Clone(got)
+		set, _ := mergeSet(onlyBlue, nil, got)
+		var names []string
+		for _, in := range set {
+			names = append(names, in.Name)
+		}
+		if !slices.Equal(names, []string{"a", "b"}) {
+			t.Errorf("%v: kept %v, want [a b]", desc(backendsOf(before)), names)
+		}
+		for i := range got {
+			if !got[i].Equal(before[i]) {
+				t.Errorf("%v: the watcher's set changed", desc(backendsOf(before)))
+			}
+		}
+	}
+}
+
+func backendsOf(set []registry.Instance) []generators.Backend {
+	out := make([]generators.Backend, len(set))
+	for i, in := range set {
+		out[i] = generators.Backend{Instance: in, State: registry.StateReady}
+	}
+	return out
+}

@@ -69,6 +69,13 @@ type guardResult struct {
 // apply evaluates the guard for one desired set of backends. It is pure
 // apart from g's own state, and the same input gives the same output.
 func (g *serviceGuard) apply(in guardInput) guardResult {
+	if in.threshold <= 0 {
+		// Off: every removal is accepted at once, so the reference set
+		// would only ever be a copy of the serving backends, kept for
+		// nothing (10,000 backends: 2 MB).
+		g.members, g.panic, g.since, g.held, g.missing = nil, false, time.Time{}, nil, 0
+		return guardResult{backends: in.desired}
+	}
 	if g.members == nil {
 		g.members = map[string]*guardMember{}
 	}

@@ -272,3 +272,32 @@ func TestThresholdConfig(t *testing.T) {
 		t.Errorf("window: %v", got)
 	}
 }
+
+// With the threshold off (0) the guard passes the desired backends through
+// and keeps no reference set: with every removal accepted at once it would
+// only be a copy of the serving backends (10,000 backends: 2 MB). A panic
+// restored from the state cache ends at the first evaluation, as before.
+func TestGuardOffKeepsNoReference(t *testing.T) {
+	g := &serviceGuard{}
+	now := time.Unix(1_000_000, 0)
+	desired := set(ten()...)
+	r := g.apply(guardInput{desired: desired, threshold: 0, window: time.Minute, now: now})
+	if !sameSlice(r.backends, desired) || r.entered || len(r.held) != 0 {
+		t.Fatalf("threshold 0: %+v", r)
+	}
+	if len(g.members) != 0 {
+		t.Errorf("threshold 0: a reference set of %d backends kept", len(g.members))
+	}
+	r = g.apply(guardInput{desired: desired[:1], threshold: 0, window: time.Minute, now: now.Add(time.Second)})
+	if len(r.backends) != 1 || g.panic {
+		t.Errorf("threshold 0: 9 of 10 removed, %d backends, panic %v", len(r.backends), g.panic)
+	}
+
+	gs := guards{cfg: &Config{GuardConfig: GuardConfig{PanicThreshold: new(0.0)}, Services: map[string]*ServiceConfig{"web": {}}}}
+	gs.restore("web", []registry.Instance{{Name: "gone", Host: "10.0.0.99", Port: 80}}, now)
+	st := &generators.State{Services: map[string]generators.Service{"web": {Backends: desired}}}
+	entered, status := gs.apply(st, nil, now)
+	if len(entered) != 0 || len(status) != 0 || len(st.Services["web"].Backends) != 10 || gs.services["web"].panic {
+		t.Errorf("restored panic with threshold 0: entered %v status %+v, %d backends", entered, status, len(st.Services["web"].Backends))
+	}
+}

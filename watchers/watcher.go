@@ -14,7 +14,9 @@ import (
 
 // Watcher sends the full set of a service's backends, then the full set
 // again after every change, until ctx ends. It never closes out. A failed
-// read sends nothing: the last set stands.
+// read sends nothing: the last set stands. A set sent is shared, not
+// copied, by its receivers (synapse's pipeline and state cache): neither
+// the watcher nor they write it afterwards.
 type Watcher interface {
 	Run(ctx context.Context, out chan<- []registry.Instance) error
 }

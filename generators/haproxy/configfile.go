@@ -3,7 +3,9 @@ package haproxy
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -33,8 +35,10 @@ type configFile struct {
 	// refuses); called with mu held.
 	writeState func(ctx context.Context, st generators.State) error
 
-	mu          sync.Mutex // held while writing
-	lastWritten string
+	mu sync.Mutex // held while writing
+	// lastWritten is the SHA-256 of the content last written, not the
+	// content: at 10k servers that is 1 MB kept for a comparison.
+	lastWritten [sha256.Size]byte
 	background  bool // the write in flight is the background writer's (with mu)
 
 	pmu                 sync.Mutex        // the hand-over to the background writer
@@ -120,17 +124,20 @@ func (f *configFile) wait() { f.writerWG.Wait() }
 // held.
 func (f *configFile) writeContent(ctx context.Context, content string) error {
 	path := f.cfg.ConfigFilePath
-	if content == f.lastWritten {
+	sum := sha256.Sum256([]byte(content))
+	if sum == f.lastWritten {
 		return nil
 	}
-	if old, err := os.ReadFile(path); err == nil && string(old) == content {
-		f.lastWritten = content
+	if fileHolds(path, content) {
+		f.lastWritten = sum
 		return nil
 	}
+	// One copy for both writes (10k servers: ~1 MB each).
+	data := []byte(content)
 	// The candidate is validated where it will live (relative paths in
 	// the config resolve the same), then becomes the file.
 	candidate := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".candidate")
-	if err := atomicfile.Write(candidate, []byte(content), atomicfile.Options{Mode: configMode}); err != nil {
+	if err := atomicfile.Write(candidate, data, atomicfile.Options{Mode: configMode}); err != nil {
 		return fmt.Errorf("haproxy config: %w", err)
 	}
 	defer os.Remove(candidate)
@@ -143,12 +150,41 @@ func (f *configFile) writeContent(ctx context.Context, content string) error {
 		f.log.Error("rendered config rejected by haproxy -c; keeping the previous one", "err", err)
 		return err
 	}
-	if err := atomicfile.Write(path, []byte(content), atomicfile.Options{Mode: configMode}); err != nil {
+	if err := atomicfile.Write(path, data, atomicfile.Options{Mode: configMode}); err != nil {
 		return fmt.Errorf("haproxy config: %w", err)
 	}
-	f.lastWritten = content
+	f.lastWritten = sum
 	f.m.ConfigWrites.Inc()
 	return nil
+}
+
+// fileHolds reports whether the file at path holds exactly content. It
+// compares as it reads (the size first), rather than reading the whole
+// file into memory: a write at 10k servers is ~1 MB, and every background
+// write during a burst of changes checked the file.
+func fileHolds(path, content string) bool {
+	fh, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer fh.Close()
+	if info, err := fh.Stat(); err != nil || info.Size() != int64(len(content)) {
+		return false
+	}
+	var buf [32 << 10]byte
+	for {
+		n, err := fh.Read(buf[:])
+		if n > len(content) || string(buf[:n]) != content[:n] {
+			return false
+		}
+		content = content[n:]
+		if err == io.EOF {
+			return len(content) == 0
+		}
+		if err != nil {
+			return false
+		}
+	}
 }
 
 // validate runs `haproxy -c` on file; a rejection is a *ValidationError.

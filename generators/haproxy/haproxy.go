@@ -25,6 +25,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/syncstack/syncstack/generators"
@@ -46,6 +47,9 @@ type Generator struct {
 	// ids gives every server its `id` (read by render from the background
 	// writer: it has its own lock).
 	ids *serverIDs
+	// renderSize is the length of the last full render: the next one's
+	// buffer is made that size at once (render.go).
+	renderSize atomic.Int64
 
 	// mu is the apply lock: Apply, the watchdog's restart and RetryAt
 	// take it; the state of proc and runtime, and the fields below, are

@@ -31,6 +31,15 @@ func (g *Generator) renderFile(st generators.State, trial map[serverKey]bool) st
 
 func (g *Generator) renderWith(st generators.State, servers bool, trial map[serverKey]bool) string {
 	var b strings.Builder
+	if servers {
+		// The size of the last full render, and some: at 10k servers
+		// the file is ~1 MB, and growing the buffer by doubling made
+		// twice that in copies, live together while it grew.
+		if n := g.renderSize.Load(); n > 0 {
+			b.Grow(int(n + n/16))
+		}
+		defer func() { g.renderSize.Store(int64(b.Len())) }()
+	}
 	b.WriteString(header)
 	b.WriteString("global\n")
 	for _, l := range g.cfg.Global {
