@@ -44,6 +44,11 @@ type Config struct {
 	// EtcdSecurity: TLS and authentication for every etcd cluster this
 	// synapse watches or writes acks to.
 	EtcdSecurity etcd.Security `yaml:"etcd_security"`
+	// EtcdProbeInterval is how often synapse asks each etcd member it
+	// watches through for watch progress, to leave a stalled one
+	// (etcd.Config.ProbeInterval; default 300ms): a load on the cluster
+	// to weigh at thousands of hosts (SCALING.md).
+	EtcdProbeInterval confutil.Duration `yaml:"etcd_probe_interval"`
 	// ZKAuthFile holds this process's ZooKeeper digest credentials
 	// (user:password, mode 0600 or 0640); unset, $SYNCSTACK_ZK_AUTH_FILE.
 	ZKAuthFile string `yaml:"zk_auth_file"`
@@ -160,6 +165,9 @@ func (cfg *Config) Finalize() error {
 	}
 	if err := cfg.EtcdSecurity.Apply(&etcd.Config{}); err != nil {
 		p.Addf("etcd_security", "%v", err)
+	}
+	if err := etcd.CheckProbeInterval(cfg.EtcdProbeInterval.D()); err != nil {
+		p.Addf("etcd_probe_interval", "%v", err)
 	}
 	if cfg.ZKAuthFile != "" {
 		if _, err := zookeeper.LoadAuth(cfg.ZKAuthFile); err != nil {

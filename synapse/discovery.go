@@ -31,7 +31,7 @@ func (s *Synapse) client(method string, hosts []string, root string) (registry.B
 	case "zookeeper":
 		c, err = zookeeper.New(zookeeper.Config{Servers: hosts, Root: root, AuthFile: s.cfg.ZKAuthFile, Logger: s.log, Metrics: s.rm})
 	case "etcd":
-		ecfg := etcd.Config{Endpoints: hosts, Root: root, Logger: s.log, Metrics: s.rm}
+		ecfg := etcd.Config{Endpoints: hosts, Root: root, ProbeInterval: s.cfg.EtcdProbeInterval.D(), Logger: s.log, Metrics: s.rm}
 		if err := s.cfg.EtcdSecurity.Apply(&ecfg); err != nil {
 			return nil, fmt.Errorf("etcd_security: %w", err)
 		}
