@@ -173,12 +173,6 @@ func compareRegistration(a, b registry.Instance) int {
 	return strings.Compare(generators.Backend{Instance: a}.ServerName(), generators.Backend{Instance: b}.ServerName())
 }
 
-// sortByRegistration sorts instances in registration order (stable: equal
-// records keep their order).
-func sortByRegistration(set []registry.Instance) {
-	slices.SortStableFunc(set, compareRegistration)
-}
-
 // sortBackendsByRegistration sorts backends in registration order.
 func sortBackendsByRegistration(bs []generators.Backend) {
 	slices.SortStableFunc(bs, func(a, b generators.Backend) int { return compareRegistration(a.Instance, b.Instance) })

@@ -155,7 +155,6 @@ func run(args []string) int {
 				cancel()
 				<-done
 				cfg = next
-				daemon.ProfileMemory(cfg.Admin.Pprof)
 				log.Info("SIGHUP: config reloaded")
 				break wait
 			}

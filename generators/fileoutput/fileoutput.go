@@ -124,6 +124,8 @@ func (g *Generator) Apply(_ context.Context, st generators.State) error {
 		switch {
 		case known && sum == prev.sum:
 			// A change the file does not show (a registration order, say).
+			// Not compared with the disk: as for an unchanged service, a
+			// file someone else edited is put right at the next check.
 			prev.svc = svc
 			g.written[name] = prev
 			continue
@@ -184,9 +186,10 @@ func (g *Generator) sameNames(st generators.State) bool {
 }
 
 // writeIfChanged replaces path with data unless it holds data already. The
-// files are rebuilt from the registry at every start (the first Apply
-// renders every service), so the directory is not fsynced: after a crash a
-// file may hold its previous version until then, never a partial one.
+// files are rebuilt at every start (the first Apply renders every service
+// that is known: heard from, or in the state cache), so the directory is
+// not fsynced: after a crash a file may hold its previous version until
+// then, never a partial one.
 func writeIfChanged(path string, data []byte) error {
 	if old, err := readFile(path); err == nil && bytes.Equal(old, data) {
 		return nil

@@ -25,10 +25,11 @@ type Options struct {
 	// haproxy -c, before it replaces the one HAProxy loads.)
 	Check func(tmpPath string) error
 	// Rebuilt marks a file its writer rebuilds from its sources every time
-	// it starts (synapse's file_output): the directory is not fsynced
-	// after the rename. A crash may then bring the previous version back,
-	// complete (the data is still synced before the rename, so never an
-	// empty or partial file), and the writer's next start replaces it.
+	// it starts (synapse's file_output, once the service is known): the
+	// directory is not fsynced after the rename. A crash may then bring
+	// the previous version back, complete (the data is still synced
+	// before the rename, so never an empty or partial file), until the
+	// writer replaces it.
 	// It saves a journal commit per write, most of a write's latency when
 	// many processes on a host write at once (50 writers: p50 16–23 ms
 	// with the directory synced, 10.5 ms without).

@@ -146,7 +146,8 @@ const defaultMemProfileRate = 512 * 1024
 // (paging in the binary's tables) and keeps a record, which costs nerve
 // 0.5–1.3 MB of its 24 MB budget (bench, BenchmarkNerve100Services) and
 // buys nothing while nobody can fetch the profile. Call it first in main
-// with false, then with the config's choice.
+// with false, then once with the first config's choice (the runtime wants
+// the rate set early, and once: a reload does not change it).
 func ProfileMemory(on bool) {
 	if strings.Contains(os.Getenv("GODEBUG"), "memprofilerate=") {
 		return

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -164,6 +165,9 @@ type Client struct {
 	connected chan struct{}
 	ccfg      clientv3.Config // for pins
 	monitorOn bool            // the pin monitor runs
+	// progressSeen counts the progress notifications the watches
+	// received (tests: a quiet watch's revision keeps up).
+	progressSeen atomic.Int64
 
 	pinMu   sync.Mutex
 	pin     *pin                 // carries lease keep-alives and watches; nil: connect one

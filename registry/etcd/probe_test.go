@@ -1,12 +1,16 @@
 package etcd
 
 import (
+	"context"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/syncstack/syncstack/internal/testserver"
+	"github.com/syncstack/syncstack/registry"
 	"github.com/syncstack/syncstack/registry/registrytest"
 )
 
@@ -72,5 +76,73 @@ func TestQuietMemberIsProbedWithProgressRequests(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(c.m.Errors.WithLabelValues(backendName, "member_stalled")); n != 0 {
 		t.Errorf("the member was left %v times as stalled", n)
+	}
+}
+
+// A quiet watch's revision keeps up with the store through progress
+// notifications on the watches' stream (one probe in watchProgressEvery
+// asks for them there): moved to another member after the store was
+// compacted, it resumes from there instead of listing again. With the
+// probe alone on its own stream, a quiet watch stayed at its list's
+// revision and relisted after a compaction (a relist per quiet service of
+// every synapse of the fleet).
+func TestQuietWatchKeepsUpWithTheStore(t *testing.T) {
+	srv := testserver.StartEtcd(t)
+	c := newClient(t, srv.Endpoint)
+	w := startWatch(t, c, "/svc")
+	w.WaitFor(t, 5*time.Second, "empty", hasLen(0))
+	raw, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	var rev int64
+	for i := range 5 { // elsewhere: the store moves on, the watch hears nothing
+		resp, err := raw.Put(context.Background(), fmt.Sprintf("/other/k%d", i), "v")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rev = resp.Header.Revision
+	}
+	registrytest.Eventually(t, 10*time.Second, "a progress notification on the watch", func() bool { return c.progressSeen.Load() > 0 })
+	if _, err := raw.Compact(context.Background(), rev); err != nil {
+		t.Fatal(err)
+	}
+	lists := func() float64 { return testutil.ToFloat64(c.m.Reads.WithLabelValues(backendName, "range")) }
+	before := lists()
+	p, err := c.pinned(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.abandon(p, "the test moves the watch")
+	if _, err := raw.Put(context.Background(), "/svc/a", `{"host":"10.0.0.1","port":80,"name":"a"}`); err != nil {
+		t.Fatal(err)
+	}
+	w.WaitFor(t, 10*time.Second, "the record written after the move", hasLen(1))
+	if n := lists() - before; n != 0 {
+		t.Errorf("%v lists after the move: the watch resumed from a compacted revision", n)
+	}
+}
+
+// A watch that lasted (longWatch) and then ended without having delivered
+// anything — a quiet service's watch at a leader election — resumes after
+// the backoff's first step, not after the backoff the elections before it
+// built up (up to 5 s for a change made just after the election).
+func TestLongQuietWatchEndResetsBackoff(t *testing.T) {
+	srv := testserver.StartEtcd(t)
+	c := newClient(t, srv.Endpoint)
+	decode := func(string, []byte) (registry.Instance, error) { return registry.Instance{}, nil }
+	build := func(map[string]entry[registry.Instance], int64) ([]registry.Instance, bool) { return nil, false }
+	w := newPrefixWatch(context.Background(), c, "/svc/", decode, nil, build, make(chan []registry.Instance))
+	for range 10 {
+		w.b.Next() // the elections before: the backoff at its cap
+	}
+	w.watchStart = time.Now().Add(-2 * longWatch)
+	start := time.Now()
+	if err := w.watchEnded(&pin{ctx: context.Background()}, false); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("a watch that lasted %v paused %v before resuming, want the backoff's first step", 2*longWatch, d)
 	}
 }

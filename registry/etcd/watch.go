@@ -60,7 +60,14 @@ type prefixWatch[T, V any] struct {
 	pending V                   // the value waiting for the consumer
 	sendTo  chan<- V            // out while a value waits, else nil
 	wresp   clientv3.WatchResponse
+	// watchStart is when the current watch started: one that lasted
+	// longWatch is not a fast failure, whatever it delivered.
+	watchStart time.Time
 }
+
+// longWatch is how long a watch must have lasted for its end to reset the
+// backoff.
+const longWatch = 10 * time.Second
 
 //go:noinline
 func newPrefixWatch[T, V any](ctx context.Context, c *Client, prefix string, decode func(key string, val []byte) (T, error), quiet func(error) bool, build func(map[string]entry[T], int64) (V, bool), out chan<- V) *prefixWatch[T, V] {
@@ -237,6 +244,7 @@ func (w *prefixWatch[T, V]) list(p *pin) (again bool, err error) {
 func (w *prefixWatch[T, V]) startWatch(p *pin) (wch clientv3.WatchChan, done func()) {
 	wctx, wcancel := context.WithCancel(w.c.watchContext(w.ctx))
 	stop := context.AfterFunc(w.c.ctx, wcancel)
+	w.watchStart = time.Now()
 	wch = p.cli.Watch(wctx, w.prefix, clientv3.WithPrefix(), clientv3.WithRev(w.rev+1))
 	return wch, func() {
 		wcancel()
@@ -256,7 +264,10 @@ func (w *prefixWatch[T, V]) watchEnded(p *pin, moved bool) error {
 		return nil
 	default:
 	}
-	if moved {
+	if moved || time.Since(w.watchStart) >= longWatch {
+		// It delivered something, or it lasted: not a fast failure
+		// (a quiet watch ended by a leader election must not pay the
+		// backoff that the elections before it built up).
 		w.b.Reset()
 	}
 	// Do not spin when the cluster has no leader.
@@ -320,6 +331,7 @@ func (w *prefixWatch[T, V]) apply() bool {
 	}
 	if wresp.IsProgressNotify() {
 		w.rev = max(w.rev, wresp.Header.Revision)
+		w.c.progressSeen.Add(1)
 		return true
 	}
 	if len(wresp.Events) == 0 {
