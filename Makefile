@@ -57,6 +57,8 @@ vet:
 # test: every test, against real ZooKeeper, etcd and HAProxy on loopback.
 test: deps vet
 	$(GO) test -race -count=1 -timeout 20m ./...
+	@# Goroutine stack sizes mean something only without the race detector.
+	$(GO) test -count=1 -run 'TestWatchStackStaysSmall' ./registry/...
 
 # bench: the benchmarks against real servers, once each. BENCH_QUICK=1 for
 # the short mode.

@@ -24,7 +24,8 @@ func TestWatchStackStaysSmall(t *testing.T) {
 	srv := testserver.StartEtcd(t)
 	perWatch := registrytest.StackPerWatch(t, newClient(t, srv.Endpoint), 300, 30*time.Second)
 	t.Logf("goroutine stacks: %.1f KB per watch (ours and the etcd client's)", perWatch)
-	if perWatch > 10 {
-		t.Errorf("goroutine stacks: %.1f KB per watch, want ≤ 10 KB (a 4 KB stack for the watch loop, 4 KB for the etcd client's)", perWatch)
+	// 7.1–9.2 KB measured; the loop in one function: 12.8–13.0 KB.
+	if perWatch > 11 {
+		t.Errorf("goroutine stacks: %.1f KB per watch, want ≤ 11 KB (a 4 KB stack for the watch loop, 4 KB for the etcd client's, and the runtime's spread)", perWatch)
 	}
 }
