@@ -107,33 +107,7 @@ func (w *etcdWriter) overrides() registry.Backend { return w.ovr }
 func (w *etcdWriter) close()                      { w.cli.Close(); w.ovr.Close() }
 
 // parallel runs f for 0..n-1 on 64 workers.
-func parallel(n int, f func(i int) error) error {
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var first error
-	next := make(chan int)
-	for range 64 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				if err := f(i); err != nil {
-					mu.Lock()
-					if first == nil {
-						first = err
-					}
-					mu.Unlock()
-				}
-			}
-		}()
-	}
-	for i := range n {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	return first
-}
+func parallel(n int, f func(i int) error) error { return testserver.Parallel(n, 64, f) }
 
 func record(name string, port int, weight *int) []byte {
 	in := registry.Instance{Host: "127.0.0.1", Port: port, Name: name, Weight: weight}

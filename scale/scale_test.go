@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/syncstack/syncstack/internal/testserver"
 	"github.com/syncstack/syncstack/registry"
 )
 
@@ -76,42 +77,9 @@ func pct(ds []time.Duration, p float64) float64 {
 	return ms(s[max(0, min(i, len(s)-1))])
 }
 
-func parallel(n, workers int, f func(i int) error) error {
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var first error
-	next := make(chan int)
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				if err := f(i); err != nil {
-					mu.Lock()
-					first = cmpOr(first, err)
-					mu.Unlock()
-				}
-			}
-		}()
-	}
-	for i := range n {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	return first
-}
-
-func cmpOr(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
-}
-
 func readsOf(fleet []*synapseProc) []float64 {
 	out := make([]float64, len(fleet))
-	parallel(len(fleet), 8, func(i int) error { out[i] = fleet[i].reads(); return nil })
+	testserver.Parallel(len(fleet), 8, func(i int) error { out[i] = fleet[i].reads(); return nil })
 	return out
 }
 
@@ -258,7 +226,7 @@ func runRegistry(b *testing.B, reg, bin string, p params) *registryResult {
 	res := &registryResult{Synapses: p.N, Services: p.S, Summary: map[string]float64{}}
 	key := func(svc int, name string) string { return fmt.Sprintf("/scale/svc%04d/%s", svc, name) }
 	// Seed: S services × B backends, and the R backends of the deploy wave in svc0000.
-	if err := parallel(p.S*p.B, 16, func(i int) error {
+	if err := testserver.Parallel(p.S*p.B, 16, func(i int) error {
 		return cl.put(key(i/p.B, fmt.Sprintf("b%d", i%p.B)), record(fmt.Sprintf("b%d", i%p.B), 20000+i))
 	}); err != nil {
 		b.Fatal(err)
@@ -377,7 +345,7 @@ func runRegistry(b *testing.B, reg, bin string, p params) *registryResult {
 					// The pace of a rolling restart (a deploy step), not a wait for a condition.
 					time.Sleep(50 * time.Millisecond)
 				}
-			} else if err := parallel(p.R, p.R, change); err != nil {
+			} else if err := testserver.Parallel(p.R, p.R, change); err != nil {
 				b.Fatal(err)
 			}
 			want := func(s map[string]bool) bool {
