@@ -316,7 +316,7 @@ var faults = []fault{
 			thawed := time.Now()
 			l.Thaw()
 			if sc.f.method == "etcd" && testserver.EtcdRevokesAfterStall() {
-				sc.staleRevoke.from, sc.staleRevoke.to = thawed, thawed.Add(2*time.Second)
+				sc.staleRevoke.from, sc.staleRevoke.to = thawed, thawed.Add(5*time.Second)
 			}
 			rec := sc.waitHealthy()
 			// The observer trusts it again a while after it serves as
@@ -404,7 +404,8 @@ type scenario struct {
 	// etcd 3.4 < 3.4.28 revokes every lease it no longer owns
 	// (etcd-io/etcd#15247; no client can stop it). A steady host's record
 	// vanishing from the registry itself inside it is the server's bug,
-	// not ours: nerve re-puts it within ~50 ms.
+	// not ours: nerve re-puts it within ~50 ms. (The revokes commit once
+	// the cluster has settled: up to ~1.9 s after the thaw, seen in CI.)
 	staleRevoke struct{ from, to time.Time }
 }
 
@@ -902,9 +903,11 @@ func (sc *scenario) judge(t *testing.T, c *cell, hs []haproxySnap, rs []registry
 	// 4. A host that stays in service never leaves HAProxy.
 	if c.steady {
 		gaps := violations(hs, sc.start, sc.end, func(h haproxySnap) (string, bool) {
-			// (The registry is read every 50 ms; the revoke and re-put
-			// take ~50 ms, so the window is judged by time, not reads.)
-			if !haView(h, server).present() && !h.at.Before(sc.staleRevoke.from) && h.at.Before(sc.staleRevoke.to) {
+			// The revoke commits when the cluster has settled after the
+			// thaw (measured up to ~1.9 s later) and the re-put follows
+			// within ~50 ms: an absence in the window is etcd's when the
+			// registry itself did not hold the record throughout then.
+			if held, _, _ := registryAt(rs, server, h.at); !haView(h, server).present() && !held && !h.at.Before(sc.staleRevoke.from) && h.at.Before(sc.staleRevoke.to) {
 				c.note("out of HAProxy at %s, in the window where etcd revokes a thawed leader's leases (etcd-io/etcd#15247)", h.at.Format("15:04:05.000"))
 				return "", false
 			}
