@@ -6,8 +6,8 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/syncstack/syncstack/registry"
 )
@@ -29,10 +29,10 @@ func TestEntriesShrinkAfterReplacement(t *testing.T) {
 	key := func(s int, name string, k int) []byte {
 		return fmt.Appendf(nil, "/syncstack-test/services/svc%04d/%s%02d", s, name, k)
 	}
-	resp := func(typ mvccpb.Event_EventType, s int, name string) clientv3.WatchResponse {
-		var r clientv3.WatchResponse
+	resp := func(typ mvccpb.Event_EventType, s int, name string) *pb.WatchResponse {
+		r := &pb.WatchResponse{Header: &pb.ResponseHeader{Revision: 2}}
 		for k := range per {
-			r.Events = append(r.Events, &clientv3.Event{Type: typ, Kv: &mvccpb.KeyValue{Key: key(s, name, k), ModRevision: 2}})
+			r.Events = append(r.Events, &mvccpb.Event{Type: typ, Kv: &mvccpb.KeyValue{Key: key(s, name, k), ModRevision: 2}})
 		}
 		return r
 	}
@@ -49,9 +49,8 @@ func TestEntriesShrinkAfterReplacement(t *testing.T) {
 	}
 	listed := heap() - h0
 	for s, w := range ws {
-		for _, r := range []clientv3.WatchResponse{resp(mvccpb.PUT, s, "new"), resp(mvccpb.DELETE, s, "old")} {
-			w.wresp = r
-			if !w.apply() {
+		for _, r := range []*pb.WatchResponse{resp(mvccpb.PUT, s, "new"), resp(mvccpb.DELETE, s, "old")} {
+			if more, _ := w.applyOne(r); !more {
 				t.Fatal("apply ended the watch")
 			}
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -70,6 +71,9 @@ type pin struct {
 	// their own time on a member that is gone.
 	ctx   context.Context
 	leave context.CancelFunc
+
+	streamMu sync.Mutex
+	stream   *watchStream // the watches' stream (Client.watches)
 }
 
 // pinned returns the pin in force, connecting one when there is none.
@@ -349,9 +353,13 @@ const watchProgressEvery = 10
 // compaction may have removed (a relist per quiet service). etcd answers it
 // once every watch on the stream has caught up.
 func (c *Client) requestWatchProgress(p *pin) {
-	ctx, cancel := context.WithTimeout(c.watchContext(c.ctx), progressTimeout)
-	defer cancel()
-	p.cli.RequestProgress(ctx)
+	p.streamMu.Lock()
+	s := p.stream
+	p.streamMu.Unlock()
+	if s == nil {
+		return // no watch on this pin yet
+	}
+	s.requestProgress()
 	c.m.ProgressRequests.WithLabelValues(backendName).Inc()
 }
 

@@ -9,8 +9,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/syncstack/syncstack/internal/backoff"
@@ -59,7 +59,6 @@ type prefixWatch[T, V any] struct {
 	rev     int64               // the revision entries reflect; 0: list again
 	pending V                   // the value waiting for the consumer
 	sendTo  chan<- V            // out while a value waits, else nil
-	wresp   clientv3.WatchResponse
 	// watchStart is when the current watch started: one that lasted
 	// longWatch is not a fast failure, whatever it delivered.
 	watchStart time.Time
@@ -170,11 +169,11 @@ func (w *prefixWatch[T, V]) run() error {
 		// The loop over the watch's responses is here, not in a method
 		// of its own: the parked goroutine's stack is every frame down
 		// to wait.
-		wch, done := w.startWatch(p)
+		sw, done := w.startWatch(p)
 		moved := false // the watch delivered something: not a fast failure
 	watching:
 		for {
-			switch w.wait(p, wch) {
+			switch w.wait(p, sw) {
 			case waitSent:
 				continue
 			case waitPinLeft:
@@ -183,7 +182,7 @@ func (w *prefixWatch[T, V]) run() error {
 			case waitClosed:
 				break watching
 			}
-			if !w.apply() {
+			if !w.apply(sw) {
 				break
 			}
 			moved = true
@@ -238,18 +237,14 @@ func (w *prefixWatch[T, V]) list(p *pin) (again bool, err error) {
 	return false, nil
 }
 
-// startWatch watches from the next revision, on the pin: when its member
-// stalls the pin is abandoned, the watch ends, and it resumes from rev on
-// the next pin without listing again. done ends the watch.
-func (w *prefixWatch[T, V]) startWatch(p *pin) (wch clientv3.WatchChan, done func()) {
-	wctx, wcancel := context.WithCancel(w.c.watchContext(w.ctx))
-	stop := context.AfterFunc(w.c.ctx, wcancel)
+// startWatch watches from the next revision, on the pin's watch stream:
+// when its member stalls the pin is abandoned, the watch ends, and it
+// resumes from rev on the next pin without listing again. done ends the
+// watch.
+func (w *prefixWatch[T, V]) startWatch(p *pin) (sw *streamWatch, done func()) {
 	w.watchStart = time.Now()
-	wch = p.cli.Watch(wctx, w.prefix, clientv3.WithPrefix(), clientv3.WithRev(w.rev+1))
-	return wch, func() {
-		wcancel()
-		stop()
-	}
+	sw = w.c.watches(p).add(watchRequest(w.prefix, w.rev+1))
+	return sw, sw.stop
 }
 
 // watchEnded decides what follows a watch that ended: nil, pin (or list)
@@ -277,28 +272,26 @@ func (w *prefixWatch[T, V]) watchEnded(p *pin, moved bool) error {
 type waitResult uint8
 
 const (
-	waitResponse waitResult = iota // w.wresp holds a response
+	waitResponse waitResult = iota // the watch has something queued
 	waitSent                       // the pending value was delivered
 	waitPinLeft
-	waitClosed // the watch channel closed
+	waitClosed // the watch's context ended
 )
 
 // wait is where the goroutine spends its life: keep its frame small (see
 // prefixWatch).
-func (w *prefixWatch[T, V]) wait(p *pin, wch clientv3.WatchChan) waitResult {
-	var ok bool
+func (w *prefixWatch[T, V]) wait(p *pin, sw *streamWatch) waitResult {
 	select {
 	case w.sendTo <- w.pending:
 		w.sent()
 		return waitSent
 	case <-p.ctx.Done():
 		return waitPinLeft
-	case w.wresp, ok = <-wch:
-	}
-	if !ok {
+	case <-w.ctx.Done():
 		return waitClosed
+	case <-sw.ready:
+		return waitResponse
 	}
-	return waitResponse
 }
 
 // compact copies entries into a map of its size once as many keys were
@@ -316,40 +309,65 @@ func (w *prefixWatch[T, V]) compact() {
 	w.entries, w.deleted = m, 0
 }
 
-// apply takes the response in w.wresp; false: the watch ended.
-func (w *prefixWatch[T, V]) apply() bool {
-	wresp := &w.wresp
-	defer func() { *wresp = clientv3.WatchResponse{} }() // do not keep the events
-	if err := wresp.Err(); err != nil {
-		if errors.Is(err, rpctypes.ErrCompacted) || wresp.CompactRevision != 0 {
-			w.logger().Info("watch revision compacted; listing again", "compact_revision", wresp.CompactRevision)
-			w.rev = 0
-		} else {
-			w.logger().Debug("watch ended; resuming", "err", err, "revision", w.rev)
+// apply takes what the watch has queued; false: the watch ended. The
+// entries are offered once for all of it: a burst that queued while the
+// goroutine was busy becomes one value.
+func (w *prefixWatch[T, V]) apply(sw *streamWatch) bool {
+	resps, ended, err := sw.take()
+	var changedAt int64 // the revision of the last change applied; 0: none
+	defer func() {
+		if changedAt != 0 {
+			w.offer(changedAt)
 		}
+	}()
+	for _, resp := range resps {
+		more, changed := w.applyOne(resp)
+		if changed {
+			changedAt = resp.Header.Revision
+		}
+		if !more {
+			return false
+		}
+	}
+	if ended {
+		w.logger().Debug("watch ended; resuming", "err", err, "revision", w.rev)
 		return false
 	}
-	if wresp.IsProgressNotify() {
-		w.rev = max(w.rev, wresp.Header.Revision)
-		w.c.progressSeen.Add(1)
-		return true
+	return true
+}
+
+// applyOne applies one response. more: the watch goes on; changed: the
+// entries changed.
+func (w *prefixWatch[T, V]) applyOne(resp *pb.WatchResponse) (more, changed bool) {
+	if resp.CompactRevision != 0 {
+		w.logger().Info("watch revision compacted; listing again", "compact_revision", resp.CompactRevision)
+		w.rev = 0
+		return false, false
 	}
-	if len(wresp.Events) == 0 {
-		return true
+	if resp.Canceled {
+		w.logger().Debug("watch cancelled; resuming", "reason", resp.CancelReason, "revision", w.rev)
+		return false, false
 	}
-	for _, ev := range wresp.Events {
+	if len(resp.Events) == 0 {
+		if !resp.Created && resp.Header != nil && resp.Header.Revision != 0 {
+			// A progress notification: nothing changed up to there.
+			w.rev = max(w.rev, resp.Header.Revision)
+			w.c.progressSeen.Add(1)
+		}
+		return true, false
+	}
+	for _, ev := range resp.Events {
 		switch ev.Type {
-		case clientv3.EventTypePut:
+		case mvccpb.PUT:
 			w.put(ev.Kv)
-		case clientv3.EventTypeDelete:
+		case mvccpb.DELETE:
 			delete(w.entries, string(w.rel(ev.Kv.Key)))
 			w.deleted++
 		}
 	}
 	w.compact()
-	w.rev = max(w.rev, wresp.Events[len(wresp.Events)-1].Kv.ModRevision)
-	w.offer(wresp.Header.Revision)
-	return true
+	w.rev = max(w.rev, resp.Events[len(resp.Events)-1].Kv.ModRevision)
+	return true, true
 }
 
 // Watch implements registry.Backend: the valid instances under dir/.

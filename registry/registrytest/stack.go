@@ -15,10 +15,12 @@ import (
 // them), waits for every first set, and returns the goroutine stacks they
 // added, in KB per watch, once the collector had the chance to shrink them.
 // A warm-up watch first connects the client, so only the watches count.
+// settled, when not nil, is polled after the first sets until it holds:
+// the watches are parked (etcd's are created after their list).
 // Stack sizes mean something only without the race detector (it doubles
 // the room the runtime keeps below every frame): callers build with
 // !race.
-func StackPerWatch(t *testing.T, d registry.Discovery, n int, timeout time.Duration) float64 {
+func StackPerWatch(t *testing.T, d registry.Discovery, n int, timeout time.Duration, settled func() bool) float64 {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -43,6 +45,9 @@ func StackPerWatch(t *testing.T, d registry.Discovery, n int, timeout time.Durat
 		case <-deadline:
 			t.Fatalf("watch %d did not deliver its first set within %v", i, timeout)
 		}
+	}
+	if settled != nil {
+		Eventually(t, timeout, "the watches settled", settled)
 	}
 	return float64(stackInuse()-before) / float64(n) / 1024
 }

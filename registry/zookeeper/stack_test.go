@@ -21,7 +21,7 @@ import (
 // 0.75 KB frame kept).
 func TestWatchStackStaysSmall(t *testing.T) {
 	zks := testserver.StartZooKeeper(t)
-	perWatch := registrytest.StackPerWatch(t, newClient(t, zks.Servers()), 300, 60*time.Second)
+	perWatch := registrytest.StackPerWatch(t, newClient(t, zks.Servers()), 300, 60*time.Second, nil)
 	t.Logf("goroutine stacks: %.1f KB per watch", perWatch)
 	if perWatch > 6 {
 		t.Errorf("goroutine stacks: %.1f KB per watch, want ≤ 6 KB (a 4 KB stack for the watch loop)", perWatch)
