@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -74,7 +77,18 @@ type pin struct {
 
 	streamMu sync.Mutex
 	stream   *watchStream // the watches' stream (Client.watches)
+
+	// progress is whether a progress notification on the watches' stream
+	// can be taken as their revision (progressUnknown until the member's
+	// version is read; see watchProgressSafe).
+	progress atomic.Int32
 }
+
+const (
+	progressUnknown int32 = iota
+	progressSafe
+	progressUnsafe
+)
 
 // pinned returns the pin in force, connecting one when there is none.
 func (c *Client) pinned(ctx context.Context) (*pin, error) {
@@ -351,16 +365,78 @@ const watchProgressEvery = 10
 // so that a quiet watch's revision keeps up with the store: after a move to
 // another member it resumes from there, not from its list's revision, which
 // compaction may have removed (a relist per quiet service). etcd answers it
-// once every watch on the stream has caught up.
+// once every watch on the stream has caught up — from 3.4.24 and 3.5.8 on
+// (etcd-io/etcd#15220). Before, it answered at once with the store's
+// revision, ahead of the events a watch still had to receive; a watch that
+// took it and then moved would resume past them and never see them. On
+// such a member no progress is asked for: a quiet watch may relist after a
+// move instead.
 func (c *Client) requestWatchProgress(p *pin) {
 	p.streamMu.Lock()
 	s := p.stream
 	p.streamMu.Unlock()
-	if s == nil {
-		return // no watch on this pin yet
+	if s == nil || !c.watchProgressSafe(p) {
+		return
 	}
 	s.requestProgress()
 	c.m.ProgressRequests.WithLabelValues(backendName).Inc()
+}
+
+// watchProgressSafe reports whether p's member answers progress requests
+// only for watches that caught up, reading its version once per pin.
+func (c *Client) watchProgressSafe(p *pin) bool {
+	switch p.progress.Load() {
+	case progressSafe:
+		return true
+	case progressUnsafe:
+		return false
+	}
+	ctx, cancel := context.WithTimeout(p.ctx, progressTimeout)
+	defer cancel()
+	st, err := p.cli.Status(ctx, p.endpoint)
+	if err != nil {
+		return false // asked again at the next request
+	}
+	if !progressWaitsForWatches(st.Version) {
+		p.progress.Store(progressUnsafe)
+		c.log.Info("etcd member answers watch progress requests before its watches catch up (etcd < 3.4.24, or 3.5 < 3.5.8: etcd-io/etcd#15220); not asking it for progress: a quiet watch lists again after a move instead",
+			"endpoint", p.endpoint, "version", st.Version)
+		return false
+	}
+	p.progress.Store(progressSafe)
+	return true
+}
+
+// progressWaitsForWatches reports whether an etcd server of that version
+// answers a progress request only once every watch on the stream has
+// caught up: 3.4.24 and later 3.4, 3.5.8 and later, 3.6 and later. An
+// unparsable version is taken for an old one.
+func progressWaitsForWatches(version string) bool {
+	parts := strings.SplitN(strings.TrimPrefix(version, "v"), ".", 3)
+	if len(parts) < 3 {
+		return false
+	}
+	var n [3]int
+	for i, part := range parts {
+		if j := strings.IndexFunc(part, func(r rune) bool { return r < '0' || r > '9' }); j >= 0 {
+			part = part[:j] // "0-rc.1"
+		}
+		v, err := strconv.Atoi(part)
+		if err != nil {
+			return false
+		}
+		n[i] = v
+	}
+	switch major, minor, patch := n[0], n[1], n[2]; {
+	case major != 3:
+		return major > 3
+	case minor == 4:
+		return patch >= 24
+	case minor == 5:
+		return patch >= 8
+	default:
+		return minor > 5
+	}
 }
 
 // ping is the probe of an endpoint that answers no watch progress requests:

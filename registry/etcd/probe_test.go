@@ -146,3 +146,57 @@ func TestLongQuietWatchEndResetsBackoff(t *testing.T) {
 		t.Errorf("a watch that lasted %v paused %v before resuming, want the backoff's first step", 2*longWatch, d)
 	}
 }
+
+func TestProgressWaitsForWatches(t *testing.T) {
+	for _, tc := range []struct {
+		version string
+		want    bool
+	}{
+		{"3.4.23", false}, // Debian 12's: answers at once
+		{"3.4.24", true},
+		{"3.4.37", true},
+		{"3.5.7", false},
+		{"3.5.8", true},
+		{"v3.5.21", true},
+		{"3.6.0-rc.1", true},
+		{"3.6.16", true},
+		{"3.3.27", false},
+		{"2.3.8", false},
+		{"4.0.0", true},
+		{"", false},
+		{"3.5", false},
+		{"x.y.z", false},
+	} {
+		if got := progressWaitsForWatches(tc.version); got != tc.want {
+			t.Errorf("progressWaitsForWatches(%q) = %v, want %v", tc.version, got, tc.want)
+		}
+	}
+}
+
+// etcd before 3.4.24 answers a progress request at once with the store's
+// revision, ahead of events a watch on the stream has still to receive
+// (etcd-io/etcd#15220): a watch that took that revision and then moved to
+// another member would resume past them. Debian 12's etcd is 3.4.23: the
+// watches' stream gets no progress request there (the probe's own stream
+// still does: it only shows the member moves).
+func TestOldMemberGetsNoWatchProgressRequests(t *testing.T) {
+	cl := testserver.StartEtcdCluster(t, 1)
+	c := newClient(t, cl.Endpoints()[0], func(cfg *Config) { cfg.ProbeInterval = 100 * time.Millisecond })
+	w := startWatch(t, c, "/svc")
+	w.WaitFor(t, 5*time.Second, "empty", hasLen(0))
+	probes := func() float64 { return testutil.ToFloat64(c.m.ProgressRequests.WithLabelValues(backendName)) }
+	// Three times the probes after which one goes to the watches' stream.
+	registrytest.Eventually(t, 10*time.Second, "the probes that would ask the watches' stream three times", func() bool {
+		return probes() >= 3*watchProgressEvery
+	})
+	p, err := c.pinned(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.progress.Load(); got != progressUnsafe {
+		t.Errorf("the 3.4.23 member's progress answers taken as safe (%d)", got)
+	}
+	if n := c.progressSeen.Load(); n != 0 {
+		t.Errorf("%d progress notifications reached the watch from a 3.4.23 member", n)
+	}
+}
