@@ -37,6 +37,25 @@ func StartEtcd(t testing.TB) *Etcd {
 	return e
 }
 
+// StartEtcdShortTokens is StartEtcd with simple auth tokens that expire
+// after ttl seconds unused (etcd's default is 300).
+func StartEtcdShortTokens(t testing.TB, ttl uint) *Etcd {
+	t.Helper()
+	cfg := embedded.Config{
+		Dir:            t.TempDir(),
+		ClientURL:      fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
+		PeerURL:        fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
+		Fast:           true,
+		LogLevel:       "fatal",
+		CheapPasswords: true,
+		AuthTokenTTL:   ttl,
+	}
+	e := &Etcd{Endpoint: cfg.ClientURL, t: t, cfg: cfg}
+	e.Start()
+	t.Cleanup(e.Stop)
+	return e
+}
+
 // StartEtcdTLS starts an embedded etcd that serves clients over TLS with
 // pki's server certificate and requires client certificates signed by its
 // CA.

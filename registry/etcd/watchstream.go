@@ -5,11 +5,14 @@ import (
 	"errors"
 	"math"
 	"sync"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+
+	"github.com/syncstack/syncstack/registry"
 )
 
 // watchStream carries every prefix watch of a pin over one gRPC watch
@@ -27,9 +30,11 @@ import (
 // previous one is confirmed, as clientv3 does: etcd and its grpc-proxy
 // confirm creates in order with the IDs they assign.
 type watchStream struct {
+	c      *Client
 	p      *pin
 	ctx    context.Context // ends the stream: the pin left, or the stream failed
 	cancel context.CancelFunc
+	opened time.Time
 
 	sendMu sync.Mutex // grpc: one Send at a time
 	mu     sync.Mutex
@@ -63,11 +68,20 @@ func (c *Client) watches(p *pin) *watchStream {
 	if s := p.stream; s != nil && s.ctx.Err() == nil {
 		return s
 	}
-	s := &watchStream{p: p, watching: map[int64]*streamWatch{}}
+	s := &watchStream{c: c, p: p, watching: map[int64]*streamWatch{}, opened: time.Now()}
 	s.ctx, s.cancel = context.WithCancel(p.ctx)
 	p.stream = s
 	ctx := c.watchContext(s.ctx)
-	c.wg.Add(1)
+	c.mu.Lock()
+	closed := c.closed
+	if !closed {
+		c.wg.Add(1) // under c.mu: Close waits for it, or it does not start
+	}
+	c.mu.Unlock()
+	if closed {
+		s.fail(registry.ErrClosed)
+		return s
+	}
 	go func() {
 		defer c.wg.Done()
 		s.run(ctx)
@@ -162,6 +176,7 @@ func (s *watchStream) send(req *pb.WatchRequest) {
 // dispatch hands resp to its watch.
 func (s *watchStream) dispatch(resp *pb.WatchResponse) {
 	var next, cancel *pb.WatchRequest
+	reopen := false
 	s.mu.Lock()
 	switch {
 	case resp.Created:
@@ -172,18 +187,18 @@ func (s *watchStream) dispatch(resp *pb.WatchResponse) {
 		s.creating[0] = nil
 		s.creating = s.creating[1:]
 		switch {
-		case resp.WatchId == -1 || (resp.Canceled && resp.CancelReason != ""):
-			w.endLocked(rpctypes.Error(errors.New(resp.CancelReason)))
+		case resp.WatchId == -1 || resp.Canceled:
+			reason := resp.CancelReason
+			if reason == "" {
+				reason = "etcd refused the watch"
+			}
+			w.endLocked(rpctypes.Error(errors.New(reason)))
+			reopen = s.staleToken(resp.CancelReason)
 		case w.cancelled:
 			cancel = cancelRequest(resp.WatchId)
 		default:
 			w.id = resp.WatchId
 			s.watching[w.id] = w
-			if resp.Canceled {
-				// Created and cancelled at once: compacted.
-				delete(s.watching, w.id)
-				w.pushLocked(resp, true)
-			}
 		}
 		if h := s.nextCreate(); h != nil {
 			next = h.req
@@ -205,12 +220,40 @@ func (s *watchStream) dispatch(resp *pb.WatchResponse) {
 		w.pushLocked(resp, resp.Canceled)
 	}
 	s.mu.Unlock()
+	if reopen {
+		// The stream's auth token (taken when it opened, and checked at
+		// every create) is no longer good; unary calls log in again on
+		// their own. A new stream gets a fresh token: every watch on
+		// this one ends and resumes there from its revision.
+		s.c.m.Errors.WithLabelValues(backendName, "watch_token_stale").Inc()
+		s.cancel()
+		return
+	}
 	if cancel != nil {
 		s.send(cancel)
 	}
 	if next != nil {
 		s.send(next)
 	}
+}
+
+// staleTokenAge is how old a stream must be for a create refused with
+// "permission denied" to be taken for an expired token (etcd 3.4 says
+// that instead of "invalid auth token") rather than a real denial, which
+// a new stream would not cure.
+const staleTokenAge = 30 * time.Second
+
+// staleToken reports whether a create was refused because the stream's
+// auth token went stale (an unused simple token expires after etcd's
+// --auth-token-ttl, 300 s by default).
+func (s *watchStream) staleToken(reason string) bool {
+	switch reason {
+	case rpctypes.ErrGRPCInvalidAuthToken.Error(), rpctypes.ErrGRPCAuthOldRevision.Error():
+		return true
+	case rpctypes.ErrGRPCPermissionDenied.Error():
+		return time.Since(s.opened) > staleTokenAge
+	}
+	return false
 }
 
 // fail ends the stream and every watch on it with err.

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/syncstack/syncstack/internal/testserver"
 	"github.com/syncstack/syncstack/registry"
@@ -55,6 +57,18 @@ func startWatches(t *testing.T, ctx context.Context, c *Client, name string, n i
 	return outs
 }
 
+// warmUp starts a watch and waits until the client's probe has its own
+// watch on etcd too, so that the server's watcher count moves with the
+// watches a test starts alone.
+func warmUp(t *testing.T, ctx context.Context, c *Client) {
+	t.Helper()
+	startWatches(t, ctx, c, "warm", 1)
+	// The probe asks for progress only once its watch is created.
+	registrytest.Eventually(t, 10*time.Second, "the probe's watch", func() bool {
+		return testutil.ToFloat64(c.m.ProgressRequests.WithLabelValues(backendName)) > 0
+	})
+}
+
 // A synapse watches one prefix per service. Every watch is one watcher on
 // etcd, but on the client they share one stream and one reader: a watch
 // costs the goroutine its caller runs it on and nothing more. clientv3's
@@ -65,7 +79,7 @@ func TestWatchesShareOneStreamAndGoroutine(t *testing.T) {
 	c := newClient(t, srv.Endpoint)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	startWatches(t, ctx, c, "warm", 1) // the pin, its monitor and stream
+	warmUp(t, ctx, c) // the pin, its monitor, probe and stream
 
 	const n = 200
 	runtime.GC()
@@ -99,14 +113,18 @@ func TestEndedWatchesAreCancelledOnTheServer(t *testing.T) {
 	c := newClient(t, srv.Endpoint)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	startWatches(t, ctx, c, "warm", 1)
+	warmUp(t, ctx, c)
 	watchers0 := serverGauge(t, "etcd_debugging_mvcc_watcher_total")
 
-	// Half of them ended after their first set, half of them at once
-	// (their creates still waiting for the ones before them).
+	// Half of them ended once created, half of them while their creates
+	// were queued behind the first one's, or in flight.
 	const n = 100
 	settled, settledCancel := context.WithCancel(ctx)
 	startWatches(t, settled, c, "gone", n)
+	registrytest.Eventually(t, 10*time.Second, "the first ones created", func() bool {
+		return serverGauge(t, "etcd_debugging_mvcc_watcher_total")-watchers0 >= n
+	})
+	base := serverGauge(t, "etcd_debugging_mvcc_watcher_total")
 	var wg sync.WaitGroup
 	early, earlyCancel := context.WithCancel(ctx)
 	for i := range n {
@@ -114,10 +132,15 @@ func TestEndedWatchesAreCancelledOnTheServer(t *testing.T) {
 			c.Watch(early, fmt.Sprintf("/early%d", i), registry.DecodeOptions{}, make(chan []registry.Instance, 1))
 		})
 	}
-	kept := startWatches(t, ctx, c, "kept", 10)
-	settledCancel()
-	earlyCancel()
+	for deadline := time.Now().Add(10 * time.Second); serverGauge(t, "etcd_debugging_mvcc_watcher_total") < base+1; {
+		if time.Now().After(deadline) {
+			t.Fatal("no early watch created within 10s")
+		}
+	}
+	earlyCancel() // the first created, the others queued or in flight
 	wg.Wait()
+	settledCancel()
+	kept := startWatches(t, ctx, c, "kept", 10)
 	registrytest.Eventually(t, 10*time.Second, "only the kept watches left on etcd", func() bool {
 		return serverGauge(t, "etcd_debugging_mvcc_watcher_total")-watchers0 == float64(len(kept))
 	})
@@ -138,4 +161,62 @@ func TestEndedWatchesAreCancelledOnTheServer(t *testing.T) {
 	}
 	// And new watches start on the same stream.
 	startWatches(t, ctx, c, "later", 5)
+}
+
+// etcd checks a watch stream's auth token when a watch is created on it,
+// with the token the stream was opened with; an unused simple token
+// expires (--auth-token-ttl, 300 s by default). A service added, or a
+// watch listing again, after that was refused on the old stream for as
+// long as the pin lasted. The stream is opened anew, with a fresh token,
+// and every watch on it resumes there.
+func TestWatchAfterTokenExpiryStarts(t *testing.T) {
+	srv := testserver.StartEtcdShortTokens(t, 2)
+	admin, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Close() })
+	ctx := context.Background()
+	for _, step := range []func() error{
+		func() error { _, err := admin.UserAdd(ctx, "root", "rootpw"); return err },
+		func() error { _, err := admin.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := admin.RoleAdd(ctx, "syncstack"); return err },
+		func() error {
+			_, err := admin.RoleGrantPermission(ctx, "syncstack", "/", clientv3.GetPrefixRangeEnd("/"), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := admin.UserAdd(ctx, "synapse", "s3cret"); return err },
+		func() error { _, err := admin.UserGrantRole(ctx, "synapse", "syncstack"); return err },
+		func() error { _, err := admin.AuthEnable(ctx); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	root, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint}, DialTimeout: 5 * time.Second, Username: "root", Password: "rootpw"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { root.Close() })
+	c := newClient(t, srv.Endpoint, func(cfg *Config) { cfg.Username, cfg.Password = "synapse", "s3cret" })
+	a := startWatch(t, c, "/a")
+	a.WaitFor(t, 5*time.Second, "empty", hasLen(0))
+
+	// The interval under test: the token's TTL (2 s) and etcd's check of
+	// it (every second) pass with nothing using the token.
+	time.Sleep(4 * time.Second)
+
+	b := startWatch(t, c, "/b")
+	b.WaitFor(t, 5*time.Second, "empty", hasLen(0))
+	if _, err := root.Put(ctx, "/b/x", `{"host":"10.0.0.1","port":80,"name":"x"}`); err != nil {
+		t.Fatal(err)
+	}
+	b.WaitFor(t, 10*time.Second, "the record written after the token expired", hasLen(1))
+	if _, err := root.Put(ctx, "/a/y", `{"host":"10.0.0.2","port":80,"name":"y"}`); err != nil {
+		t.Fatal(err)
+	}
+	a.WaitFor(t, 10*time.Second, "the older watch, resumed on the new stream", hasLen(1))
+	if n := testutil.ToFloat64(c.m.Errors.WithLabelValues(backendName, "watch_token_stale")); n < 1 {
+		t.Errorf("no stale-token stream was reopened (%v): the token did not expire, the test proved nothing", n)
+	}
 }

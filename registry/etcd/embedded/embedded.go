@@ -30,6 +30,9 @@ type Config struct {
 	// CheapPasswords hashes etcd users' passwords at bcrypt's minimum
 	// cost: logins in milliseconds, for tests only.
 	CheapPasswords bool
+	// AuthTokenTTL is how long, in seconds, an unused simple auth token
+	// stays valid (etcd's default: 300); tests shorten it.
+	AuthTokenTTL uint
 	// TLS serves clients over TLS (ClientURL must be https://).
 	TLS *TLS
 }
@@ -88,6 +91,9 @@ func Start(c Config) (*Server, error) {
 	}
 	if c.CheapPasswords {
 		cfg.BcryptCost = 4 // bcrypt's minimum
+	}
+	if c.AuthTokenTTL > 0 {
+		cfg.AuthTokenTTL = c.AuthTokenTTL
 	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
