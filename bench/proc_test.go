@@ -3,12 +3,12 @@ package bench
 import (
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/syncstack/syncstack/internal/testserver"
 )
 
 // buildBinary builds ./cmd/<name> without the race detector, as shipped.
@@ -19,15 +19,7 @@ func buildBinary(b *testing.B, name string) string {
 	if bin := os.Getenv("SYNCSTACK_BENCH_" + strings.ToUpper(name) + "_BIN"); bin != "" {
 		return bin
 	}
-	out := filepath.Join(b.TempDir(), name)
-	// Static, as `make build` and `make dist` build it: what ships is
-	// what is measured (with cgo, libc alone adds ~1.3 MB of RSS).
-	build := exec.Command("go", "build", "-o", out, "../cmd/"+name)
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if msg, err := build.CombinedOutput(); err != nil {
-		b.Fatalf("build %s: %v\n%s", name, err, msg)
-	}
-	return out
+	return testserver.BuildAsShipped(b, "../cmd/"+name)
 }
 
 // procSample is one reading of a process's resource use.

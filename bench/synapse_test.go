@@ -444,6 +444,16 @@ func report(b *testing.B, name string, stats map[string]float64) {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
+// afterWrite is each change's latency less its registry write: the
+// registry's delivery, synapse and HAProxy.
+func afterWrite(lat, writes []time.Duration) []time.Duration {
+	out := make([]time.Duration, len(lat))
+	for i := range lat {
+		out[i] = lat[i] - writes[i]
+	}
+	return out
+}
+
 // BenchmarkConvergence registers services × backends, starts synapse, then
 // times single changes (add, weight, drain, remove) from the registry write
 // until `show servers state` shows them; then all backends replaced at
@@ -512,7 +522,7 @@ func convergence(b *testing.B, method string) {
 	conv0, batch0 := p.histogram("synapse_convergence_seconds"), p.histogram("synapse_haproxy_runtime_batch_seconds")
 	b.ResetTimer()
 	profiled := p.profile(b, "convergence-"+method)
-	var lat []time.Duration
+	var lat, writes []time.Duration
 	var trace *os.File
 	if dir := os.Getenv("SYNCSTACK_BENCH_PPROF"); dir != "" {
 		trace, _ = os.Create(filepath.Join(dir, "changes-"+method+".txt"))
@@ -550,6 +560,9 @@ func convergence(b *testing.B, method string) {
 			}
 			cond = func(m map[string]testserver.ServerState) bool { _, ok := m[server]; return !ok }
 		}
+		// The registry's own part: the write until its server answered
+		// (ZooKeeper and etcd both fsync their log before they do).
+		writes = append(writes, time.Since(t0))
 		if _, err := p.waitFor(10*time.Second, backend, cond); err != nil {
 			b.Fatalf("change %d (%d): %v", i, i%4, err)
 		}
@@ -573,6 +586,8 @@ func convergence(b *testing.B, method string) {
 	reads := p.metric(`syncstack_registry_reads_total{backend="zookeeper",op="get"}`) + p.metric(`syncstack_registry_reads_total{backend="zookeeper",op="children"}`) + p.metric(`syncstack_registry_reads_total{backend="etcd"`) - reads0
 	report(b, "convergence/"+method, map[string]float64{
 		"p50-ms": ms(percentile(lat, .5)), "p90-ms": ms(percentile(lat, .9)), "p99-ms": ms(percentile(lat, .99)), "max-ms": ms(percentile(lat, 1)),
+		"write-p50-ms": ms(percentile(writes, .5)), "write-p99-ms": ms(percentile(writes, .99)),
+		"after-write-p50-ms": ms(percentile(afterWrite(lat, writes), .5)), "after-write-p99-ms": ms(percentile(afterWrite(lat, writes), .99)),
 		"changes": float64(changes), "reloads": float64(reloads), "reloads-synapse-counter": ownReloads, "registry-reads-per-change": reads / float64(changes),
 		"initial-load-s": initial.Seconds(), "synapse-rss-hwm-initial-MB": float64(loaded.hwmKB) / 1024, "synapse-rss-MB": float64(cpu1.rssKB) / 1024, "synapse-cpu-%core": cpuPercent(cpu0, cpu1),
 		"backends": float64(services * per),

@@ -2,7 +2,6 @@ package scale
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -36,12 +35,7 @@ func nerveName(i int) string { return fmt.Sprintf("n%03d", i) }
 // startNerves starts n nerves registering in cl (through hosts) and
 // waits until each says it is registered.
 func startNerves(b *testing.B, cl cluster, hosts []string, n int) []*nerveProc {
-	bin := filepath.Join(b.TempDir(), "nerve")
-	build := exec.Command("go", "build", "-o", bin, "../cmd/nerve")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as make build and make dist build it
-	if out, err := build.CombinedOutput(); err != nil {
-		b.Fatalf("build nerve: %v\n%s", err, out)
-	}
+	bin := testserver.BuildAsShipped(b, "../cmd/nerve")
 	root := b.TempDir()
 	var nerves []*nerveProc
 	for i := range n {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -101,12 +100,7 @@ func BenchmarkFleet(b *testing.B) {
 	// here from this tree, without the race detector, as shipped).
 	bin := os.Getenv("SYNCSTACK_SCALE_BIN")
 	if bin == "" {
-		bin = filepath.Join(b.TempDir(), "synapse")
-		build := exec.Command("go", "build", "-o", bin, "../cmd/synapse")
-		build.Env = append(os.Environ(), "CGO_ENABLED=0") // as make build and make dist build it
-		if out, err := build.CombinedOutput(); err != nil {
-			b.Fatalf("build synapse: %v\n%s", err, out)
-		}
+		bin = testserver.BuildAsShipped(b, "../cmd/synapse")
 	}
 	results := map[string]any{
 		"params":  p,

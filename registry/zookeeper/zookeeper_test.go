@@ -252,3 +252,36 @@ func TestEnsembleFailover(t *testing.T) {
 	}
 	w.KeptAfterSeen(t, "a")
 }
+
+// The client's receive buffer starts at 64 KB and grows to a reply's
+// length (third_party/zk): a directory whose child list alone is larger
+// (1,200 path-encoded children, ~130 KB of names) is read whole.
+func TestChildListLargerThanTheReceiveBuffer(t *testing.T) {
+	zks := testserver.StartZooKeeper(t)
+	c := newClient(t, zks.Servers())
+	const n = 1200
+	if _, err := c.conn.Create("/big", nil, 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	var names int
+	err := testserver.Parallel(n, 16, func(i int) error {
+		rec, _ := inst("10.0.0.1", 10000+i, fmt.Sprintf("instance-with-a-long-name-%04d", i)).Encode()
+		_, err := c.conn.Create(fmt.Sprintf("/big/%s%010d", registry.EncodeChildName(rec), i), nil, 0, zk.WorldACL(zk.PermAll))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	children, _, err := c.conn.Children("/big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range children {
+		names += 4 + len(name)
+	}
+	if names <= 64<<10 {
+		t.Fatalf("the child list is %d bytes: not larger than the receive buffer's start", names)
+	}
+	w := startWatch(t, c, "/big")
+	w.WaitFor(t, 10*time.Second, fmt.Sprintf("%d instances", n), hasLen(n))
+}

@@ -36,6 +36,7 @@ var DefaultLogger Logger = defaultLogger{}
 
 const (
 	bufferSize      = 1536 * 1024
+	recvBufferStart = 64 * 1024 // syncstack: see recvLoop
 	eventChanSize   = 6
 	sendChanSize    = 16
 	protectedPrefix = "_c_"
@@ -203,13 +204,17 @@ func Connect(servers []string, sessionTimeout time.Duration, options ...connOpti
 		passwd:         emptyPassword,
 		logger:         DefaultLogger,
 		logInfo:        true, // default is true for backwards compatability
-		buf:            make([]byte, bufferSize),
 		resendZkAuthFn: resendZkAuth,
 	}
 
 	// Set provided options.
 	for _, option := range options {
 		option(conn)
+	}
+	// syncstack: the send buffer is made once the options are applied, so
+	// that WithMaxConnBufferSize does not leave a 1.5 MB one behind.
+	if conn.buf == nil {
+		conn.buf = make([]byte, bufferSize)
 	}
 
 	if err := conn.hostProvider.Init(srvs); err != nil {
@@ -791,7 +796,11 @@ func (c *Conn) sendLoop() error {
 }
 
 func (c *Conn) recvLoop(conn net.Conn) error {
-	sz := bufferSize
+	// syncstack: start small and grow to a packet's length when one needs
+	// more (below, up to maxBufferSize): replies are mostly tens of bytes,
+	// and a buffer of the maximum size made per connection is resident
+	// memory once the runtime zeroes it (1 MB of nerve's 24 MB budget).
+	sz := recvBufferStart
 	if c.maxBufferSize > 0 && sz > c.maxBufferSize {
 		sz = c.maxBufferSize
 	}
