@@ -24,36 +24,16 @@ type Etcd struct {
 // t.Cleanup.
 func StartEtcd(t testing.TB) *Etcd {
 	t.Helper()
-	cfg := embedded.Config{
-		Dir:       t.TempDir(),
-		ClientURL: fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
-		PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
-		Fast:      true,
-		LogLevel:  "fatal", // shutdown logs spurious "server closed" errors
-	}
-	e := &Etcd{Endpoint: cfg.ClientURL, t: t, cfg: cfg}
-	e.Start()
-	t.Cleanup(e.Stop)
-	return e
+	return startEtcd(t, etcdConfig(t))
 }
 
 // StartEtcdShortTokens is StartEtcd with simple auth tokens that expire
 // after ttl seconds unused (etcd's default is 300).
 func StartEtcdShortTokens(t testing.TB, ttl uint) *Etcd {
 	t.Helper()
-	cfg := embedded.Config{
-		Dir:            t.TempDir(),
-		ClientURL:      fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
-		PeerURL:        fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
-		Fast:           true,
-		LogLevel:       "fatal",
-		CheapPasswords: true,
-		AuthTokenTTL:   ttl,
-	}
-	e := &Etcd{Endpoint: cfg.ClientURL, t: t, cfg: cfg}
-	e.Start()
-	t.Cleanup(e.Stop)
-	return e
+	cfg := etcdConfig(t)
+	cfg.CheapPasswords, cfg.AuthTokenTTL = true, ttl
+	return startEtcd(t, cfg)
 }
 
 // StartEtcdTLS starts an embedded etcd that serves clients over TLS with
@@ -61,17 +41,29 @@ func StartEtcdShortTokens(t testing.TB, ttl uint) *Etcd {
 // CA.
 func StartEtcdTLS(t testing.TB, pki *PKI) *Etcd {
 	t.Helper()
-	cfg := embedded.Config{
+	cfg := etcdConfig(t)
+	cfg.ClientURL = fmt.Sprintf("https://127.0.0.1:%d", FreePort(t))
+	cfg.TLS = &embedded.TLS{CertFile: pki.ServerCert, KeyFile: pki.ServerKey, ClientCAFile: pki.CA}
+	// The server runs in the (race-instrumented) test binary, where
+	// bcrypt's default cost takes seconds per login.
+	cfg.CheapPasswords = true
+	return startEtcd(t, cfg)
+}
+
+// etcdConfig is a one-node embedded etcd on free loopback ports, with its
+// data in t.TempDir().
+func etcdConfig(t testing.TB) embedded.Config {
+	return embedded.Config{
 		Dir:       t.TempDir(),
-		ClientURL: fmt.Sprintf("https://127.0.0.1:%d", FreePort(t)),
+		ClientURL: fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
 		PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", FreePort(t)),
 		Fast:      true,
-		LogLevel:  "fatal",
-		TLS:       &embedded.TLS{CertFile: pki.ServerCert, KeyFile: pki.ServerKey, ClientCAFile: pki.CA},
-		// The server runs in the (race-instrumented) test binary, where
-		// bcrypt's default cost takes seconds per login.
-		CheapPasswords: true,
+		LogLevel:  "fatal", // shutdown logs spurious "server closed" errors
 	}
+}
+
+func startEtcd(t testing.TB, cfg embedded.Config) *Etcd {
+	t.Helper()
 	e := &Etcd{Endpoint: cfg.ClientURL, t: t, cfg: cfg}
 	e.Start()
 	t.Cleanup(e.Stop)

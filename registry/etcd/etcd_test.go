@@ -331,22 +331,7 @@ func TestSecurity(t *testing.T) {
 	}
 	defer cli.Close()
 	ctx := context.Background()
-	for _, step := range []func() error{
-		func() error { _, err := cli.UserAdd(ctx, "root", "rootpw"); return err },
-		func() error { _, err := cli.UserGrantRole(ctx, "root", "root"); return err },
-		func() error { _, err := cli.RoleAdd(ctx, "syncstack"); return err },
-		func() error {
-			_, err := cli.RoleGrantPermission(ctx, "syncstack", "/", clientv3.GetPrefixRangeEnd("/"), clientv3.PermissionType(clientv3.PermReadWrite))
-			return err
-		},
-		func() error { _, err := cli.UserAdd(ctx, "nerve", "s3cret"); return err },
-		func() error { _, err := cli.UserGrantRole(ctx, "nerve", "syncstack"); return err },
-		func() error { _, err := cli.AuthEnable(ctx); return err },
-	} {
-		if err := step(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	enableAuth(t, cli, "nerve", "s3cret")
 
 	connect := func(t *testing.T, s Security, endpoint string) (*Client, error) {
 		cfg := Config{Endpoints: []string{endpoint}, Metrics: registry.NewMetrics(nil), DialTimeout: time.Second, OpTimeout: 2 * time.Second}
@@ -489,4 +474,28 @@ func (w *revisionWatch) stop() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.seen
+}
+
+// enableAuth turns etcd's authentication on through cli: user root
+// (password rootpw), and user with password in a role that may read and
+// write every key.
+func enableAuth(t *testing.T, cli *clientv3.Client, user, password string) {
+	t.Helper()
+	ctx := context.Background()
+	for _, step := range []func() error{
+		func() error { _, err := cli.UserAdd(ctx, "root", "rootpw"); return err },
+		func() error { _, err := cli.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := cli.RoleAdd(ctx, "syncstack"); return err },
+		func() error {
+			_, err := cli.RoleGrantPermission(ctx, "syncstack", "/", clientv3.GetPrefixRangeEnd("/"), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := cli.UserAdd(ctx, user, password); return err },
+		func() error { _, err := cli.UserGrantRole(ctx, user, "syncstack"); return err },
+		func() error { _, err := cli.AuthEnable(ctx); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

@@ -177,22 +177,7 @@ func TestWatchAfterTokenExpiryStarts(t *testing.T) {
 	}
 	t.Cleanup(func() { admin.Close() })
 	ctx := context.Background()
-	for _, step := range []func() error{
-		func() error { _, err := admin.UserAdd(ctx, "root", "rootpw"); return err },
-		func() error { _, err := admin.UserGrantRole(ctx, "root", "root"); return err },
-		func() error { _, err := admin.RoleAdd(ctx, "syncstack"); return err },
-		func() error {
-			_, err := admin.RoleGrantPermission(ctx, "syncstack", "/", clientv3.GetPrefixRangeEnd("/"), clientv3.PermissionType(clientv3.PermReadWrite))
-			return err
-		},
-		func() error { _, err := admin.UserAdd(ctx, "synapse", "s3cret"); return err },
-		func() error { _, err := admin.UserGrantRole(ctx, "synapse", "syncstack"); return err },
-		func() error { _, err := admin.AuthEnable(ctx); return err },
-	} {
-		if err := step(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	enableAuth(t, admin, "synapse", "s3cret")
 	root, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint}, DialTimeout: 5 * time.Second, Username: "root", Password: "rootpw"})
 	if err != nil {
 		t.Fatal(err)
