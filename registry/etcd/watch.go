@@ -323,7 +323,7 @@ func (w *prefixWatch[T, V]) apply(sw *streamWatch) bool {
 	for _, resp := range resps {
 		more, changed := w.applyOne(resp)
 		if changed {
-			changedAt = resp.Header.Revision
+			changedAt = max(resp.GetHeader().GetRevision(), w.rev) // the event's, if it came without a header
 		}
 		if !more {
 			return false
@@ -349,9 +349,9 @@ func (w *prefixWatch[T, V]) applyOne(resp *pb.WatchResponse) (more, changed bool
 		return false, false
 	}
 	if len(resp.Events) == 0 {
-		if !resp.Created && resp.Header != nil && resp.Header.Revision != 0 {
+		if rev := resp.GetHeader().GetRevision(); !resp.Created && rev != 0 {
 			// A progress notification: nothing changed up to there.
-			w.rev = max(w.rev, resp.Header.Revision)
+			w.rev = max(w.rev, rev)
 			w.c.progressSeen.Add(1)
 		}
 		return true, false
