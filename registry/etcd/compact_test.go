@@ -10,6 +10,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 
 	"github.com/syncstack/syncstack/registry"
+	"github.com/syncstack/syncstack/registry/registrytest"
 )
 
 // A service whose backends were all replaced, the new ones registered
@@ -19,13 +20,7 @@ import (
 func TestEntriesShrinkAfterReplacement(t *testing.T) {
 	const services, per = 500, 10
 	ws := make([]*prefixWatch[registry.Instance, int], services)
-	heap := func() uint64 {
-		runtime.GC()
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		return ms.HeapAlloc
-	}
+	heap := registrytest.HeapAlloc
 	key := func(s int, name string, k int) []byte {
 		return fmt.Appendf(nil, "/syncstack-test/services/svc%04d/%s%02d", s, name, k)
 	}

@@ -62,3 +62,13 @@ func stackInuse() uint64 {
 	runtime.ReadMemStats(&ms)
 	return ms.StackInuse
 }
+
+// HeapAlloc is the live heap once the collector ran twice (the second
+// collection frees what the first one's finalizers released).
+func HeapAlloc() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}

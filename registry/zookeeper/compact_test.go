@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/syncstack/syncstack/registry"
+	"github.com/syncstack/syncstack/registry/registrytest"
 )
 
 // A service whose backends were all replaced, the new ones seen before the
@@ -14,13 +15,7 @@ import (
 // many (a Go map never shrinks).
 func TestEntriesShrinkAfterReplacement(t *testing.T) {
 	const services, per = 500, 10
-	heap := func() uint64 {
-		runtime.GC()
-		runtime.GC()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		return ms.HeapAlloc
-	}
+	heap := registrytest.HeapAlloc
 	name := func(kind string, k int) string { return fmt.Sprintf("member_%s%010d", kind, k) }
 	ws := make([]*childWatch[registry.Instance], services)
 	h0 := heap()
