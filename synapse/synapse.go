@@ -13,6 +13,7 @@ import (
 	"reflect"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/syncstack/syncstack/generators"
@@ -44,6 +45,9 @@ type Synapse struct {
 	overrides registry.OverrideReader
 	acks      registry.AckWriter
 	catalog   registry.CatalogWriter
+	// catalogWritten: this synapse's catalog is in the registry, so its
+	// acks leave the services out (see ackLoop).
+	catalogWritten atomic.Bool
 
 	mu     sync.Mutex
 	status Status
