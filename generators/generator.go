@@ -44,7 +44,7 @@ func (e *DeferredError) Error() string {
 // State is the whole desired state: every configured service with the
 // backends it should have now.
 type State struct {
-	Services map[string]Service `json:"services"`
+	Services Services `json:"services"`
 }
 
 // Service is one service's backends in registration order: the lowest
@@ -85,17 +85,7 @@ func (b Backend) ServerName() string {
 }
 
 // Equal reports whether two states are the same.
-func (s State) Equal(o State) bool {
-	if len(s.Services) != len(o.Services) {
-		return false
-	}
-	for name, svc := range s.Services {
-		if osvc, ok := o.Services[name]; !ok || !svc.Equal(osvc) {
-			return false
-		}
-	}
-	return true
-}
+func (s State) Equal(o State) bool { return s.Services.Equal(o.Services) }
 
 // Equal reports whether two services have the same backends.
 func (s Service) Equal(o Service) bool {

@@ -93,22 +93,45 @@ type buildInput struct {
 }
 
 // build returns the desired state of every configured service. Only the
-// services in dirty are built again; the others keep prev's backends (the
-// same slice), so a change costs O(its service), not O(fleet). rebuilt
-// names the services built again.
+// services in dirty are built again; the others are prev's, shared with it
+// (generators.Services copies only the parts a change touches, and an
+// unchanged service keeps the same backend slice), so a change costs
+// O(its service), not O(fleet). rebuilt names the services built again.
+// A pipeline's services are fixed, so prev (built by the same pipeline)
+// has them all; when the counts differ (prev from another config), the
+// services prev lacks are built and those no longer configured dropped.
 func build(in buildInput, prev *generators.State, dirty dirtySet) (st generators.State, rebuilt []string) {
-	st = generators.State{Services: make(map[string]generators.Service, len(in.services))}
-	for name, svc := range in.services {
-		if prev != nil && !dirty.has(name) {
-			if old, ok := prev.Services[name]; ok {
-				st.Services[name] = old
-				continue
+	one := func(name string, svc *ServiceConfig) generators.Service {
+		rebuilt = append(rebuilt, name)
+		return buildService(name, svc, in.sets[name], in.known[name], in.heard[name], in.active, in.recordWeights)
+	}
+	if prev == nil || dirty.all {
+		e := generators.Services{}.Edit()
+		for name, svc := range in.services {
+			e.Set(name, one(name, svc))
+		}
+		return generators.State{Services: e.Done()}, rebuilt
+	}
+	e := prev.Services.Edit()
+	if prev.Services.Len() == len(in.services) {
+		for name := range dirty.services {
+			if svc, ok := in.services[name]; ok {
+				e.Set(name, one(name, svc))
 			}
 		}
-		st.Services[name] = buildService(name, svc, in.sets[name], in.known[name], in.heard[name], in.active, in.recordWeights)
-		rebuilt = append(rebuilt, name)
+		return generators.State{Services: e.Done()}, rebuilt
 	}
-	return st, rebuilt
+	for name, svc := range in.services {
+		if _, ok := prev.Services.Lookup(name); !ok || dirty.has(name) {
+			e.Set(name, one(name, svc))
+		}
+	}
+	for name := range prev.Services.All() {
+		if _, ok := in.services[name]; !ok {
+			e.Delete(name)
+		}
+	}
+	return generators.State{Services: e.Done()}, rebuilt
 }
 
 // buildService is one service's desired backends: the watcher's set (or

@@ -199,7 +199,7 @@ func (p *pipeline) converge(ctx context.Context) {
 	built, rebuilt := build(buildInput{services: s.cfg.Services, recordWeights: s.cfg.RecordWeights(), sets: p.sets, known: p.known, heard: p.heard, active: active}, p.built, p.dirty)
 	p.built, p.dirty = &built, dirtySet{}
 	for _, name := range rebuilt {
-		s.m.Backends.WithLabelValues(name).Set(float64(len(built.Services[name].Backends)))
+		s.m.Backends.WithLabelValues(name).Set(float64(len(built.Services.Get(name).Backends)))
 	}
 	desired := p.guard(built, active, now)
 	if p.applied == nil || !desired.Equal(*p.applied) || p.retry == nil && s.hasErr() {

@@ -1,7 +1,6 @@
 package synapse
 
 import (
-	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -208,12 +207,12 @@ func (gs *guards) apply(desired *generators.State, active []registry.Override, n
 	}
 	confirmed := confirmedServices(active)
 	for name := range gs.services {
-		if _, ok := desired.Services[name]; !ok {
+		if _, ok := desired.Services.Lookup(name); !ok {
 			delete(gs.services, name) // gone from the config
 		}
 	}
-	copied := false
-	for name, svc := range desired.Services {
+	var held *generators.ServicesEditor // the services held back: a new state
+	for name, svc := range desired.Services.All() {
 		if svc.Unknown {
 			continue // HAProxy keeps what it has: nothing to guard yet
 		}
@@ -236,15 +235,18 @@ func (gs *guards) apply(desired *generators.State, active []registry.Override, n
 			}
 		}
 		if !sameSlice(in, svc.Backends) {
-			if !copied {
-				desired.Services, copied = maps.Clone(desired.Services), true
+			if held == nil {
+				held = desired.Services.Edit()
 			}
-			desired.Services[name] = svc
+			held.Set(name, svc)
 		}
 		if g.panic {
 			status = append(status, PanicStatus{Service: name, Threshold: gs.cfg.Threshold(name) * 100,
 				Reference: len(g.members), Missing: g.missing, Held: slices.Clone(g.held), Since: g.since})
 		}
+	}
+	if held != nil {
+		desired.Services = held.Done()
 	}
 	slices.SortFunc(status, func(a, b PanicStatus) int { return strings.Compare(a.Service, b.Service) })
 	slices.Sort(entered)

@@ -222,9 +222,9 @@ func TestGuardsApply(t *testing.T) {
 	gs := guards{cfg: cfg}
 	now := time.Unix(1_000_000, 0)
 	state := func(web, api []string) *generators.State {
-		return &generators.State{Services: map[string]generators.Service{
+		return &generators.State{Services: generators.ServicesOf(map[string]generators.Service{
 			"web": {Backends: set(web...)}, "api": {Backends: set(api...)}, "new": {Unknown: true},
-		}}
+		})}
 	}
 	gs.apply(state(ten(), ten()), nil, now)
 	st := state(ten()[8:], ten()[8:])
@@ -234,19 +234,19 @@ func TestGuardsApply(t *testing.T) {
 	if !slices.Equal(entered, []string{"web"}) || len(status) != 1 || status[0].Service != "web" || len(status[0].Held) != 3 || status[0].Reference != 10 || status[0].Missing != 8 {
 		t.Fatalf("entered %v status %+v", entered, status)
 	}
-	if n := len(st.Services["web"].Backends); n != 5 {
+	if n := len(st.Services.Get("web").Backends); n != 5 {
 		t.Errorf("web: %d backends, want 5", n)
 	}
-	if n := len(st.Services["api"].Backends); n != 2 {
+	if n := len(st.Services.Get("api").Backends); n != 2 {
 		t.Errorf("api (confirmed): %d backends, want 2", n)
 	}
-	if !st.Services["new"].Unknown || gs.services["new"] != nil {
+	if !st.Services.Get("new").Unknown || gs.services["new"] != nil {
 		t.Errorf("unknown service guarded")
 	}
 	// The same slice again: the cached result, no new entry.
-	again := &generators.State{Services: map[string]generators.Service{"web": {Backends: gs.services["web"].lastIn}}}
+	again := &generators.State{Services: generators.ServicesOf(map[string]generators.Service{"web": {Backends: gs.services["web"].lastIn}})}
 	entered, status = gs.apply(again, nil, now.Add(time.Hour))
-	if len(entered) != 0 || len(status) != 1 || len(again.Services["web"].Backends) != 5 {
+	if len(entered) != 0 || len(status) != 1 || len(again.Services.Get("web").Backends) != 5 {
 		t.Errorf("unchanged service: entered %v status %+v", entered, status)
 	}
 	if _, ok := gs.services["api"]; ok {
@@ -295,9 +295,9 @@ func TestGuardOffKeepsNoReference(t *testing.T) {
 
 	gs := guards{cfg: &Config{GuardConfig: GuardConfig{PanicThreshold: new(0.0)}, Services: map[string]*ServiceConfig{"web": {}}}}
 	gs.restore("web", []registry.Instance{{Name: "gone", Host: "10.0.0.99", Port: 80}}, now)
-	st := &generators.State{Services: map[string]generators.Service{"web": {Backends: desired}}}
+	st := &generators.State{Services: generators.ServicesOf(map[string]generators.Service{"web": {Backends: desired}})}
 	entered, status := gs.apply(st, nil, now)
-	if len(entered) != 0 || len(status) != 0 || len(st.Services["web"].Backends) != 10 || gs.services["web"].panic {
-		t.Errorf("restored panic with threshold 0: entered %v status %+v, %d backends", entered, status, len(st.Services["web"].Backends))
+	if len(entered) != 0 || len(status) != 0 || len(st.Services.Get("web").Backends) != 10 || gs.services["web"].panic {
+		t.Errorf("restored panic with threshold 0: entered %v status %+v, %d backends", entered, status, len(st.Services.Get("web").Backends))
 	}
 }

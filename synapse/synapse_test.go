@@ -321,8 +321,8 @@ func TestInjectionRecordSkipped(t *testing.T) {
 	if len(st.Quarantined) != 0 {
 		t.Errorf("quarantined: %+v", st.Quarantined)
 	}
-	if n := len(st.State.Services["web"].Backends); n != 2 {
-		t.Errorf("applied state has %d backends, want a and z: %+v", n, st.State.Services["web"])
+	if n := len(st.State.Services.Get("web").Backends); n != 2 {
+		t.Errorf("applied state has %d backends, want a and z: %+v", n, st.State.Services.Get("web"))
 	}
 	e.assertNoReloadSince(t, before)
 }

@@ -37,7 +37,7 @@ func TestRecordWeightsInBuild(t *testing.T) {
 		active, _ := activeOverrides(ovr, time.Now())
 		st, _ := build(buildInput{services: cfg.Services, recordWeights: cfg.RecordWeights(), sets: sets, known: map[string]bool{"web": true}, heard: map[string]bool{"web": true}, active: active}, nil, allDirty())
 		got := -1
-		if b := st.Services["web"].Backends[0]; b.Weight != nil {
+		if b := st.Services.Get("web").Backends[0]; b.Weight != nil {
 			got = *b.Weight
 		}
 		if got != tc.want {

@@ -94,7 +94,7 @@ type record struct {
 func (g *Generator) Apply(_ context.Context, st generators.State) error {
 	var errs []error
 	verify := time.Since(g.lastVerify) >= g.verifyEvery || !g.sameNames(st)
-	for name, svc := range st.Services {
+	for name, svc := range st.Services.All() {
 		if svc.Unknown {
 			continue // nothing known yet: keep the file as it is
 		}
@@ -148,8 +148,8 @@ func (g *Generator) Apply(_ context.Context, st generators.State) error {
 	}
 	g.verified++
 	g.lastVerify = time.Now()
-	g.names = make(map[string]bool, len(st.Services))
-	for name := range st.Services {
+	g.names = make(map[string]bool, st.Services.Len())
+	for name := range st.Services.All() {
 		g.names[name] = true
 	}
 	entries, err := os.ReadDir(g.dir)
@@ -162,7 +162,7 @@ func (g *Generator) Apply(_ context.Context, st generators.State) error {
 		if !ok || e.IsDir() {
 			continue
 		}
-		if _, configured := st.Services[name]; !configured {
+		if _, configured := st.Services.Lookup(name); !configured {
 			if err := os.Remove(filepath.Join(g.dir, e.Name())); err != nil {
 				errs = append(errs, err)
 			}
@@ -174,10 +174,10 @@ func (g *Generator) Apply(_ context.Context, st generators.State) error {
 
 // sameNames reports whether st configures the services of the last check.
 func (g *Generator) sameNames(st generators.State) bool {
-	if len(g.names) != len(st.Services) {
+	if len(g.names) != st.Services.Len() {
 		return false
 	}
-	for name := range st.Services {
+	for name := range st.Services.All() {
 		if !g.names[name] {
 			return false
 		}

@@ -19,10 +19,10 @@ func TestWritesOnChangeAndRemovesOldServices(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := 5
-	st := generators.State{Services: map[string]generators.Service{
+	st := generators.State{Services: generators.ServicesOf(map[string]generators.Service{
 		"web": {Backends: []generators.Backend{{Instance: registry.Instance{Host: "10.0.0.1", Port: 80, Name: "a", Weight: &w}, State: registry.StateDrain}}},
 		"api": {},
-	}}
+	})}
 	if err := g.Apply(context.Background(), st); err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +57,7 @@ func TestWritesOnChangeAndRemovesOldServices(t *testing.T) {
 	if !os.SameFile(info, again) || !again.ModTime().Equal(past) {
 		t.Errorf("an unchanged file was rewritten: same inode %v, mtime %v (set to %v)", os.SameFile(info, again), again.ModTime(), past)
 	}
-	delete(st.Services, "api")
+	st.Services = st.Services.Without("api")
 	if err := g.Apply(context.Background(), st); err != nil {
 		t.Fatal(err)
 	}
@@ -81,9 +81,9 @@ func TestUnchangedFilesSkippedTouchedFilesRestored(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := generators.State{Services: map[string]generators.Service{
+	st := generators.State{Services: generators.ServicesOf(map[string]generators.Service{
 		"web": {Backends: []generators.Backend{{Instance: registry.Instance{Host: "10.0.0.1", Port: 80, Name: "a"}, State: registry.StateReady}}},
-	}}
+	})}
 	ctx := context.Background()
 	if err := g.Apply(ctx, st); err != nil {
 		t.Fatal(err)
@@ -128,7 +128,7 @@ func TestUnchangedFilesSkippedTouchedFilesRestored(t *testing.T) {
 	}
 	// A new service configured: checked at once, whatever the period.
 	g.lastVerify = time.Now()
-	st.Services["api"] = generators.Service{}
+	st.Services = st.Services.With("api", generators.Service{})
 	if err := os.WriteFile(stray, []byte("[]\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -147,9 +147,9 @@ func TestUnchangedFilesSkippedTouchedFilesRestored(t *testing.T) {
 func TestFirstApplyRewritesAPreviousVersion(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "out")
 	st := func(host string) generators.State {
-		return generators.State{Services: map[string]generators.Service{
+		return generators.State{Services: generators.ServicesOf(map[string]generators.Service{
 			"web": {Backends: []generators.Backend{{Instance: registry.Instance{Host: host, Port: 80, Name: "a"}}}},
-		}}
+		})}
 	}
 	before, err := New(Config{OutputDirectory: dir})
 	if err != nil {
@@ -206,9 +206,9 @@ func TestChangedFilesAreNotReadBack(t *testing.T) {
 	ctx := context.Background()
 	// cached: a change of the service the file does not show.
 	web := func(host string, cached bool) generators.State {
-		return generators.State{Services: map[string]generators.Service{
+		return generators.State{Services: generators.ServicesOf(map[string]generators.Service{
 			"web": {Cached: cached, Backends: []generators.Backend{{Instance: registry.Instance{Host: host, Port: 80, Name: "a"}}}},
-		}}
+		})}
 	}
 	if err := g.Apply(ctx, web("10.0.0.1", false)); err != nil {
 		t.Fatal(err)

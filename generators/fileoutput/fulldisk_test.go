@@ -41,7 +41,7 @@ func TestFullDiskKeepsPreviousFile(t *testing.T) {
 		}
 		return out
 	}
-	small := generators.State{Services: map[string]generators.Service{"web": {Backends: backends(2)}}}
+	small := generators.State{Services: generators.ServicesOf(map[string]generators.Service{"web": {Backends: backends(2)}})}
 	if err := g.Apply(context.Background(), small); err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +50,7 @@ func TestFullDiskKeepsPreviousFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	big := generators.State{Services: map[string]generators.Service{"web": {Backends: backends(1000)}}}
+	big := generators.State{Services: generators.ServicesOf(map[string]generators.Service{"web": {Backends: backends(1000)}})}
 	if err := g.Apply(context.Background(), big); !errors.Is(err, syscall.ENOSPC) {
 		t.Errorf("Apply of ~100 KiB on a 16 KiB disk: %v, want ENOSPC", err)
 	}

@@ -83,7 +83,7 @@ func TestServerLineIDAndCookie(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := renderOnly(t, tc.defaults, 1, &tc.svc)
-			got := renderedServerLines(g, generators.State{Services: map[string]generators.Service{"web": {Backends: hostBackends("a", "b")}}})
+			got := renderedServerLines(g, generators.State{Services: generators.ServicesOf(map[string]generators.Service{"web": {Backends: hostBackends("a", "b")}})})
 			if len(got) != 2 || got[0] != tc.want {
 				t.Errorf("server lines %q, want the first %q", got, tc.want)
 			}
@@ -100,7 +100,7 @@ func TestBackendOrder(t *testing.T) {
 	order := func(backendOrder string, seed int64, names ...string) []string {
 		g := renderOnly(t, nil, seed, &ServiceConfig{BackendOrder: backendOrder})
 		var out []string
-		for _, l := range renderedServerLines(g, generators.State{Services: map[string]generators.Service{"web": {Backends: hostBackends(names...)}}}) {
+		for _, l := range renderedServerLines(g, generators.State{Services: generators.ServicesOf(map[string]generators.Service{"web": {Backends: hostBackends(names...)}})}) {
 			out = append(out, strings.SplitN(strings.Fields(l)[1], "_", 2)[0])
 		}
 		return out
@@ -391,8 +391,8 @@ func TestSharedFrontend(t *testing.T) {
 	r := newRigWith(t, svcs, func(c *Config) { c.SharedFrontend = []string{"bind 127.0.0.1:" + strconv.Itoa(port), "mode http"} })
 	a := testserver.StartBackend(t, "a", "127.0.0.11")
 	b := testserver.StartBackend(t, "b", "127.0.0.12")
-	r.apply(t, generators.State{Services: map[string]generators.Service{
-		"a": {Backends: []generators.Backend{backend(a, "a")}}, "b": {Backends: []generators.Backend{backend(b, "b")}}}})
+	r.apply(t, generators.State{Services: generators.ServicesOf(map[string]generators.Service{
+		"a": {Backends: []generators.Backend{backend(a, "a")}}, "b": {Backends: []generators.Backend{backend(b, "b")}}})})
 	for host, want := range map[string]string{"a.lb": "a", "b.lb": "b", "A.LB:80": "a"} {
 		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/", port), nil)
 		req.Host = host

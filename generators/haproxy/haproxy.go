@@ -354,7 +354,7 @@ func (g *Generator) writeFile(ctx context.Context, st generators.State) error {
 func (g *Generator) assignIDs(st generators.State) {
 	now := time.Now()
 	for _, name := range g.serviceNames() {
-		svc := st.Services[name]
+		svc := st.Services.Get(name)
 		if g.unknown(svc) {
 			continue
 		}

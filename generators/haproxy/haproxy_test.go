@@ -81,7 +81,7 @@ func backend(b *testserver.Backend, name string) generators.Backend {
 
 func state(svc string, bs ...generators.Backend) generators.State {
 	generators.SortBackends(bs)
-	return generators.State{Services: map[string]generators.Service{svc: {Backends: bs}}}
+	return generators.State{Services: generators.ServicesOf(map[string]generators.Service{svc: {Backends: bs}})}
 }
 
 func (r *rig) apply(t *testing.T, st generators.State) {
@@ -243,7 +243,7 @@ func TestNewServiceReloadsOnceWithoutFailedRequests(t *testing.T) {
 	m := r.g.m
 	r.use(t, New(r.cfg, map[string]*ServiceConfig{"web": services["web"], "api": api}, nil, m))
 	st := state("web", backend(a, "a"))
-	st.Services["api"] = generators.Service{Backends: []generators.Backend{backend(a, "a")}}
+	st.Services = st.Services.With("api", generators.Service{Backends: []generators.Backend{backend(a, "a")}})
 	before := r.reloads()
 	r.apply(t, st)
 	newPID := r.pid(t)
@@ -478,7 +478,7 @@ func TestRestartWithCacheKeepsRunningServers(t *testing.T) {
 	m := r.g.m
 	r.use(t, New(r.cfg, map[string]*ServiceConfig{"web": svc}, nil, m))
 	cached := state("web", backend(a, "a"), backend(c, "c"))
-	cached.Services["web"] = generators.Service{Backends: cached.Services["web"].Backends, Cached: true}
+	cached.Services = cached.Services.With("web", generators.Service{Backends: cached.Services.Get("web").Backends, Cached: true})
 	r.apply(t, cached)
 	r.g.Flush()
 	if n := testutil.ToFloat64(m.ValidationFailures); n != 0 {
@@ -518,7 +518,7 @@ func TestReloadCommand(t *testing.T) {
 	var p confutil.Problems
 	api.Finalize("api", r.cfg, &p)
 	both := state("web", backend(a, "a"))
-	both.Services["api"] = generators.Service{Backends: []generators.Backend{backend(a, "a")}}
+	both.Services = both.Services.With("api", generators.Service{Backends: []generators.Backend{backend(a, "a")}})
 
 	for _, tc := range []struct {
 		name    string
@@ -631,7 +631,7 @@ func TestServerOptionsRoundTrip(t *testing.T) {
 	g := New(cfg, map[string]*ServiceConfig{"web": svc}, nil, nil)
 	st := state("web", ready, drained, maint, zeroWeight, zeroDrained)
 	opts, _ := serverOptsOf(g.render(st, true))
-	for _, b := range st.Services["web"].Backends {
+	for _, b := range st.Services.Get("web").Backends {
 		id := serverKey{"web", b.ServerName()}
 		if want := optsIdentity(b, svc.ServerOptions.String()); opts[id] != want {
 			t.Errorf("%s (%s): read back %q, added with %q", id, b.State, opts[id], want)

@@ -35,7 +35,7 @@ func TestHostNameBackendsWithoutReloads(t *testing.T) {
 	mk := func(names []generators.Backend, ips ...generators.Backend) generators.State {
 		generators.SortBackends(names)
 		generators.SortBackends(ips)
-		return generators.State{Services: map[string]generators.Service{"names": {Backends: names}, "ips": {Backends: ips}}}
+		return generators.State{Services: generators.ServicesOf(map[string]generators.Service{"names": {Backends: names}, "ips": {Backends: ips}})}
 	}
 	namesURL, ipsURL := fmt.Sprintf("http://127.0.0.1:%d/", namesPort), fmt.Sprintf("http://127.0.0.1:%d/", ipsPort)
 

@@ -134,7 +134,7 @@ func TestChangesKeepRequestInFlight(t *testing.T) {
 	// connection behind, so a removal between subtests ends at once.
 	r := newRig(t, map[string]*ServiceConfig{"web": {Port: port, BindAddress: "127.0.0.1", Listen: []string{"mode http", "balance roundrobin", "http-reuse never"}}})
 	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
-	r.apply(t, generators.State{Services: map[string]generators.Service{"web": {}}}) // starts HAProxy, no server
+	r.apply(t, generators.State{Services: generators.ServicesOf(map[string]generators.Service{"web": {}})}) // starts HAProxy, no server
 	pid := r.pid(t)
 
 	weight := func(w int) func(*generators.Backend) {
@@ -221,7 +221,7 @@ func TestOptionChangeDrainsBeforeReplacing(t *testing.T) {
 	r := newRig(t, map[string]*ServiceConfig{"web": {Port: port, BindAddress: "127.0.0.1", Listen: []string{"mode http", "balance roundrobin", "http-reuse never"}}})
 	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
 	r.cfg.RemovalGrace = confutil.Duration(time.Minute) // the request must end by itself
-	r.apply(t, generators.State{Services: map[string]generators.Service{"web": {}}})
+	r.apply(t, generators.State{Services: generators.ServicesOf(map[string]generators.Service{"web": {}})})
 	a := testserver.StartBackend(t, "a", "127.0.0.11")
 	h := testserver.StartHoldBackend(t, "h", "127.0.0.31")
 	b := holdBackendOf(h)

@@ -25,7 +25,7 @@ func TestListenLinesASectionCannotTakeAreIgnored(t *testing.T) {
 	}
 	g := renderOnly(t, []string{"timeout connect 1s", "timeout client 1s", "timeout server 1s"}, 1, &ServiceConfig{Port: 3000, Frontend: []string{"timeout client 2s"}, Listen: listen})
 	path := filepath.Join(t.TempDir(), "haproxy.cfg")
-	st := generators.State{Services: map[string]generators.Service{"web": {Backends: hostBackends("a", "b")}}}
+	st := generators.State{Services: generators.ServicesOf(map[string]generators.Service{"web": {Backends: hostBackends("a", "b")}})}
 	g.assignIDs(st)
 	if err := os.WriteFile(path, []byte(g.render(st, true)), 0o600); err != nil {
 		t.Fatal(err)

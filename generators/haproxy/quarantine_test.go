@@ -73,10 +73,10 @@ func TestRejectedServersQuarantined(t *testing.T) {
 		}
 	}
 	mk := func(web, api, legacy []generators.Backend) generators.State {
-		st := generators.State{Services: map[string]generators.Service{}}
+		st := generators.State{Services: generators.ServicesOf(map[string]generators.Service{})}
 		for name, bs := range map[string][]generators.Backend{"web": web, "api": api, "legacy": legacy} {
 			generators.SortBackends(bs)
-			st.Services[name] = generators.Service{Backends: bs}
+			st.Services = st.Services.With(name, generators.Service{Backends: bs})
 		}
 		return st
 	}

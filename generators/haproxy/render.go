@@ -79,10 +79,10 @@ func (g *Generator) renderWith(st generators.State, servers bool, trial map[serv
 			// A service whose servers are left as they are is written as
 			// the file had it; its cached backends (a subset, often) would
 			// repeat those lines.
-			if g.unknown(st.Services[name]) {
+			if g.unknown(st.Services.Get(name)) {
 				verbatim = g.boot.servers[svc.BackendName]
 			} else {
-				backends = st.Services[name].Backends
+				backends = st.Services.Get(name).Backends
 			}
 		}
 		g.renderService(&b, name, svc, backends, verbatim, trial)

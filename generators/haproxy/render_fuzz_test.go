@@ -54,7 +54,7 @@ func FuzzRenderServers(f *testing.F) {
 			given = append(given, b)
 		}
 		generators.SortBackends(given)
-		st := generators.State{Services: map[string]generators.Service{"web": {Backends: given}}}
+		st := generators.State{Services: generators.ServicesOf(map[string]generators.Service{"web": {Backends: given}})}
 		full, skel := g.render(st, true), g.render(st, false)
 
 		var rest, servers []string

@@ -109,7 +109,7 @@ func (res *resolver) resolveHosts(ctx context.Context, st generators.State, name
 	// backends changed: an apply stays O(changed services), as the
 	// runtime sync is.
 	for _, name := range names {
-		svc := st.Services[name]
+		svc := st.Services.Get(name)
 		if skip(svc) {
 			continue // its servers are left as they are
 		}

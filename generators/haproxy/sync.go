@@ -119,7 +119,7 @@ func (s *runtimeSyncer) sync(ctx context.Context, st generators.State) (reloadNe
 	anyQ := s.q.any()
 	for _, name := range names {
 		be := s.services[name].BackendName
-		if need := s.planService(b, name, st.Services[name], running[be], anyQ, now); need.needed() {
+		if need := s.planService(b, name, st.Services.Get(name), running[be], anyQ, now); need.needed() {
 			s.synced = nil
 			return need, nil
 		}
@@ -133,7 +133,7 @@ func (s *runtimeSyncer) sync(ctx context.Context, st generators.State) (reloadNe
 		s.synced = map[string]generators.Service{}
 	}
 	for _, name := range names {
-		s.synced[name] = st.Services[name]
+		s.synced[name] = st.Services.Get(name)
 	}
 	return reloadNeed{}, nil
 }
@@ -150,7 +150,7 @@ func (s *runtimeSyncer) changed(st generators.State, now time.Time) []string {
 	}
 	var names []string
 	for _, name := range s.names {
-		svc := st.Services[name]
+		svc := st.Services.Get(name)
 		if s.unknown(svc) {
 			continue // nothing known yet: leave its servers as they are
 		}

@@ -78,7 +78,7 @@ func (g *Generator) serversAt(content string, verr *ValidationError, st generato
 		if !ok {
 			continue
 		}
-		svc := st.Services[service]
+		svc := st.Services.Get(service)
 		if g.unknown(svc) {
 			continue // its lines are the old file's, verbatim
 		}
