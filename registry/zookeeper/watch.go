@@ -320,11 +320,11 @@ func watchPass[T any](c *Client, dir string, cd codec[T], entries map[string]ent
 		return errNoSession
 	}
 	if todo.list || todo.resync {
-		names, stat, _, err := c.conn.ChildrenW(dir)
+		names, stat, err := c.conn.ChildrenWatch(dir)
 		c.countRead("children", err)
 		switch {
 		case errors.Is(err, zk.ErrNoNode):
-			exists, _, _, err := c.conn.ExistsW(dir)
+			exists, _, err := c.conn.ExistsWatch(dir)
 			c.countRead("exists", err)
 			if err != nil {
 				return err
@@ -440,7 +440,7 @@ func fetchChild[T any](c *Client, dir, name string, cd codec[T]) (r fetched[T]) 
 			return r
 		}
 	}
-	data, stat, _, err := c.conn.GetW(dir + "/" + name)
+	data, stat, err := c.conn.GetWatch(dir + "/" + name)
 	c.countRead("get", err)
 	switch {
 	case errors.Is(err, zk.ErrNoNode):

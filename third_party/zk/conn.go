@@ -552,7 +552,7 @@ func (c *Conn) notifyWatches(ev Event) {
 	defer c.watchersLock.Unlock()
 	for _, t := range wTypes {
 		wpt := watchPathType{ev.Path, t}
-		if watchers := c.watchers[wpt]; len(watchers) > 0 {
+		if watchers, ok := c.watchers[wpt]; ok { // syncstack: was len(watchers) > 0 (a watch without channels has none)
 			for _, ch := range watchers {
 				ch <- ev
 				close(ch)
@@ -604,10 +604,7 @@ func (c *Conn) sendSetWatches() {
 	var sizeSoFar int
 
 	n := 0
-	for pathType, watchers := range c.watchers {
-		if len(watchers) == 0 {
-			continue
-		}
+	for pathType := range c.watchers { // syncstack: a watch without channels is re-set too
 		addlLen := 4 + len(pathType.path)
 		if req == nil || sizeSoFar+addlLen > limit {
 			if req != nil {
@@ -890,11 +887,34 @@ func (c *Conn) nextXid() int32 {
 }
 
 func (c *Conn) addWatcher(path string, watchType watchType) <-chan Event {
+	return c.addWatcherChan(path, watchType, true)
+}
+
+// Watches is how many watches the connection keeps (syncstack: to test
+// that a fired watch is forgotten, channel or not).
+func (c *Conn) Watches() int {
+	c.watchersLock.Lock()
+	defer c.watchersLock.Unlock()
+	return len(c.watchers)
+}
+
+// syncstack: addWatcherChan records a watch; withChan false records it
+// without a channel (its events reach the event callback only), as a key
+// with no channels: a channel, its buffer and a slice per watch were ~2 MB
+// of a synapse with 10,000 watched backends, which reads its events from
+// the callback.
+func (c *Conn) addWatcherChan(path string, watchType watchType, withChan bool) <-chan Event {
 	c.watchersLock.Lock()
 	defer c.watchersLock.Unlock()
 
-	ch := make(chan Event, 1)
 	wpt := watchPathType{path, watchType}
+	if !withChan {
+		if _, ok := c.watchers[wpt]; !ok {
+			c.watchers[wpt] = nil
+		}
+		return nil
+	}
+	ch := make(chan Event, 1)
 	c.watchers[wpt] = append(c.watchers[wpt], ch)
 	return ch
 }
@@ -995,6 +1015,17 @@ func (c *Conn) Children(path string) ([]string, *Stat, error) {
 
 // ChildrenW returns the children of a znode and sets a watch.
 func (c *Conn) ChildrenW(path string) ([]string, *Stat, <-chan Event, error) {
+	return c.childrenW(path, true)
+}
+
+// ChildrenWatch is ChildrenW whose watch event reaches the event callback
+// only (syncstack: no channel per watch).
+func (c *Conn) ChildrenWatch(path string) ([]string, *Stat, error) {
+	children, stat, _, err := c.childrenW(path, false)
+	return children, stat, err
+}
+
+func (c *Conn) childrenW(path string, withChan bool) ([]string, *Stat, <-chan Event, error) {
 	if err := validatePath(path, false); err != nil {
 		return nil, nil, nil, err
 	}
@@ -1003,7 +1034,7 @@ func (c *Conn) ChildrenW(path string) ([]string, *Stat, <-chan Event, error) {
 	res := &getChildren2Response{}
 	_, err := c.request(opGetChildren2, &getChildren2Request{Path: path, Watch: true}, res, func(req *request, res *responseHeader, err error) {
 		if err == nil {
-			ech = c.addWatcher(path, watchTypeChild)
+			ech = c.addWatcherChan(path, watchTypeChild, withChan)
 		}
 	})
 	if err != nil {
@@ -1028,6 +1059,17 @@ func (c *Conn) Get(path string) ([]byte, *Stat, error) {
 
 // GetW returns the contents of a znode and sets a watch
 func (c *Conn) GetW(path string) ([]byte, *Stat, <-chan Event, error) {
+	return c.getW(path, true)
+}
+
+// GetWatch is GetW whose watch event reaches the event callback only
+// (syncstack: no channel per watch).
+func (c *Conn) GetWatch(path string) ([]byte, *Stat, error) {
+	data, stat, _, err := c.getW(path, false)
+	return data, stat, err
+}
+
+func (c *Conn) getW(path string, withChan bool) ([]byte, *Stat, <-chan Event, error) {
 	if err := validatePath(path, false); err != nil {
 		return nil, nil, nil, err
 	}
@@ -1036,7 +1078,7 @@ func (c *Conn) GetW(path string) ([]byte, *Stat, <-chan Event, error) {
 	res := &getDataResponse{}
 	_, err := c.request(opGetData, &getDataRequest{Path: path, Watch: true}, res, func(req *request, res *responseHeader, err error) {
 		if err == nil {
-			ech = c.addWatcher(path, watchTypeData)
+			ech = c.addWatcherChan(path, watchTypeData, withChan)
 		}
 	})
 	if err != nil {
@@ -1208,6 +1250,17 @@ func (c *Conn) Exists(path string) (bool, *Stat, error) {
 
 // ExistsW tells the existence of a znode and sets a watch.
 func (c *Conn) ExistsW(path string) (bool, *Stat, <-chan Event, error) {
+	return c.existsW(path, true)
+}
+
+// ExistsWatch is ExistsW whose watch event reaches the event callback only
+// (syncstack: no channel per watch).
+func (c *Conn) ExistsWatch(path string) (bool, *Stat, error) {
+	exists, stat, _, err := c.existsW(path, false)
+	return exists, stat, err
+}
+
+func (c *Conn) existsW(path string, withChan bool) (bool, *Stat, <-chan Event, error) {
 	if err := validatePath(path, false); err != nil {
 		return false, nil, nil, err
 	}
@@ -1216,9 +1269,9 @@ func (c *Conn) ExistsW(path string) (bool, *Stat, <-chan Event, error) {
 	res := &existsResponse{}
 	_, err := c.request(opExists, &existsRequest{Path: path, Watch: true}, res, func(req *request, res *responseHeader, err error) {
 		if err == nil {
-			ech = c.addWatcher(path, watchTypeData)
+			ech = c.addWatcherChan(path, watchTypeData, withChan)
 		} else if err == ErrNoNode {
-			ech = c.addWatcher(path, watchTypeExist)
+			ech = c.addWatcherChan(path, watchTypeExist, withChan)
 		}
 	})
 	exists := true
