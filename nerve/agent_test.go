@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -507,5 +508,127 @@ func TestZKAuthFileFromConfig(t *testing.T) {
 	// An unauthenticated client cannot rewrite it.
 	if _, err := conn.Set("/services/web/services/"+children[0], []byte(`{"host":"6.6.6.6","port":80}`), -1); !errors.Is(err, zk.ErrNoAuth) {
 		t.Errorf("anonymous rewrite of a nerve record: %v, want ErrNoAuth", err)
+	}
+}
+
+// Between rounds a service's checks hold no goroutine (a round runs on a
+// timer's goroutine of its own): 100 services used to park 100 goroutines,
+// each with the stack its dials had grown (~1 MB of nerve's RSS). The
+// rounds keep their interval, spread over it (not all services at once),
+// and nerve still stops at once.
+func TestChecksHoldNoGoroutineBetweenRounds(t *testing.T) {
+	const services = 40
+	zks := testserver.StartZooKeeper(t)
+	b := startBackend(t)
+	var cfg strings.Builder
+	cfg.WriteString("instance_id: host-1\nservices:\n")
+	for i := range services {
+		fmt.Fprintf(&cfg, "  svc%02d:\n    host: 127.0.0.1\n    port: %d\n    check_interval: 1s\n    checks: [{type: tcp, timeout: 500ms}]\n    zk_hosts: [%s]\n    zk_path: /services/svc%02d\n",
+			i, b.port, zks.Nodes[0].Addr, i)
+	}
+	loaded, err := Load(writeFile(t, t.TempDir(), "nerve.yaml", cfg.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startAgent(t, loaded)
+	rounds := func() float64 {
+		var n float64
+		for _, s := range h.agent.Status() {
+			n += testutil.ToFloat64(h.metrics.CheckResults.WithLabelValues(s.Name, s.Checks[0].Check, "ok"))
+		}
+		return n
+	}
+	registrytest.Eventually(t, 15*time.Second, "every service registered", func() bool {
+		for _, s := range h.agent.Status() {
+			if !s.Registered {
+				return false
+			}
+		}
+		return len(h.agent.Status()) == services
+	})
+	// Rounds go on, each service at its interval.
+	first, start := rounds(), time.Now()
+	registrytest.Eventually(t, 10*time.Second, "two more rounds of every service", func() bool { return rounds() >= first+2*services })
+	if d := time.Since(start); d < time.Second {
+		t.Errorf("two rounds of 1s took %v", d)
+	}
+	// The services' rounds are spread over the interval, not all at once:
+	// at most 3/4 of them within any quarter of it.
+	var offsets []time.Duration
+	ref := h.agent.Status()[0].Checks[0].At
+	for _, s := range h.agent.Status() {
+		offsets = append(offsets, ((s.Checks[0].At.Sub(ref)%time.Second)+time.Second)%time.Second)
+	}
+	most := 0
+	for _, from := range offsets {
+		n := 0
+		for _, o := range offsets {
+			if d := ((o-from)%time.Second + time.Second) % time.Second; d < 250*time.Millisecond {
+				n++
+			}
+		}
+		most = max(most, n)
+	}
+	if most > services*3/4 {
+		t.Errorf("%d of %d services' rounds fall within 250ms of the 1s interval, want them spread", most, services)
+	}
+	// Goroutines in a service's code: rounds in flight, nothing parked.
+	inService := func() int {
+		buf := make([]byte, 4<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		n := 0
+		for _, g := range strings.Split(string(buf), "\n\n") {
+			if strings.Contains(g, "nerve.(*service)") {
+				n++
+			}
+		}
+		return n
+	}
+	least := services
+	for range 5 {
+		least = min(least, inService())
+	}
+	if least > services/4 {
+		t.Errorf("%d goroutines in the services' code between rounds (%d services), want few: a goroutine parked per service", least, services)
+	}
+	// Stopping does not wait for the next round.
+	stop := time.Now()
+	h.cancel()
+	select {
+	case <-h.done:
+		h.done <- nil // for the cleanup's receive
+	case <-time.After(5 * time.Second):
+		t.Fatal("nerve did not stop within 5s")
+	}
+	if d := time.Since(stop); d > 300*time.Millisecond {
+		t.Errorf("nerve took %v to stop, want well under a check interval (1s)", d)
+	}
+}
+
+func TestFirstSlotSpreadsServices(t *testing.T) {
+	start := time.Date(2026, 12, 2, 3, 0, 0, 0, time.UTC)
+	for _, interval := range []time.Duration{time.Millisecond, 100 * time.Millisecond, time.Second, 30 * time.Second} {
+		seen := map[time.Duration]int{}
+		for i := range 50 {
+			name := fmt.Sprintf("svc%02d", i)
+			slot := firstSlot(name, start, interval)
+			if d := slot.Sub(start); d < interval/2 || d >= interval*3/2 {
+				t.Errorf("interval %v: %s's second round %v after its first, want within [%v, %v)", interval, name, d, interval/2, interval*3/2)
+			}
+			if again := firstSlot(name, start, interval); !again.Equal(slot) {
+				t.Errorf("interval %v: %s's slot moved: %v, then %v", interval, name, slot, again)
+			}
+			seen[slot.Sub(start)%interval]++
+		}
+		if interval >= 100*time.Millisecond {
+			if len(seen) != checkSlots {
+				t.Errorf("interval %v: 50 services at %d instants of the interval, want %d", interval, len(seen), checkSlots)
+			}
+			for at, n := range seen {
+				if n < 5 {
+					t.Errorf("interval %v: %d of 50 services at %v, want them spread evenly", interval, n, at)
+				}
+			}
+		}
 	}
 }

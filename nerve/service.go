@@ -3,6 +3,7 @@ package nerve
 import (
 	"context"
 	"errors"
+	"hash/fnv"
 	"io"
 	"log/slog"
 	"sync"
@@ -115,18 +116,93 @@ func newService(name string, cfg *ServiceConfig, backend registry.Registrar, log
 	return s, nil
 }
 
+// start runs a check round at once and then every check_interval (at the
+// service's own slot: firstSlot), until ctx ends or stop; done closes once
+// the last round and reporter ended.
+//
+// The rounds run on a timer, not on a goroutine per service: a round is a
+// short-lived goroutine (time.AfterFunc's), so between rounds a service
+// holds no stack. A goroutine per service parked on a ticker kept a stack
+// each (100 services: ~1 MB of nerve's RSS, most of it grown by the
+// checks' dials and never shrunk between rounds that grow it again).
 func (s *service) start(ctx context.Context) {
 	ctx, s.cancel = context.WithCancel(ctx)
 	s.ctx = ctx
-	go func() {
-		defer close(s.done)
-		s.checkLoop(ctx)
-		s.reporters.Wait()
-	}()
+	// ended: no round runs or is due any more; done closes once the
+	// reporters are through too.
+	var end sync.Once
+	ended := func() {
+		end.Do(func() {
+			go func() {
+				s.reporters.Wait()
+				close(s.done)
+			}()
+		})
+	}
+	interval := s.cfg.CheckInterval.D()
+	// mu orders the rounds' use of t and due: each round runs on a
+	// goroutine of its own.
+	var mu sync.Mutex
+	due := firstSlot(s.name, time.Now(), interval)
+	var t *time.Timer
+	round := func() {
+		if ctx.Err() == nil {
+			s.round(ctx)
+			s.poke()
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if ctx.Err() != nil {
+			ended()
+			return
+		}
+		// The next slot; a round that overran skips the slots it missed.
+		now := time.Now()
+		for due.Before(now) {
+			due = due.Add(interval)
+		}
+		t.Reset(due.Sub(now))
+		due = due.Add(interval)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	t = time.AfterFunc(0, round) // its round waits for mu
+	// A round is due (the timer pending, no round running): stopping the
+	// timer ends the rounds. Otherwise the running round sees ctx ended.
+	context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if t.Stop() {
+			ended()
+		}
+	})
+}
+
+// checkSlots is how many instants of the interval a host's services'
+// rounds are spread over (by service name): 100 services started together
+// otherwise checked together every interval, a burst of 100 dials and
+// 100 goroutines' stacks at once. Not one instant per service: a round is
+// a few wake-ups of the process, and 100 rounds at 100 instants took nerve
+// from 0.7 to 2.5 % of a core (quick benchmark runs); 4 instants cost
+// 0.1 % and keep most of the memory saved (RSS 23.5–24.4 → 22.3–22.8 MB).
+const checkSlots = 4
+
+// firstSlot is when a service's second round runs, its first having run
+// at start: from then on every interval. The second round comes between
+// half an interval and one and a half after the first, one interval on
+// average, so registering (rise rounds) takes as long as before.
+func firstSlot(service string, start time.Time, interval time.Duration) time.Time {
+	h := fnv.New64a()
+	h.Write([]byte(service))
+	slot := start.Add(interval / checkSlots * time.Duration(h.Sum64()%checkSlots))
+	for slot.Sub(start) < interval/2 {
+		slot = slot.Add(interval)
+	}
+	return slot
 }
 
 // poke makes sure a reporter runs when the registration is out of step.
-// In the steady state none runs: a service costs one goroutine.
+// In the steady state none runs: a service costs no goroutine.
 func (s *service) poke() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -177,22 +253,6 @@ func (s *service) notePending() {
 	if op != "" {
 		s.pendingSince = time.Now().UTC()
 		s.m.Pending.WithLabelValues(s.name, op).Set(1)
-	}
-}
-
-// checkLoop runs a check round every interval. It never waits on the
-// registry: registry writes happen in reportLoop.
-func (s *service) checkLoop(ctx context.Context) {
-	tick := time.NewTicker(s.cfg.CheckInterval.D())
-	defer tick.Stop()
-	for {
-		s.round(ctx)
-		s.poke()
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
 	}
 }
 
