@@ -168,8 +168,6 @@ type Ack struct {
 	At       time.Time `json:"at"`
 	// Services maps each service this synapse serves from the same
 	// registry to the path it watches, so synctl can find the backends.
-	// Set only until the synapse's Catalog (which holds the same map) is
-	// written: acks stay small at every override change.
 	Services map[string]string `json:"services,omitempty"`
 	// Quarantined lists the servers this synapse's HAProxy refused and it
 	// set aside ("service/server: reason"), at most MaxAckQuarantined.

@@ -60,13 +60,6 @@ func ackQuarantined(qs []generators.Quarantined) []string {
 }
 
 // ackLoop writes the latest ack state, one at a time.
-//
-// The services (name → path, for synctl to find the backends) ride in an
-// ack only until this synapse's catalog is written: the catalog holds the
-// same map and synctl reads both. At 1000 services the map is ~40 KB of
-// JSON; in every ack it was most of synapse's allocations per override
-// change, and a fleet of N synapses wrote N × 40 KB to the registry for
-// every drain (each an fsync'd write the registry replicates).
 func (s *Synapse) ackLoop(ctx context.Context, acks <-chan ackState) {
 	services := s.ackServices() // fixed for this pipeline's config
 	retry := backoff.New(250*time.Millisecond, 30*time.Second)
@@ -77,11 +70,7 @@ func (s *Synapse) ackLoop(ctx context.Context, acks <-chan ackState) {
 		case st := <-acks:
 			retry.Reset()
 			for ctx.Err() == nil {
-				a := registry.Ack{ID: s.cfg.ID, Revision: st.rev, At: time.Now().UTC(), Quarantined: st.quarantined, Held: st.held}
-				if !s.catalogWritten.Load() {
-					a.Services = services
-				}
-				err := s.acks.PutAck(ctx, a)
+				err := s.acks.PutAck(ctx, registry.Ack{ID: s.cfg.ID, Revision: st.rev, At: time.Now().UTC(), Services: services, Quarantined: st.quarantined, Held: st.held})
 				if err == nil {
 					s.m.Acks.WithLabelValues("ok").Inc()
 					break
@@ -111,7 +100,6 @@ func (s *Synapse) publishCatalog(ctx context.Context) {
 	for ctx.Err() == nil {
 		err := s.catalog.PutCatalog(ctx, registry.Catalog{ID: s.cfg.ID, At: time.Now().UTC(), Services: services})
 		if err == nil {
-			s.catalogWritten.Store(true)
 			return
 		}
 		wait := retry.Next()
