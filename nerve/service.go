@@ -134,6 +134,11 @@ func (s *service) start(ctx context.Context) {
 	ended := func() {
 		end.Do(func() {
 			go func() {
+				// A poke that saw ctx alive under s.mu has added its
+				// reporter once s.mu is free; one after sees ctx ended
+				// and adds none: Wait cannot miss a reporter.
+				s.mu.Lock()
+				s.mu.Unlock()
 				s.reporters.Wait()
 				close(s.done)
 			}()
@@ -166,7 +171,7 @@ func (s *service) start(ctx context.Context) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	t = time.AfterFunc(0, round) // its round waits for mu
+	t = time.AfterFunc(0, round) // it reads t under mu, after this
 	// A round is due (the timer pending, no round running): stopping the
 	// timer ends the rounds. Otherwise the running round sees ctx ended.
 	context.AfterFunc(ctx, func() {
