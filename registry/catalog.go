@@ -1,8 +1,6 @@
 package registry
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -57,17 +55,6 @@ func (c Catalog) Encode() ([]byte, error) {
 		return nil, fmt.Errorf("catalog of %s is %d bytes, over the %d byte limit", c.ID, len(data), MaxCatalogSize)
 	}
 	return data, nil
-}
-
-// ServicesDigest is what an ack says of its synapse's catalog: the SHA-256
-// (lowercase hex) of the services' JSON, whose keys encoding/json sorts.
-func ServicesDigest(services map[string]string) string {
-	if services == nil {
-		services = map[string]string{}
-	}
-	data, _ := json.Marshal(services) // a map of strings always encodes
-	sum := sha256.Sum256(data)
-	return hex.EncodeToString(sum[:])
 }
 
 // DecodeCatalog reads and validates a catalog record.

@@ -74,32 +74,3 @@ func TestAckHeld(t *testing.T) {
 		t.Error("a control character in held accepted")
 	}
 }
-
-func TestServicesDigest(t *testing.T) {
-	a := ServicesDigest(map[string]string{"web": "/services/web", "api": "/services/api"})
-	b := ServicesDigest(map[string]string{"api": "/services/api", "web": "/services/web"})
-	if a != b || len(a) != 64 {
-		t.Errorf("the same services digest to %q and %q", a, b)
-	}
-	for _, other := range []map[string]string{nil, {"web": "/services/web"}, {"web": "/services/web", "api": "/services/api2"}} {
-		if ServicesDigest(other) == a {
-			t.Errorf("%v digests like the two services", other)
-		}
-	}
-	for _, tc := range []struct {
-		digest string
-		ok     bool
-	}{
-		{"", true},
-		{a, true},
-		{strings.ToUpper(a), false},
-		{a[:63], false},
-		{a + "0", false},
-		{strings.Repeat("g", 64), false},
-	} {
-		err := Ack{ID: "s1", ServicesDigest: tc.digest}.Validate()
-		if (err == nil) != tc.ok {
-			t.Errorf("digest %q: %v, want ok %v", tc.digest, err, tc.ok)
-		}
-	}
-}

@@ -2,7 +2,6 @@ package registry
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -169,16 +168,7 @@ type Ack struct {
 	At       time.Time `json:"at"`
 	// Services maps each service this synapse serves from the same
 	// registry to the path it watches, so synctl can find the backends.
-	// Set until the synapse's Catalog (the same map, kept) is written;
-	// then ServicesDigest vouches for the catalog instead: at 1000
-	// services the map is ~40 KB, which every synapse wrote through the
-	// registry at every override change.
 	Services map[string]string `json:"services,omitempty"`
-	// ServicesDigest is ServicesDigest(the synapse's catalog's services):
-	// synctl takes a catalog's services as a live synapse's only when its
-	// ack (ephemeral, checked against its owner: CheckAckLive) vouches for
-	// them so. A catalog is persistent and any synapse may write one.
-	ServicesDigest string `json:"services_digest,omitempty"`
 	// Quarantined lists the servers this synapse's HAProxy refused and it
 	// set aside ("service/server: reason"), at most MaxAckQuarantined.
 	Quarantined []string `json:"quarantined,omitempty"`
@@ -207,9 +197,6 @@ func (a Ack) Validate() error {
 		if err := ValidateText(path, 1024); err != nil || !strings.HasPrefix(path, "/") {
 			return fmt.Errorf("services.%s: path %q is not valid", name, path)
 		}
-	}
-	if d := a.ServicesDigest; d != "" && (len(d) != sha256.Size*2 || strings.Trim(d, "0123456789abcdef") != "") {
-		return fmt.Errorf("services_digest: %.80q is not a SHA-256 in lowercase hex", d)
 	}
 	if len(a.Quarantined) > MaxAckQuarantined {
 		return fmt.Errorf("quarantined: %d entries, at most %d", len(a.Quarantined), MaxAckQuarantined)

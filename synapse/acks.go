@@ -60,17 +60,8 @@ func ackQuarantined(qs []generators.Quarantined) []string {
 }
 
 // ackLoop writes the latest ack state, one at a time.
-//
-// The services (name → path, for synctl to find the backends) ride in an
-// ack only until this synapse's catalog is written; then the ack carries
-// the catalog's digest, which vouches for it (a catalog is persistent and
-// any synapse may write one; an ack is ephemeral and checked against its
-// owner). At 1000 services the map is ~40 KB of JSON: in every ack it was
-// a third of synapse's allocations per override change, and a fleet of N
-// synapses wrote N × 40 KB through the registry's log for every drain.
 func (s *Synapse) ackLoop(ctx context.Context, acks <-chan ackState) {
 	services := s.ackServices() // fixed for this pipeline's config
-	digest := registry.ServicesDigest(services)
 	retry := backoff.New(250*time.Millisecond, 30*time.Second)
 	for {
 		select {
@@ -79,13 +70,7 @@ func (s *Synapse) ackLoop(ctx context.Context, acks <-chan ackState) {
 		case st := <-acks:
 			retry.Reset()
 			for ctx.Err() == nil {
-				a := registry.Ack{ID: s.cfg.ID, Revision: st.rev, At: time.Now().UTC(), Quarantined: st.quarantined, Held: st.held}
-				if s.catalogWritten.Load() {
-					a.ServicesDigest = digest
-				} else {
-					a.Services = services
-				}
-				err := s.acks.PutAck(ctx, a)
+				err := s.acks.PutAck(ctx, registry.Ack{ID: s.cfg.ID, Revision: st.rev, At: time.Now().UTC(), Services: services, Quarantined: st.quarantined, Held: st.held})
 				if err == nil {
 					s.m.Acks.WithLabelValues("ok").Inc()
 					break
@@ -103,38 +88,28 @@ func (s *Synapse) ackLoop(ctx context.Context, acks <-chan ackState) {
 	}
 }
 
-// publishCatalog writes this synapse's persistent catalog of services
+// publishCatalog writes this synapse's persistent catalog of services once
 // (retrying until it lands), so synctl finds their backends even while no
-// synapse is connected, and writes it again every catalogRefresh: a catalog
-// removed or restored from an old backup meanwhile is put right, as its
-// acks, which vouch for it by digest, need.
+// synapse is connected.
 func (s *Synapse) publishCatalog(ctx context.Context) {
 	services := s.ackServices()
 	if len(services) == 0 {
 		return
 	}
 	retry := backoff.New(time.Second, time.Minute)
-	refresh := backoff.New(catalogRefresh, catalogRefresh)
 	for ctx.Err() == nil {
-		wait := refresh.Next()
 		err := s.catalog.PutCatalog(ctx, registry.Catalog{ID: s.cfg.ID, At: time.Now().UTC(), Services: services})
 		if err == nil {
-			s.catalogWritten.Store(true)
-			retry.Reset()
-		} else {
-			wait = retry.Next()
-			s.log.Warn("catalog not written; retrying", "err", err, "in", wait)
+			return
 		}
+		wait := retry.Next()
+		s.log.Warn("catalog not written; retrying", "err", err, "in", wait)
 		select {
 		case <-ctx.Done():
 		case <-time.After(wait):
 		}
 	}
 }
-
-// catalogRefresh is how often a synapse writes its catalog again (jittered:
-// half to the whole of it).
-const catalogRefresh = 10 * time.Minute
 
 // ackServices lists the services watched in the overrides' registry, with
 // their paths, for synctl to find their backends.

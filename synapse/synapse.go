@@ -13,7 +13,6 @@ import (
 	"reflect"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/syncstack/syncstack/generators"
@@ -45,10 +44,6 @@ type Synapse struct {
 	overrides registry.OverrideReader
 	acks      registry.AckWriter
 	catalog   registry.CatalogWriter
-	// catalogWritten: this synapse's catalog is in the registry, so its
-	// acks vouch for it by digest instead of carrying the services
-	// (see ackLoop).
-	catalogWritten atomic.Bool
 
 	mu     sync.Mutex
 	status Status

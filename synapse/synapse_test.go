@@ -3,14 +3,12 @@ package synapse
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"text/template"
 	"time"
@@ -66,7 +64,6 @@ type envOpts struct {
 	Extra         string // top-level config lines
 	ServiceExtra  string // lines of every service (indented 4)
 	HAProxyExtra  string // lines of every service's haproxy section (indented 6)
-	BeforeRun     func(*Synapse)
 	dir           string
 	ports         map[string]int
 }
@@ -105,9 +102,6 @@ func startEnv(t *testing.T, o envOpts) *env {
 	e.s, err = New(cfg, Options{Metrics: e.m, HAProxyMetrics: e.hm, RegistryMetrics: e.rm})
 	if err != nil {
 		t.Fatal(err)
-	}
-	if o.BeforeRun != nil {
-		o.BeforeRun(e.s)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancel, e.done = cancel, make(chan error, 1)
@@ -375,86 +369,6 @@ func TestOverridesDrainAckAndExpiry(t *testing.T) {
 	e.waitServers(t, "web", map[string]int{"a": 0, "b": 0})
 	if p := testserver.HAProxyWorkerPID(t, e.master); p != pid {
 		t.Errorf("a reload happened (worker %d → %d)", pid, p)
-	}
-}
-
-// refusingCatalog is the real registry's catalog writer that refuses
-// writes while refuse is set (a role without the catalog's permission,
-// say).
-type refusingCatalog struct {
-	registry.CatalogWriter
-	refuse atomic.Bool
-}
-
-func (c *refusingCatalog) PutCatalog(ctx context.Context, cat registry.Catalog) error {
-	if c.refuse.Load() {
-		return errors.New("refused by the test")
-	}
-	return c.CatalogWriter.PutCatalog(ctx, cat)
-}
-
-// An ack names the synapse's services (for synctl to find the backends)
-// only until its catalog, which holds the same map, is written; then it
-// vouches for the catalog by digest: at 1000 services that map is ~40 KB
-// of JSON written at every override change.
-func TestAckLeavesServicesToTheCatalog(t *testing.T) {
-	srv := testserver.StartEtcd(t)
-	ec, err := etcd.New(etcd.Config{Endpoints: []string{srv.Endpoint}, Metrics: registry.NewMetrics(nil), Root: "/syncstack-test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ec.Close() })
-	a := testserver.StartBackend(t, "a", "127.0.0.11")
-	ctx := context.Background()
-	if _, err := ec.Register(ctx, "/services/web", inst(a, "a")); err != nil {
-		t.Fatal(err)
-	}
-	catalog := &refusingCatalog{}
-	catalog.refuse.Store(true)
-	e := startEnv(t, envOpts{Method: "etcd", Hosts: srv.Endpoint, Services: []string{"web"}, Overrides: true,
-		BeforeRun: func(s *Synapse) { catalog.CatalogWriter = s.catalog; s.catalog = catalog }})
-	e.waitServers(t, "web", map[string]int{"a": 0})
-	ackAt := func(rev int64) registry.Ack {
-		t.Helper()
-		var got registry.Ack
-		registrytest.Eventually(t, 5*time.Second, fmt.Sprintf("an ack at revision %d", rev), func() bool {
-			acks, err := ec.Acks(ctx)
-			if err != nil || len(acks) != 1 || acks[0].Revision < rev {
-				return false
-			}
-			got = acks[0]
-			return true
-		})
-		return got
-	}
-	drain := func(target string) int64 {
-		t.Helper()
-		rev, err := ec.PutOverride(ctx, registry.Override{Target: target, State: registry.StateDrain, Reason: "test", By: "t", At: time.Now()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return rev
-	}
-
-	// No catalog yet: the ack is where synctl finds the services.
-	if ack := ackAt(drain("127.0.0.98")); ack.Services["web"] != "/services/web" {
-		t.Fatalf("without a catalog, the ack names services %v, want web", ack.Services)
-	}
-	catalog.refuse.Store(false)
-	registrytest.Eventually(t, 10*time.Second, "the catalog written", func() bool {
-		cats, err := ec.Catalogs(ctx)
-		return err == nil && len(cats) == 1 && cats[0].Services["web"] == "/services/web"
-	})
-	ack := ackAt(drain("127.0.0.99"))
-	if len(ack.Services) != 0 {
-		t.Errorf("with the catalog written, the ack still names services %v", ack.Services)
-	}
-	cats, err := ec.Catalogs(ctx)
-	if err != nil || len(cats) != 1 {
-		t.Fatalf("catalogs %v, %v", cats, err)
-	}
-	if want := registry.ServicesDigest(cats[0].Services); ack.ServicesDigest != want {
-		t.Errorf("the ack vouches for services digest %q, the catalog's is %q", ack.ServicesDigest, want)
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -25,9 +24,6 @@ type fleet struct {
 	overrides registry.OverrideSet
 	acks      []registry.Ack
 	catalogs  []registry.Catalog // outlive their synapse: one without an ack is dead
-	// unvouched: live synapses whose ack vouches (by digest) for a
-	// catalog that is missing or differs: their services are not known.
-	unvouched []string
 }
 
 func readFleet(ctx context.Context, b fleetReader, c *common, now time.Time) (*fleet, error) {
@@ -43,11 +39,16 @@ func readFleet(ctx context.Context, b fleetReader, c *common, now time.Time) (*f
 		return nil, fmt.Errorf("registry unreachable: %w", err)
 	}
 	f.catalogs = catalogs
+	for _, cat := range catalogs {
+		for name, path := range cat.Services {
+			f.services[name] = path
+		}
+	}
 	// Acks live with their synapse's session: right after a registry
 	// outage they may be missing for a moment while synapses re-create
 	// them. With no catalog either, give them a few seconds before
 	// concluding there are none.
-	for deadline := time.Now().Add(2 * c.opTimeout); len(f.acks) == 0 && len(f.serviceMap(nil)) == 0 && len(c.services) == 0 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(2 * c.opTimeout); len(f.acks) == 0 && len(f.services) == 0 && len(c.services) == 0 && time.Now().Before(deadline); {
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -57,7 +58,14 @@ func readFleet(ctx context.Context, b fleetReader, c *common, now time.Time) (*f
 			return nil, fmt.Errorf("registry unreachable: %w", err)
 		}
 	}
-	f.services = f.serviceMap(c.services)
+	for _, a := range f.acks {
+		for name, path := range a.Services {
+			f.services[name] = path
+		}
+	}
+	for name, path := range c.services {
+		f.services[name] = path
+	}
 	if f.overrides, err = b.Overrides(ctx); err != nil {
 		return nil, fmt.Errorf("registry unreachable: %w", err)
 	}
@@ -102,50 +110,6 @@ type backendState struct {
 	// state, or a weight of 0), and By who wrote it.
 	HeldBy string `json:"held_by,omitempty"`
 	By     string `json:"by,omitempty"`
-}
-
-// serviceMap is where each service is watched, the later sources winning:
-// the catalogs of dead synapses (a catalog outlives its synapse and nothing
-// removes it) and of live ones whose ack says nothing of services, then
-// what live synapses say — the services their acks carry,
-// or the catalog their ack vouches for by digest (any synapse may write a
-// catalog under any name; an ack is ephemeral and checked against its
-// owner, so a catalog its ack does not vouch for is not taken as a live
-// synapse's) — then synctl's config. It notes the live synapses whose
-// catalog is missing or differs from what their ack vouches for.
-func (f *fleet) serviceMap(config map[string]string) map[string]string {
-	out := map[string]string{}
-	// A live synapse's ack that neither carries services nor vouches for
-	// a catalog (one that serves none from this registry, or written by
-	// hand) leaves its catalog where a dead one's is, as before digests.
-	vouches := map[string]bool{}
-	for _, a := range f.acks {
-		if a.Services != nil || a.ServicesDigest != "" {
-			vouches[a.ID] = true
-		}
-	}
-	byID := map[string]registry.Catalog{}
-	for _, cat := range f.catalogs {
-		byID[cat.ID] = cat
-		if !vouches[cat.ID] {
-			maps.Copy(out, cat.Services)
-		}
-	}
-	f.unvouched = nil
-	for _, a := range f.acks {
-		switch {
-		case a.Services != nil:
-			maps.Copy(out, a.Services)
-		case a.ServicesDigest != "":
-			if cat, ok := byID[a.ID]; ok && registry.ServicesDigest(cat.Services) == a.ServicesDigest {
-				maps.Copy(out, cat.Services)
-			} else {
-				f.unvouched = append(f.unvouched, a.ID)
-			}
-		}
-	}
-	maps.Copy(out, config)
-	return out
 }
 
 // dead lists the synapses whose catalog is left but that no longer ack.

@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -25,9 +24,6 @@ type synapseStatus struct {
 	Revision int64  `json:"revision"`
 	InSync   bool   `json:"in_sync"`
 	Live     bool   `json:"live"` // false: dead, only its catalog is left
-	// CatalogUnvouched: its ack vouches for a catalog that is missing or
-	// differs, so the services it serves are not known here.
-	CatalogUnvouched bool `json:"catalog_unvouched,omitempty"`
 	// Quarantined: servers its HAProxy refused, set aside ("service/server: reason").
 	Quarantined []string `json:"quarantined,omitempty"`
 	// Held: removals its panic threshold holds back ("service/server").
@@ -105,8 +101,7 @@ func buildStatus(ctx context.Context, b fleetReader, c *common, now time.Time, s
 	live := map[string]bool{}
 	for _, a := range fl.acks {
 		live[a.ID] = true
-		rep.Synapses = append(rep.Synapses, synapseStatus{ID: a.ID, Revision: a.Revision, InSync: a.Revision >= fl.overrides.Revision, Live: true, At: a.At, Quarantined: a.Quarantined, Held: a.Held,
-			CatalogUnvouched: slices.Contains(fl.unvouched, a.ID)})
+		rep.Synapses = append(rep.Synapses, synapseStatus{ID: a.ID, Revision: a.Revision, InSync: a.Revision >= fl.overrides.Revision, Live: true, At: a.At, Quarantined: a.Quarantined, Held: a.Held})
 	}
 	for _, cat := range fl.catalogs {
 		if !live[cat.ID] {
@@ -201,12 +196,6 @@ func printStatus(w io.Writer, rep statusReport, now time.Time, all bool) {
 			continue
 		}
 		fmt.Fprintf(w, "  %s: revision %d, %s (acked %s ago)\n", s.ID, s.Revision, s.state(), now.Sub(s.At).Round(time.Second))
-	}
-	// A live synapse whose services synctl cannot know: always listed.
-	for _, s := range rep.Synapses {
-		if s.CatalogUnvouched {
-			fmt.Fprintf(w, "  %s CATALOG MISSING OR CHANGED: its ack vouches for a catalog the registry does not hold; the services it serves are not known here until it writes the catalog again (every 10 minutes; at once on a restart)\n", s.ID)
-		}
 	}
 	// Servers a synapse's HAProxy refused: always listed, they need a look.
 	for _, s := range rep.Synapses {
