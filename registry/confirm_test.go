@@ -74,3 +74,26 @@ func TestAckHeld(t *testing.T) {
 		t.Error("a control character in held accepted")
 	}
 }
+
+// An ack from a newer synapse, with a key this version does not know, is
+// read (an older synctl must not take an upgraded synapse for dead); its
+// known fields are checked as ever, and an override stays strict.
+func TestAckFromANewerSynapseDecodes(t *testing.T) {
+	a, err := DecodeAck([]byte(`{"id":"s1","revision":7,"at":"2026-12-02T04:00:00Z","services_digest":"ab12","future":{"x":[1,2]}}`))
+	if err != nil || a.ID != "s1" || a.Revision != 7 {
+		t.Errorf("ack with unknown keys: %+v, %v", a, err)
+	}
+	for _, bad := range []string{
+		`{"id":"s1","revision":-1,"future":1}`,
+		`{"id":"bad id","revision":1,"future":1}`,
+		`{"id":"s1","revision":1} {"id":"s2"}`,
+		`{"id":"s1","revision":"7"}`,
+	} {
+		if _, err := DecodeAck([]byte(bad)); err == nil {
+			t.Errorf("%s decoded", bad)
+		}
+	}
+	if _, err := DecodeOverride([]byte(`{"target":"10.0.0.5","state":"drain","at":"2026-12-02T04:00:00Z","future":1}`)); err == nil {
+		t.Error("an override with an unknown key decoded")
+	}
+}

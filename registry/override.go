@@ -288,9 +288,16 @@ func DecodeHistoryEntry(data []byte) (HistoryEntry, error) {
 const MaxHistory = 1000
 
 // DecodeAck reads and validates one ack record.
+//
+// Unlike overrides, an ack's unknown keys are ignored: acks are written by
+// synapses and read by synctl, and during a rollout a newer synapse's ack
+// (a field added to it) must still be read by an older synctl, which would
+// otherwise take that synapse for dead and not wait for it. An override is
+// decoded strictly: a key a synapse did not understand could change what
+// it takes out.
 func DecodeAck(data []byte) (Ack, error) {
 	var a Ack
-	if err := decodeStrict(data, &a); err != nil {
+	if err := decodeRecord(data, &a, false); err != nil {
 		return Ack{}, fmt.Errorf("ack: %w", err)
 	}
 	if err := a.Validate(); err != nil {
@@ -300,12 +307,18 @@ func DecodeAck(data []byte) (Ack, error) {
 }
 
 // decodeStrict decodes our own records: unknown keys are errors.
-func decodeStrict(data []byte, v any) error {
+func decodeStrict(data []byte, v any) error { return decodeRecord(data, v, true) }
+
+// decodeRecord decodes one of our own records: one JSON object within
+// MaxRecordSize, unknown keys errors when strict.
+func decodeRecord(data []byte, v any, strict bool) error {
 	if len(data) > MaxRecordSize {
 		return fmt.Errorf("record is %d bytes, over the %d byte limit", len(data), MaxRecordSize)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
+	if strict {
+		dec.DisallowUnknownFields()
+	}
 	if err := dec.Decode(v); err != nil {
 		return err
 	}
