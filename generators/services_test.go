@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	"runtime"
 	"sync"
 	"testing"
 
@@ -154,7 +153,11 @@ func TestServicesChangeCostsItsPart(t *testing.T) {
 	base := ServicesOf(manyServices(1000))
 	next := svcOf("z")
 	var sink Services
-	bytes := testingAllocBytes(200, func() { sink = base.With("svc0500", next) })
+	bytes := testing.Benchmark(func(b *testing.B) {
+		for range b.N {
+			sink = base.With("svc0500", next)
+		}
+	}).AllocedBytesPerOp()
 	if !sink.Get("svc0500").Equal(next) {
 		t.Fatal("With did not set the service")
 	}
@@ -189,16 +192,4 @@ func TestServicesReadWhileEdited(t *testing.T) {
 	if !base.Get("svc0000").Equal(svcOf("10.0.0.0")) {
 		t.Error("the old Services changed")
 	}
-}
-
-// testingAllocBytes is the bytes f allocates per call, over n calls.
-func testingAllocBytes(n int, f func()) uint64 {
-	f() // warm up
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	for range n {
-		f()
-	}
-	runtime.ReadMemStats(&after)
-	return (after.TotalAlloc - before.TotalAlloc) / uint64(n)
 }

@@ -2,7 +2,6 @@ package synapse
 
 import (
 	"fmt"
-	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -188,18 +187,15 @@ func TestBuildCostsTheChangeNotTheFleet(t *testing.T) {
 	prev, _ := build(in, nil, allDirty())
 	var d dirtySet
 	d.add("svc0500")
-	var before, after runtime.MemStats
-	const runs = 100
-	runtime.ReadMemStats(&before)
-	for range runs {
-		next, rebuilt := build(in, &prev, d)
-		if len(rebuilt) != 1 || next.Services.Len() != n {
-			t.Fatalf("rebuilt %v, %d services", rebuilt, next.Services.Len())
-		}
-		prev = next
+	next, rebuilt := build(in, &prev, d)
+	if len(rebuilt) != 1 || next.Services.Len() != n {
+		t.Fatalf("rebuilt %v, %d services", rebuilt, next.Services.Len())
 	}
-	runtime.ReadMemStats(&after)
-	per := (after.TotalAlloc - before.TotalAlloc) / runs
+	per := testing.Benchmark(func(b *testing.B) {
+		for range b.N {
+			prev, _ = build(in, &prev, d)
+		}
+	}).AllocedBytesPerOp()
 	t.Logf("one dirty service of %d: %d bytes per build", n, per)
 	if per > 16<<10 {
 		t.Errorf("building after a change to 1 of %d services allocated %d bytes, want ≤ 16 KB (O(the change), not O(fleet))", n, per)
