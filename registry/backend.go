@@ -67,8 +67,14 @@ type AckReader interface {
 // CatalogWriter publishes a synapse's catalog.
 type CatalogWriter interface {
 	// PutCatalog writes (or replaces) a synapse's persistent catalog of
-	// the services it serves; it outlives the session.
-	PutCatalog(ctx context.Context, c Catalog) error
+	// the services it serves, and returns the revision of the write; it
+	// outlives the session.
+	PutCatalog(ctx context.Context, c Catalog) (int64, error)
+	// CatalogRevision returns the revision of the last write of synapse
+	// id's catalog, reading no more than that (the synapse checks that
+	// its catalog is still the one it wrote); ok is false when there is
+	// none.
+	CatalogRevision(ctx context.Context, id string) (rev int64, ok bool, err error)
 }
 
 // CatalogReader lists the synapses' catalogs.

@@ -19,6 +19,11 @@ type Catalog struct {
 	Services map[string]string `json:"services"`
 }
 
+// CatalogCheck is how often a synapse checks that its catalog is still the
+// one it wrote (a revision read of one record, jittered down to half): a
+// catalog deleted by hand is back within it.
+const CatalogCheck = 5 * time.Minute
+
 // Validate checks the catalog's fields.
 func (c Catalog) Validate() error {
 	if err := ValidateName(c.ID); err != nil {

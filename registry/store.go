@@ -25,6 +25,10 @@ type Store interface {
 	// removal and that List (with ListOptions.Deletions) and Watch report
 	// for dir from then on. A missing record is not an error.
 	Delete(ctx context.Context, dir, name string) (int64, error)
+	// Revision returns the revision of dir/name's last write (Put's
+	// answer for it) without reading its data; ok is false when the
+	// record is missing.
+	Revision(ctx context.Context, dir, name string) (rev int64, ok bool, err error)
 	// List reads every record of dir once, sorted by name. A missing
 	// directory is empty.
 	List(ctx context.Context, dir string, opts ListOptions) (Listing, error)

@@ -59,54 +59,48 @@ func ackQuarantined(qs []generators.Quarantined) []string {
 	return out
 }
 
-// ackLoop writes the latest ack state, one at a time.
-func (s *Synapse) ackLoop(ctx context.Context, acks <-chan ackState) {
+// ackLoop writes the latest ack state, one at a time. An ack names this
+// synapse's services (name → path, for synctl to find the backends) only
+// while its catalog, which holds the same map, is not known to be in the
+// registry as written (keepCatalog): at 1000 services the map is ~40 KB
+// of JSON, and a fleet of N synapses wrote N × 40 KB to the registry for
+// every override change (each an fsync'd write the registry replicates).
+// catalogLost rewrites the last ack with the services.
+func (s *Synapse) ackLoop(ctx context.Context, acks <-chan ackState, catalogLost <-chan struct{}) {
 	services := s.ackServices() // fixed for this pipeline's config
 	retry := backoff.New(250*time.Millisecond, 30*time.Second)
+	var st ackState
+	written := false // an ack saying st is in the registry
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case st := <-acks:
-			retry.Reset()
-			for ctx.Err() == nil {
-				err := s.acks.PutAck(ctx, registry.Ack{ID: s.cfg.ID, Revision: st.rev, At: time.Now().UTC(), Services: services, Quarantined: st.quarantined, Held: st.held})
-				if err == nil {
-					s.m.Acks.WithLabelValues("ok").Inc()
-					break
-				}
-				s.m.Acks.WithLabelValues("error").Inc()
-				wait := retry.Next()
-				s.log.Warn("ack failed; retrying", "revision", st.rev, "err", err, "in", wait)
-				select {
-				case <-ctx.Done():
-				case <-time.After(wait):
-				case st = <-acks: // a newer one supersedes it
-				}
+		case st = <-acks:
+		case <-catalogLost:
+			if !written {
+				continue // the first ack will carry the services
 			}
 		}
-	}
-}
-
-// publishCatalog writes this synapse's persistent catalog of services once
-// (retrying until it lands), so synctl finds their backends even while no
-// synapse is connected.
-func (s *Synapse) publishCatalog(ctx context.Context) {
-	services := s.ackServices()
-	if len(services) == 0 {
-		return
-	}
-	retry := backoff.New(time.Second, time.Minute)
-	for ctx.Err() == nil {
-		err := s.catalog.PutCatalog(ctx, registry.Catalog{ID: s.cfg.ID, At: time.Now().UTC(), Services: services})
-		if err == nil {
-			return
-		}
-		wait := retry.Next()
-		s.log.Warn("catalog not written; retrying", "err", err, "in", wait)
-		select {
-		case <-ctx.Done():
-		case <-time.After(wait):
+		retry.Reset()
+		for ctx.Err() == nil {
+			a := registry.Ack{ID: s.cfg.ID, Revision: st.rev, At: time.Now().UTC(), Quarantined: st.quarantined, Held: st.held}
+			if !s.catalogCurrent.Load() {
+				a.Services = services
+			}
+			err := s.acks.PutAck(ctx, a)
+			if err == nil {
+				s.m.Acks.WithLabelValues("ok").Inc()
+				written = true
+				break
+			}
+			s.m.Acks.WithLabelValues("error").Inc()
+			wait := retry.Next()
+			s.log.Warn("ack failed; retrying", "revision", st.rev, "err", err, "in", wait)
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
+			case st = <-acks: // a newer one supersedes it
+			}
 		}
 	}
 }

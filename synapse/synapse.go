@@ -13,6 +13,7 @@ import (
 	"reflect"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/syncstack/syncstack/generators"
@@ -44,6 +45,10 @@ type Synapse struct {
 	overrides registry.OverrideReader
 	acks      registry.AckWriter
 	catalog   registry.CatalogWriter
+	// catalogCurrent: this synapse's catalog is in the registry as it
+	// wrote it, so its acks leave the services to it (keepCatalog).
+	catalogCurrent atomic.Bool
+	catalogCheck   time.Duration // how often keepCatalog checks it; tests shorten it
 
 	mu     sync.Mutex
 	status Status
@@ -78,7 +83,7 @@ type Status struct {
 
 // New builds the generators and registry clients for cfg (finalized).
 func New(cfg *Config, opts Options) (*Synapse, error) {
-	s := &Synapse{cfg: cfg, log: opts.Logger, m: opts.Metrics, rm: opts.RegistryMetrics, clients: map[string]registry.Backend{}, cacheKick: make(chan struct{}, 1)}
+	s := &Synapse{cfg: cfg, log: opts.Logger, m: opts.Metrics, rm: opts.RegistryMetrics, clients: map[string]registry.Backend{}, cacheKick: make(chan struct{}, 1), catalogCheck: registry.CatalogCheck}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -141,11 +146,12 @@ func (s *Synapse) Run(ctx context.Context) error {
 		})
 	}
 	acks := make(chan ackState, 1)
+	catalogLost := make(chan struct{}, 1)
 	if s.acks != nil {
-		wg.Go(func() { s.ackLoop(ctx, acks) })
+		wg.Go(func() { s.ackLoop(ctx, acks, catalogLost) })
 	}
 	if s.catalog != nil {
-		wg.Go(func() { s.publishCatalog(ctx) })
+		wg.Go(func() { s.keepCatalog(ctx, catalogLost) })
 	}
 	return s.loop(ctx, updates, overrideSets, acks)
 }

@@ -3,12 +3,14 @@ package synapse
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"text/template"
 	"time"
@@ -21,6 +23,7 @@ import (
 	"github.com/syncstack/syncstack/registry/etcd"
 	"github.com/syncstack/syncstack/registry/registrytest"
 	"github.com/syncstack/syncstack/registry/zookeeper"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // env is one synapse + HAProxy pair in a temp dir.
@@ -64,6 +67,7 @@ type envOpts struct {
 	Extra         string // top-level config lines
 	ServiceExtra  string // lines of every service (indented 4)
 	HAProxyExtra  string // lines of every service's haproxy section (indented 6)
+	BeforeRun     func(*Synapse)
 	dir           string
 	ports         map[string]int
 }
@@ -102,6 +106,9 @@ func startEnv(t *testing.T, o envOpts) *env {
 	e.s, err = New(cfg, Options{Metrics: e.m, HAProxyMetrics: e.hm, RegistryMetrics: e.rm})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if o.BeforeRun != nil {
+		o.BeforeRun(e.s)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancel, e.done = cancel, make(chan error, 1)
@@ -369,6 +376,118 @@ func TestOverridesDrainAckAndExpiry(t *testing.T) {
 	e.waitServers(t, "web", map[string]int{"a": 0, "b": 0})
 	if p := testserver.HAProxyWorkerPID(t, e.master); p != pid {
 		t.Errorf("a reload happened (worker %d → %d)", pid, p)
+	}
+}
+
+// refusingCatalog is the real registry's catalog writer that refuses
+// writes while refuse is set (a registry that will not take it yet).
+type refusingCatalog struct {
+	registry.CatalogWriter
+	refuse atomic.Bool
+}
+
+func (c *refusingCatalog) PutCatalog(ctx context.Context, cat registry.Catalog) (int64, error) {
+	if c.refuse.Load() {
+		return 0, errors.New("refused by the test")
+	}
+	return c.CatalogWriter.PutCatalog(ctx, cat)
+}
+
+// An ack names the synapse's services (for synctl to find the backends)
+// only while its catalog, which holds the same map, is not known to be in
+// the registry as written: at 1000 services that map is ~40 KB of JSON,
+// written at every override change by every synapse. A catalog deleted by
+// hand, or rewritten by another writer, is found at the next check: the
+// ack names the services again at once, and the catalog is written again.
+func TestAckLeavesServicesToTheCatalog(t *testing.T) {
+	srv := testserver.StartEtcd(t)
+	ec, err := etcd.New(etcd.Config{Endpoints: []string{srv.Endpoint}, Metrics: registry.NewMetrics(nil), Root: "/syncstack-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ec.Close() })
+	raw, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	a := testserver.StartBackend(t, "a", "127.0.0.11")
+	ctx := context.Background()
+	if _, err := ec.Register(ctx, "/services/web", inst(a, "a")); err != nil {
+		t.Fatal(err)
+	}
+	catalog := &refusingCatalog{}
+	catalog.refuse.Store(true)
+	e := startEnv(t, envOpts{Method: "etcd", Hosts: srv.Endpoint, Services: []string{"web"}, Overrides: true,
+		BeforeRun: func(s *Synapse) {
+			catalog.CatalogWriter = s.catalog
+			s.catalog = catalog
+			s.catalogCheck = 200 * time.Millisecond
+		}})
+	e.waitServers(t, "web", map[string]int{"a": 0})
+	ack := func() registry.Ack {
+		t.Helper()
+		acks, err := ec.Acks(ctx)
+		if err != nil || len(acks) != 1 {
+			t.Fatalf("acks: %v, %v; want one", acks, err)
+		}
+		return acks[0]
+	}
+	ackAt := func(rev int64) registry.Ack {
+		t.Helper()
+		registrytest.Eventually(t, 5*time.Second, fmt.Sprintf("an ack at revision %d", rev), func() bool {
+			acks, err := ec.Acks(ctx)
+			return err == nil && len(acks) == 1 && acks[0].Revision >= rev
+		})
+		return ack()
+	}
+	drain := func(target string) int64 {
+		t.Helper()
+		rev, err := ec.PutOverride(ctx, registry.Override{Target: target, State: registry.StateDrain, Reason: "test", By: "t", At: time.Now()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rev
+	}
+	catalogNames := func(want string) func() bool {
+		return func() bool {
+			cats, err := ec.Catalogs(ctx)
+			return err == nil && len(cats) == 1 && cats[0].Services["web"] == want
+		}
+	}
+
+	// No catalog yet: the ack is where synctl finds the services.
+	if got := ackAt(drain("127.0.0.98")); got.Services["web"] != "/services/web" {
+		t.Fatalf("without a catalog, the ack names services %v, want web", got.Services)
+	}
+	catalog.refuse.Store(false)
+	registrytest.Eventually(t, 10*time.Second, "the catalog written", catalogNames("/services/web"))
+	if got := ackAt(drain("127.0.0.99")); len(got.Services) != 0 {
+		t.Errorf("with the catalog written, the ack still names services %v", got.Services)
+	}
+
+	// Deleted by hand: the ack names the services again without an
+	// override change, and the catalog comes back.
+	if _, err := raw.Delete(ctx, "/syncstack-test/catalog/synapse-test"); err != nil {
+		t.Fatal(err)
+	}
+	registrytest.Eventually(t, 5*time.Second, "the ack naming the services again", func() bool {
+		acks, err := ec.Acks(ctx)
+		return err == nil && len(acks) == 1 && acks[0].Services["web"] == "/services/web"
+	})
+	registrytest.Eventually(t, 5*time.Second, "the catalog written again", catalogNames("/services/web"))
+	if got := ackAt(drain("127.0.0.97")); len(got.Services) != 0 {
+		t.Errorf("with the catalog written again, the ack still names services %v", got.Services)
+	}
+
+	// Rewritten by another writer (a second synapse under this id): put
+	// back as this synapse has it.
+	if _, err := ec.PutCatalog(ctx, registry.Catalog{ID: "synapse-test", At: time.Now().UTC(), Services: map[string]string{"web": "/elsewhere"}}); err != nil {
+		t.Fatal(err)
+	}
+	registrytest.Eventually(t, 5*time.Second, "the catalog put back", catalogNames("/services/web"))
+	if n := testutil.ToFloat64(e.m.CatalogLost); n != 2 {
+		t.Errorf("synapse_catalog_lost_total = %v, want 2 (deleted, then rewritten)", n)
 	}
 }
 

@@ -157,6 +157,9 @@ type result struct {
 	// Dead: synapses whose catalog is left but which no longer ack: not
 	// waited for, and named so nobody takes "every live synapse" for all.
 	Dead []string `json:"dead,omitempty"`
+	// Unknown: live synapses whose services synctl cannot see (the ack
+	// names none and there is no catalog under its id).
+	Unknown []string `json:"services_unknown,omitempty"`
 }
 
 func runSet(ctx context.Context, env Env, action string, state registry.OverrideState, args []string) error {
@@ -197,7 +200,7 @@ func runSet(ctx context.Context, env Env, action string, state registry.Override
 		adds = append(adds, o)
 	}
 	after := replaceKeys(fl.overrides.Overrides, adds, nil)
-	res := result{Action: action, Targets: ts, DryRun: f.dryRun, Plan: fl.plan(fl.overrides.Overrides, after, nil, now), Dead: fl.dead()}
+	res := result{Action: action, Targets: ts, DryRun: f.dryRun, Plan: fl.plan(fl.overrides.Overrides, after, nil, now), Dead: fl.dead(), Unknown: fl.unknown()}
 	if err := refuse(env, &f, res, action+" "+strings.Join(ts, ",")); err != nil {
 		return err
 	}
@@ -230,6 +233,10 @@ func (f *changeFlags) checkLimits() error {
 // refuse reports a plan the safety limits refuse (printing it), or nil.
 func refuse(env Env, f *changeFlags, res result, what string) error {
 	refusal := safety(res.Plan, f.minUp, f.maxDrained)
+	if len(res.Unknown) > 0 && takesOut(res.Plan) {
+		unknown := fmt.Sprintf("synapses %s name no services and have no catalog, so the limits cannot cover what they serve (a catalog deleted by hand? each writes its own again within %v)", strings.Join(res.Unknown, ", "), registry.CatalogCheck)
+		refusal = strings.TrimPrefix(refusal+"; "+unknown, "; ")
+	}
 	if refusal != "" && f.force && !f.dryRun {
 		// Forced past synctl's limits, a change can still be past the
 		// synapses' own guard: say what they will do with it.
@@ -252,6 +259,11 @@ func reportDryRun(env Env, f *changeFlags, res result, what string) {
 		printPlan(w, res.Plan)
 		fmt.Fprintln(w, "nothing written")
 	})
+}
+
+// takesOut reports whether a plan takes any backend out of serving.
+func takesOut(plan []capacity) bool {
+	return slices.ContainsFunc(plan, func(c capacity) bool { return c.ReadyAfter < c.ReadyBefore })
 }
 
 // safety returns why a plan must be refused, or "".
@@ -327,6 +339,9 @@ func finish(ctx context.Context, env Env, b finisher, f *changeFlags, res result
 		}
 		if f.wait && len(res.Dead) > 0 {
 			fmt.Fprintf(w, "not waited for: %s (no ack: dead or stopped; its HAProxy applies nothing)\n", strings.Join(res.Dead, ", "))
+		}
+		if len(res.Unknown) > 0 {
+			fmt.Fprintf(w, "services unknown: %s (the ack names none and there is no catalog under its id: synctl cannot see what it serves)\n", strings.Join(res.Unknown, ", "))
 		}
 	})
 	return waitErr
@@ -421,7 +436,7 @@ func runAddToLB(ctx context.Context, env Env, args []string) error {
 		return err
 	}
 	after := replaceKeys(fl.overrides.Overrides, nil, del)
-	res := result{Action: "add-to-lb", Targets: ts, DryRun: f.dryRun, Plan: fl.plan(fl.overrides.Overrides, after, nil, now), Deleted: del, Dead: fl.dead()}
+	res := result{Action: "add-to-lb", Targets: ts, DryRun: f.dryRun, Plan: fl.plan(fl.overrides.Overrides, after, nil, now), Deleted: del, Dead: fl.dead(), Unknown: fl.unknown()}
 	if f.dryRun {
 		reportDryRun(env, &f, res, fmt.Sprintf("add-to-lb %s would remove %s and change", strings.Join(ts, ","), orNone(del)))
 		return nil
@@ -603,7 +618,7 @@ func runWeight(ctx context.Context, env Env, args []string) error {
 	if weight == nil {
 		action = "weight-reset"
 	}
-	res := result{Action: action, Targets: ts, DryRun: f.dryRun, Plan: fl.plan(fl.overrides.Overrides, after, nil, now), Deleted: del, Dead: fl.dead()}
+	res := result{Action: action, Targets: ts, DryRun: f.dryRun, Plan: fl.plan(fl.overrides.Overrides, after, nil, now), Deleted: del, Dead: fl.dead(), Unknown: fl.unknown()}
 	// A weight of 0 takes servers out of traffic: the same limits as a drain.
 	if err := refuse(env, &f, res, action+" "+strings.Join(ts, ",")); err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -33,22 +34,17 @@ func readFleet(ctx context.Context, b fleetReader, c *common, now time.Time) (*f
 		return nil, fmt.Errorf("registry unreachable: %w", err)
 	}
 	// The services come from the synapses' catalogs, which stay in the
-	// registry, and from their acks and synctl's config.
-	catalogs, err := b.Catalogs(ctx)
+	// registry, from their acks and from synctl's config (knownServices).
+	f.catalogs, err = b.Catalogs(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("registry unreachable: %w", err)
-	}
-	f.catalogs = catalogs
-	for _, cat := range catalogs {
-		for name, path := range cat.Services {
-			f.services[name] = path
-		}
 	}
 	// Acks live with their synapse's session: right after a registry
 	// outage they may be missing for a moment while synapses re-create
 	// them. With no catalog either, give them a few seconds before
 	// concluding there are none.
-	for deadline := time.Now().Add(2 * c.opTimeout); len(f.acks) == 0 && len(f.services) == 0 && len(c.services) == 0 && time.Now().Before(deadline); {
+	cataloged := slices.ContainsFunc(f.catalogs, func(cat registry.Catalog) bool { return len(cat.Services) > 0 })
+	for deadline := time.Now().Add(2 * c.opTimeout); len(f.acks) == 0 && !cataloged && len(c.services) == 0 && time.Now().Before(deadline); {
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -58,14 +54,7 @@ func readFleet(ctx context.Context, b fleetReader, c *common, now time.Time) (*f
 			return nil, fmt.Errorf("registry unreachable: %w", err)
 		}
 	}
-	for _, a := range f.acks {
-		for name, path := range a.Services {
-			f.services[name] = path
-		}
-	}
-	for name, path := range c.services {
-		f.services[name] = path
-	}
+	f.services = f.knownServices(c.services)
 	if f.overrides, err = b.Overrides(ctx); err != nil {
 		return nil, fmt.Errorf("registry unreachable: %w", err)
 	}
@@ -112,12 +101,65 @@ type backendState struct {
 	By     string `json:"by,omitempty"`
 }
 
-// dead lists the synapses whose catalog is left but that no longer ack.
-func (f *fleet) dead() []string {
-	live := map[string]bool{}
+// knownServices maps every service synctl knows of to its path, from the
+// least to the most authoritative source, a later one winning where two
+// name a service at different paths:
+//   - the catalogs of synapses that no longer ack (dead: they may name a
+//     path their services have since left),
+//   - the catalogs of live synapses: a synapse's ack leaves its services
+//     to its catalog once that is written, and it checks the catalog is
+//     still the one it wrote,
+//   - the live acks that name their services themselves (a synapse
+//     before its catalog is written, or one that does not leave them),
+//   - synctl's own config.
+func (f *fleet) knownServices(config map[string]string) map[string]string {
+	live := f.live()
+	out := map[string]string{}
+	for _, fromLive := range []bool{false, true} {
+		for _, cat := range f.catalogs {
+			if live[cat.ID] == fromLive {
+				maps.Copy(out, cat.Services)
+			}
+		}
+	}
+	for _, a := range f.acks {
+		maps.Copy(out, a.Services)
+	}
+	maps.Copy(out, config)
+	return out
+}
+
+// live is the set of synapses that ack.
+func (f *fleet) live() map[string]bool {
+	live := make(map[string]bool, len(f.acks))
 	for _, a := range f.acks {
 		live[a.ID] = true
 	}
+	return live
+}
+
+// unknown lists the live synapses whose services synctl cannot see: the
+// ack names none and there is no catalog under its id (deleted by hand,
+// say, until the synapse's next check writes it again). A change that
+// takes backends out is refused without --force while there are any: the
+// safety limits cannot cover services synctl does not know.
+func (f *fleet) unknown() []string {
+	cataloged := map[string]bool{}
+	for _, c := range f.catalogs {
+		cataloged[c.ID] = true
+	}
+	var out []string
+	for _, a := range f.acks {
+		if len(a.Services) == 0 && !cataloged[a.ID] {
+			out = append(out, a.ID)
+		}
+	}
+	return out
+}
+
+// dead lists the synapses whose catalog is left but that no longer ack.
+func (f *fleet) dead() []string {
+	live := f.live()
 	var out []string
 	for _, c := range f.catalogs {
 		if !live[c.ID] {

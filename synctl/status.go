@@ -29,6 +29,10 @@ type synapseStatus struct {
 	// Held: removals its panic threshold holds back ("service/server").
 	Held []string  `json:"held,omitempty"`
 	At   time.Time `json:"at"`
+	// ServicesUnknown: live, but its ack names no services and there is no
+	// catalog under its id, so synctl cannot see what it serves (changes
+	// that take backends out are refused without --force meanwhile).
+	ServicesUnknown bool `json:"services_unknown,omitempty"`
 }
 
 func runStatus(ctx context.Context, env Env, args []string) error {
@@ -98,10 +102,13 @@ func buildStatus(ctx context.Context, b fleetReader, c *common, now time.Time, s
 		}
 		rep.Services[name] = states
 	}
-	live := map[string]bool{}
+	live := fl.live()
+	unknown := map[string]bool{}
+	for _, id := range fl.unknown() {
+		unknown[id] = true
+	}
 	for _, a := range fl.acks {
-		live[a.ID] = true
-		rep.Synapses = append(rep.Synapses, synapseStatus{ID: a.ID, Revision: a.Revision, InSync: a.Revision >= fl.overrides.Revision, Live: true, At: a.At, Quarantined: a.Quarantined, Held: a.Held})
+		rep.Synapses = append(rep.Synapses, synapseStatus{ID: a.ID, Revision: a.Revision, InSync: a.Revision >= fl.overrides.Revision, Live: true, At: a.At, Quarantined: a.Quarantined, Held: a.Held, ServicesUnknown: unknown[a.ID]})
 	}
 	for _, cat := range fl.catalogs {
 		if !live[cat.ID] {
@@ -196,6 +203,13 @@ func printStatus(w io.Writer, rep statusReport, now time.Time, all bool) {
 			continue
 		}
 		fmt.Fprintf(w, "  %s: revision %d, %s (acked %s ago)\n", s.ID, s.Revision, s.state(), now.Sub(s.At).Round(time.Second))
+	}
+	// Synapses whose services synctl cannot see: always listed, they
+	// block changes that take backends out.
+	for _, s := range rep.Synapses {
+		if s.ServicesUnknown {
+			fmt.Fprintf(w, "  %s SERVICES UNKNOWN (its ack names none and it has no catalog; it writes its catalog again within %v; until then drains are refused without --force)\n", s.ID, registry.CatalogCheck)
+		}
 	}
 	// Servers a synapse's HAProxy refused: always listed, they need a look.
 	for _, s := range rep.Synapses {

@@ -19,6 +19,7 @@ import (
 	"github.com/syncstack/syncstack/registry/etcd"
 	"github.com/syncstack/syncstack/registry/registrytest"
 	"github.com/syncstack/syncstack/registry/zookeeper"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // world is two synapse + HAProxy pairs sharing one registry, three backends
@@ -67,10 +68,15 @@ func newWorld(t *testing.T, method string) *world {
 	for _, p := range w.pairs {
 		p.WaitServers(t, "web", map[string]int{"a": 0, "b": 0, "c": 0}, 15*time.Second)
 	}
-	// Both synapses have acked (and published their services).
-	registrytest.Eventually(t, 10*time.Second, "two acks", func() bool {
+	// Both synapses have acked and published their services (in their
+	// catalogs; an ack names them only until its catalog is written).
+	registrytest.Eventually(t, 10*time.Second, "two acks and two catalogs", func() bool {
 		acks, err := w.reg.Acks(context.Background())
-		return err == nil && len(acks) == 2 && acks[0].Services["web"] == "/services/web"
+		if err != nil || len(acks) != 2 {
+			return false
+		}
+		cats, err := w.reg.Catalogs(context.Background())
+		return err == nil && len(cats) == 2 && cats[0].Services["web"] == "/services/web" && cats[1].Services["web"] == "/services/web"
 	})
 	return w
 }
@@ -520,5 +526,46 @@ func TestWaitNamesDeadSynapses(t *testing.T) {
 	code, out, errs := w.synctl(t, "drain", "127.0.0.12", "--wait", "--timeout", "10s")
 	if code != 0 || !strings.Contains(out, "applied by every live synapse (1)") || !strings.Contains(out, "not waited for: synapse-2") {
 		t.Errorf("drain --wait with a dead synapse: exit %d\n%s%s", code, out, errs)
+	}
+}
+
+// A live synapse whose ack leaves its services to its catalog, with the
+// catalog gone (deleted by hand), serves something synctl cannot see, so
+// the safety limits cannot cover it: a drain is refused without --force,
+// and status names the synapse.
+func TestDrainRefusedWhileServicesUnknown(t *testing.T) {
+	w := newWorld(t, "etcd")
+	ctx := context.Background()
+	// An override change makes both synapses ack again, now that their
+	// catalogs are written: without the services.
+	rev, err := w.reg.PutOverride(ctx, registry.Override{Target: "127.0.0.99", State: registry.StateDrain, Reason: "test", By: "t", At: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	registrytest.Eventually(t, 10*time.Second, "two acks without services", func() bool {
+		acks, err := w.reg.Acks(ctx)
+		return err == nil && len(acks) == 2 && acks[0].Revision >= rev && acks[1].Revision >= rev && len(acks[0].Services)+len(acks[1].Services) == 0
+	})
+	raw, err := clientv3.New(clientv3.Config{Endpoints: []string{w.flag[1]}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	if _, err := raw.Delete(ctx, "/syncstack/catalog/synapse-2"); err != nil {
+		t.Fatal(err)
+	}
+
+	code, out, errs := w.synctl(t, "drain", "127.0.0.12", "--reason", "test")
+	if code == 0 || !strings.Contains(errs, "synapses synapse-2 name no services and have no catalog") || !strings.Contains(errs, "--force") {
+		t.Errorf("drain while synapse-2's services are unknown: exit %d, want refused naming it\n%s%s", code, out, errs)
+	}
+	if o := w.overrides(t); len(o) != 1 {
+		t.Errorf("a refused drain wrote overrides: %+v", o)
+	}
+	if code, out, errs := w.synctl(t, "status"); code != 0 || !strings.Contains(out, "synapse-2 SERVICES UNKNOWN") || strings.Contains(out, "synapse-1 SERVICES UNKNOWN") {
+		t.Errorf("status: exit %d, want synapse-2 (only) named as unknown\n%s%s", code, out, errs)
+	}
+	if code, out, errs := w.synctl(t, "drain", "127.0.0.12", "--reason", "test", "--force"); code != 0 || !strings.Contains(out, "services unknown: synapse-2") {
+		t.Errorf("drain --force: exit %d, want written, naming synapse-2\n%s%s", code, out, errs)
 	}
 }

@@ -112,7 +112,7 @@ func TestRoles(t *testing.T) {
 	if err := syn.PutAck(ctx, registry.Ack{ID: "syn1", Revision: rev, At: time.Now()}); err != nil {
 		t.Fatalf("synapse acks: %v", err)
 	}
-	if err := syn.PutCatalog(ctx, registry.Catalog{ID: "syn1", At: time.Now(), Services: map[string]string{"web": svc}}); err != nil {
+	if _, err := syn.PutCatalog(ctx, registry.Catalog{ID: "syn1", At: time.Now(), Services: map[string]string{"web": svc}}); err != nil {
 		t.Fatalf("synapse catalog: %v", err)
 	}
 	registrytest.Eventually(t, 10*time.Second, "the operator reads the ack", func() bool {

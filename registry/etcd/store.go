@@ -64,6 +64,27 @@ func (s store) Put(ctx context.Context, dir, name string, data []byte) (int64, e
 	return resp.Header.Revision, nil
 }
 
+// Revision is dir/name's mod revision, from a range request for the key
+// alone (WithKeysOnly: no value read).
+func (s store) Revision(ctx context.Context, dir, name string) (int64, bool, error) {
+	c := s.c
+	key := dir + "/" + name
+	ctx, cancel, cli, err := s.begin(ctx, name)
+	defer cancel()
+	if err != nil {
+		return 0, false, fmt.Errorf("etcd: read %s: %w", key, err)
+	}
+	resp, err := cli.Get(ctx, key, clientv3.WithKeysOnly())
+	c.count("reads", "range", err)
+	if err != nil {
+		return 0, false, fmt.Errorf("etcd: read %s: %w", key, c.explain(err))
+	}
+	if len(resp.Kvs) == 0 {
+		return 0, false, nil
+	}
+	return resp.Kvs[0].ModRevision, true, nil
+}
+
 // Delete removes dir/name and puts dir's deletion marker (the time, for a
 // reader) in the same transaction; the revision is the transaction's.
 func (s store) Delete(ctx context.Context, dir, name string) (int64, error) {

@@ -87,7 +87,7 @@ func TestRecordsLayout(t *testing.T) {
 		t.Errorf("ack key = %s (lease %x), want %s on the client's lease %x", kv.Value, kv.Lease, want, lease)
 	}
 	cat := registry.Catalog{ID: "syn-1", At: at, Services: map[string]string{"web": "/services/web"}}
-	if err := c.PutCatalog(ctx, cat); err != nil {
+	if _, err := c.PutCatalog(ctx, cat); err != nil {
 		t.Fatal(err)
 	}
 	want, _ = cat.Encode()

@@ -417,13 +417,21 @@ func catalog(t *testing.T, h Harness) {
 	ctx := context.Background()
 	c := h.New(t)
 	id := fmt.Sprintf("synapse-%d", time.Now().UnixNano())
+	if rev, ok, err := c.CatalogRevision(ctx, id); err != nil || ok {
+		t.Fatalf("CatalogRevision before any write = %d, %v, %v; want none", rev, ok, err)
+	}
+	var rev int64
 	for _, services := range []map[string]string{
 		{"web": "/services/web"},
 		{"web": "/services/web", "api": "/services/api"}, // replaces the first
 	} {
-		if err := c.PutCatalog(ctx, registry.Catalog{ID: id, At: time.Now().UTC(), Services: services}); err != nil {
+		var err error
+		if rev, err = c.PutCatalog(ctx, registry.Catalog{ID: id, At: time.Now().UTC(), Services: services}); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if got, ok, err := c.CatalogRevision(ctx, id); err != nil || !ok || got != rev {
+		t.Errorf("CatalogRevision = %d, %v, %v; want %d, the last write's", got, ok, err, rev)
 	}
 	c.Close()
 	// Read through another session, the first one gone.
@@ -440,12 +448,32 @@ func catalog(t *testing.T, h Harness) {
 	if mine == nil || len(mine.Services) != 2 || mine.Services["api"] != "/services/api" {
 		t.Errorf("catalog after its writer closed: %+v (all: %+v)", mine, got)
 	}
+
+	// A catalog under another synapse's name is skipped and counted: synctl
+	// takes the catalog named by a live ack's ID as that synapse's.
+	b := h.New(t)
+	catalogDir := b.(interface{ CatalogDir() string }).CatalogDir()
+	skipped0 := h.Skipped(b, catalogDir)
+	impostor := fmt.Sprintf("impostor-%d", time.Now().UnixNano())
+	h.Plant(t, catalogDir, impostor, []byte(`{"id":"`+id+`","at":"2026-01-01T00:00:00Z","services":{"web":"/elsewhere"}}`))
+	got, err = b.Catalogs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cat := range got {
+		if cat.Services["web"] == "/elsewhere" {
+			t.Errorf("Catalogs returned the catalog stored as %s that claims to be %s: %+v", impostor, id, cat)
+		}
+	}
+	if n := h.Skipped(b, catalogDir) - skipped0; n != 1 {
+		t.Errorf("skipped catalogs: %v, want 1 (the impostor)", n)
+	}
 	for _, bad := range []registry.Catalog{
 		{ID: "bad id", At: time.Now(), Services: map[string]string{"web": "/x"}},
 		{ID: "ok", At: time.Now(), Services: map[string]string{"web": "relative"}},
 		{ID: "ok", Services: map[string]string{"web": "/x"}},
 	} {
-		if err := h.New(t).PutCatalog(ctx, bad); err == nil {
+		if _, err := h.New(t).PutCatalog(ctx, bad); err == nil {
 			t.Errorf("PutCatalog accepted %+v", bad)
 		}
 	}

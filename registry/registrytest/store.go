@@ -84,6 +84,14 @@ func storePutListDelete(t *testing.T, h StoreHarness) {
 	if a.Rev != revs[2] || b.Rev != revs[0] {
 		t.Errorf("record revisions a=%d b=%d, want those of their last writes %d and %d", a.Rev, b.Rev, revs[2], revs[0])
 	}
+	for _, want := range []struct {
+		name string
+		rev  int64
+	}{{"a", revs[2]}, {"b", revs[0]}} {
+		if rev, ok, err := reader.Revision(ctx, d, want.name); err != nil || !ok || rev != want.rev {
+			t.Errorf("Revision(%s) = %d, %v, %v; want %d, the revision Put returned for its last write", want.name, rev, ok, err, want.rev)
+		}
+	}
 	if l.Rev < revs[2] {
 		t.Errorf("listing revision %d is before the last write's %d", l.Rev, revs[2])
 	}
@@ -98,6 +106,12 @@ func storePutListDelete(t *testing.T, h StoreHarness) {
 	}
 	if _, err := s.Delete(ctx, d, "a"); err != nil {
 		t.Errorf("deleting a missing record: %v", err)
+	}
+	if rev, ok, err := reader.Revision(ctx, d, "a"); err != nil || ok {
+		t.Errorf("Revision of a deleted record = %d, %v, %v; want not found", rev, ok, err)
+	}
+	if rev, ok, err := reader.Revision(ctx, d+"-missing", "a"); err != nil || ok {
+		t.Errorf("Revision in a missing directory = %d, %v, %v; want not found", rev, ok, err)
 	}
 
 	closeWriter()
@@ -136,6 +150,9 @@ func storeRejectsBadNames(t *testing.T, h StoreHarness) {
 	for _, name := range []string{"", ".", "..", "a/b", "../x", "a#b", "a\nb", "a\x00b"} {
 		if _, err := s.Put(ctx, d, name, []byte("x")); err == nil {
 			t.Errorf("Put(%q) succeeded", name)
+		}
+		if _, _, err := s.Revision(ctx, d, name); err == nil {
+			t.Errorf("Revision(%q) succeeded", name)
 		}
 		if _, err := s.Delete(ctx, d, name); err == nil {
 			t.Errorf("Delete(%q) succeeded", name)

@@ -89,7 +89,7 @@ func TestACLsRefuseWrongIdentities(t *testing.T) {
 	if err := syn.PutAck(ctx, registry.Ack{ID: "syn1", Revision: rev, At: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	if err := syn.PutCatalog(ctx, registry.Catalog{ID: "syn1", At: time.Now(), Services: map[string]string{"web": dir}}); err != nil {
+	if _, err := syn.PutCatalog(ctx, registry.Catalog{ID: "syn1", At: time.Now(), Services: map[string]string{"web": dir}}); err != nil {
 		t.Fatal(err)
 	}
 	registrytest.Eventually(t, 10*time.Second, "ack visible to the operator", func() bool {

@@ -86,6 +86,34 @@ func (s store) Put(ctx context.Context, dir, name string, data []byte) (int64, e
 	return rev, nil
 }
 
+// Revision is dir/name's mzxid, from an exists (no data read).
+func (s store) Revision(ctx context.Context, dir, name string) (int64, bool, error) {
+	c := s.c
+	p := dir + "/" + name
+	ctx, cancel, err := s.begin(ctx, name)
+	defer cancel()
+	if err != nil {
+		return 0, false, err
+	}
+	var rev int64
+	var ok bool
+	err = call(ctx, func() error {
+		found, stat, err := c.conn.Exists(p)
+		c.countRead("exists", err)
+		if err != nil {
+			return err
+		}
+		if ok = found; found {
+			rev = stat.Mzxid
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, false, fmt.Errorf("zookeeper: exists %s: %w", p, c.denied(p, err))
+	}
+	return rev, ok, nil
+}
+
 // Delete removes dir/name. The revision is dir's pzxid after the removal:
 // the zxid of the latest change to its children.
 func (s store) Delete(ctx context.Context, dir, name string) (int64, error) {

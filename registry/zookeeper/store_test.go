@@ -101,7 +101,7 @@ func TestRecordsLayout(t *testing.T) {
 		t.Errorf("ack node = %s (ephemeral owner %x), want %s on session %x", got, stat.EphemeralOwner, want, c.SessionID())
 	}
 	cat := registry.Catalog{ID: "syn-1", At: at, Services: map[string]string{"web": "/services/web"}}
-	if err := c.PutCatalog(ctx, cat); err != nil {
+	if _, err := c.PutCatalog(ctx, cat); err != nil {
 		t.Fatal(err)
 	}
 	want, _ = cat.Encode()
