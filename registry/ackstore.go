@@ -2,7 +2,6 @@ package registry
 
 import (
 	"context"
-	"encoding/json"
 	"slices"
 	"strings"
 	"time"
@@ -14,10 +13,7 @@ func (r Records) PutAck(ctx context.Context, a Ack) error {
 	if a.At.IsZero() {
 		a.At = time.Now().UTC()
 	}
-	if err := a.Validate(); err != nil {
-		return err
-	}
-	data, err := json.Marshal(a)
+	data, err := EncodeAck(a)
 	if err != nil {
 		return err
 	}

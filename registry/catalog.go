@@ -57,7 +57,7 @@ func (c Catalog) Encode() ([]byte, error) {
 		return nil, err
 	}
 	if len(data) > MaxCatalogSize {
-		return nil, fmt.Errorf("catalog of %s is %d bytes, over the %d byte limit", c.ID, len(data), MaxCatalogSize)
+		return nil, fmt.Errorf("catalog of %s is %d bytes, over the %d byte limit: %w", c.ID, len(data), MaxCatalogSize, ErrTooLarge)
 	}
 	return data, nil
 }

@@ -167,8 +167,17 @@ type Ack struct {
 	Revision int64     `json:"revision"`
 	At       time.Time `json:"at"`
 	// Services maps each service this synapse serves from the same
-	// registry to the path it watches, so synctl can find the backends.
-	Services map[string]string `json:"services,omitempty"`
+	// registry to the path it watches, so synctl can find the backends;
+	// none, when ServicesInCatalog.
+	Services map[string]string `json:"services"`
+	// ServicesInCatalog: the synapse leaves its services to its catalog
+	// (the ack says "services": null), which it has written and checks.
+	// At 1000 services the map is ~40 KB of JSON, which every synapse
+	// would otherwise write at every override change. An ack without the
+	// key comes from a synapse before this field, which serves none from
+	// this registry; one with {} serves none. Both older and newer synctl
+	// builds read all three.
+	ServicesInCatalog bool `json:"-"`
 	// Quarantined lists the servers this synapse's HAProxy refused and it
 	// set aside ("service/server: reason"), at most MaxAckQuarantined.
 	Quarantined []string `json:"quarantined,omitempty"`
@@ -179,6 +188,14 @@ type Ack struct {
 	Held []string `json:"held,omitempty"`
 }
 
+// ErrTooLarge is what encoding a record over its size limit returns.
+var ErrTooLarge = errors.New("record too large")
+
+// MaxAckSize bounds an encoded ack: it may carry the same map as a
+// catalog, so the same bound (a synapse with 1000 services writes ~40 KB,
+// past the 16 KiB other records are held to).
+const MaxAckSize = MaxCatalogSize
+
 // MaxAckQuarantined bounds the quarantined servers one ack names.
 const MaxAckQuarantined = 100
 
@@ -186,6 +203,9 @@ const MaxAckQuarantined = 100
 func (a Ack) Validate() error {
 	if err := ValidateName(a.ID); err != nil {
 		return fmt.Errorf("id: %w", err)
+	}
+	if a.ServicesInCatalog && len(a.Services) > 0 {
+		return errors.New("services: both listed and left to the catalog")
 	}
 	if a.Revision < 0 {
 		return fmt.Errorf("revision: %d is negative", a.Revision)
@@ -297,23 +317,55 @@ const MaxHistory = 1000
 // it takes out.
 func DecodeAck(data []byte) (Ack, error) {
 	var a Ack
-	if err := decodeRecord(data, &a, false); err != nil {
+	if err := decodeRecord(data, &a, false, MaxAckSize); err != nil {
 		return Ack{}, fmt.Errorf("ack: %w", err)
 	}
+	// "services": null and no "services" decode alike; only the first
+	// says the catalog holds them.
+	var services struct {
+		Raw json.RawMessage `json:"services"`
+	}
+	if err := json.Unmarshal(data, &services); err != nil {
+		return Ack{}, fmt.Errorf("ack: %w", err)
+	}
+	a.ServicesInCatalog = bytes.Equal(services.Raw, []byte("null"))
 	if err := a.Validate(); err != nil {
 		return Ack{}, fmt.Errorf("ack: %w", err)
 	}
 	return a, nil
 }
 
+// EncodeAck writes an ack's JSON: "services" is null when the ack leaves
+// them to the catalog, and {} (not null) when it names none. An ack over
+// MaxAckSize is refused.
+func EncodeAck(a Ack) ([]byte, error) {
+	if err := a.Validate(); err != nil {
+		return nil, err
+	}
+	switch {
+	case a.ServicesInCatalog:
+		a.Services = nil
+	case a.Services == nil:
+		a.Services = map[string]string{}
+	}
+	data, err := json.Marshal(a)
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > MaxAckSize {
+		return nil, fmt.Errorf("ack of %s is %d bytes, over the %d byte limit: %w", a.ID, len(data), MaxAckSize, ErrTooLarge)
+	}
+	return data, nil
+}
+
 // decodeStrict decodes our own records: unknown keys are errors.
-func decodeStrict(data []byte, v any) error { return decodeRecord(data, v, true) }
+func decodeStrict(data []byte, v any) error { return decodeRecord(data, v, true, MaxRecordSize) }
 
 // decodeRecord decodes one of our own records: one JSON object within
-// MaxRecordSize, unknown keys errors when strict.
-func decodeRecord(data []byte, v any, strict bool) error {
-	if len(data) > MaxRecordSize {
-		return fmt.Errorf("record is %d bytes, over the %d byte limit", len(data), MaxRecordSize)
+// limit bytes, unknown keys errors when strict.
+func decodeRecord(data []byte, v any, strict bool, limit int) error {
+	if len(data) > limit {
+		return fmt.Errorf("record is %d bytes, over the %d byte limit", len(data), limit)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if strict {

@@ -2,6 +2,7 @@ package synapse
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sort"
 	"strings"
@@ -62,12 +63,14 @@ func ackQuarantined(qs []generators.Quarantined) []string {
 // ackLoop writes the latest ack state, one at a time. An ack names this
 // synapse's services (name → path, for synctl to find the backends) only
 // while its catalog, which holds the same map, is not known to be in the
-// registry as written (keepCatalog): at 1000 services the map is ~40 KB
-// of JSON, and a fleet of N synapses wrote N × 40 KB to the registry for
-// every override change (each an fsync'd write the registry replicates).
-// catalogLost rewrites the last ack with the services.
-func (s *Synapse) ackLoop(ctx context.Context, acks <-chan ackState, catalogLost <-chan struct{}) {
+// registry as written (keepCatalog); otherwise it leaves them to the
+// catalog. At 1000 services the map is ~40 KB of JSON, and a fleet of N
+// synapses wrote N × 40 KB to the registry for every override change
+// (each an fsync'd write the registry replicates). catalogChanged (the
+// catalog written, or found lost) rewrites the last ack accordingly.
+func (s *Synapse) ackLoop(ctx context.Context, acks <-chan ackState, catalogChanged <-chan struct{}) {
 	services := s.ackServices() // fixed for this pipeline's config
+	tooMany := false            // to name in an ack (see below)
 	retry := backoff.New(250*time.Millisecond, 30*time.Second)
 	var st ackState
 	written := false // an ack saying st is in the registry
@@ -76,18 +79,29 @@ func (s *Synapse) ackLoop(ctx context.Context, acks <-chan ackState, catalogLost
 		case <-ctx.Done():
 			return
 		case st = <-acks:
-		case <-catalogLost:
+		case <-catalogChanged:
 			if !written {
-				continue // the first ack will carry the services
+				continue // the first ack will say it
 			}
 		}
 		retry.Reset()
 		for ctx.Err() == nil {
-			a := registry.Ack{ID: s.cfg.ID, Revision: st.rev, At: time.Now().UTC(), Quarantined: st.quarantined, Held: st.held}
-			if !s.catalogCurrent.Load() {
+			a := registry.Ack{ID: s.cfg.ID, Revision: st.rev, At: time.Now().UTC(), Quarantined: st.quarantined, Held: st.held,
+				ServicesInCatalog: tooMany || s.catalogCurrent.Load()}
+			if !a.ServicesInCatalog {
 				a.Services = services
 			}
 			err := s.acks.PutAck(ctx, a)
+			if errors.Is(err, registry.ErrTooLarge) && !a.ServicesInCatalog {
+				// A map too large for an ack (some 12,000 services) is
+				// too large for the catalog too: the acks leave the
+				// services to a catalog that is not there, and synctl
+				// shows them as unknown rather than take this synapse
+				// for dead.
+				s.log.Error("too many services to name in an ack or a catalog: synctl will show this synapse's services as unknown", "services", len(services), "err", err)
+				tooMany = true
+				continue
+			}
 			if err == nil {
 				s.m.Acks.WithLabelValues("ok").Inc()
 				written = true

@@ -20,13 +20,15 @@ import (
 // registry's log for nothing.
 //
 // While the catalog is not known to be there as written, catalogCurrent
-// is false and the acks carry the services themselves (ackLoop); losing it
-// sends on lost so the last ack is rewritten with them.
-func (s *Synapse) keepCatalog(ctx context.Context, lost chan<- struct{}) {
+// is false and the acks carry the services themselves (ackLoop); writing
+// the catalog, and finding it lost, send on changed so the last ack is
+// rewritten without them, or with them.
+func (s *Synapse) keepCatalog(ctx context.Context, changed chan<- struct{}) {
 	cat := registry.Catalog{ID: s.cfg.ID, Services: s.ackServices()}
 	retry := backoff.New(time.Second, time.Minute)
 	check := backoff.New(s.catalogCheck, s.catalogCheck) // jitter only: spread a fleet's checks
 	var written int64                                    // revision of our last write; 0: none
+	failed := 0                                          // checks in a row that could not tell
 	for ctx.Err() == nil {
 		if written == 0 {
 			cat.At = time.Now().UTC()
@@ -41,6 +43,7 @@ func (s *Synapse) keepCatalog(ctx context.Context, lost chan<- struct{}) {
 			retry.Reset()
 			written = rev
 			s.catalogCurrent.Store(true)
+			notify(changed)
 		}
 		if check.Wait(ctx) != nil {
 			return
@@ -49,17 +52,29 @@ func (s *Synapse) keepCatalog(ctx context.Context, lost chan<- struct{}) {
 		switch {
 		case err != nil:
 			// Cannot tell (the registry is away): what was written stays
-			// believed, as the acks and registrations are.
-			s.log.Debug("catalog check failed", "err", err)
+			// believed, as the acks and registrations are. Said when it
+			// keeps failing (a permission taken away, say).
+			s.m.CatalogChecks.WithLabelValues("error").Inc()
+			if failed++; failed == 3 {
+				s.log.Warn("catalog checks keep failing", "id", s.cfg.ID, "err", err, "checks", failed)
+			}
 		case !ok || rev != written:
-			s.m.CatalogLost.Inc()
+			s.m.CatalogChecks.WithLabelValues("lost").Inc()
 			s.log.Warn("catalog missing or rewritten by another writer (two synapses with this id?); writing it again", "id", s.cfg.ID, "found", ok, "revision", rev, "written", written)
 			s.catalogCurrent.Store(false)
-			select {
-			case lost <- struct{}{}:
-			default: // a rewrite is pending already
-			}
-			written = 0
+			notify(changed)
+			written, failed = 0, 0
+		default:
+			s.m.CatalogChecks.WithLabelValues("ok").Inc()
+			failed = 0
 		}
+	}
+}
+
+// notify sends on a one-slot channel unless a send is pending already.
+func notify(c chan<- struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
 	}
 }

@@ -13,7 +13,7 @@ type Metrics struct {
 	OverrideRev    prometheus.Gauge
 	Acks           *prometheus.CounterVec // result
 	CatalogWrites  *prometheus.CounterVec // result
-	CatalogLost    prometheus.Counter
+	CatalogChecks  *prometheus.CounterVec // result
 	Panics         *prometheus.CounterVec // service
 	Held           *prometheus.GaugeVec   // service
 }
@@ -47,9 +47,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		CatalogWrites: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "synapse_catalog_writes_total", Help: "Writes of this synapse's catalog, by result: at start, and whenever a check finds it missing or rewritten.",
 		}, []string{"result"}),
-		CatalogLost: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "synapse_catalog_lost_total", Help: "Checks that found this synapse's catalog missing, or rewritten by another writer (two synapses with one id?).",
-		}),
+		CatalogChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "synapse_catalog_checks_total", Help: "Checks that this synapse's catalog is still the one it wrote, by result: ok, lost (missing, or rewritten by another writer: two synapses with one id?), error (could not tell).",
+		}, []string{"result"}),
 		Panics: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "synapse_panics_total", Help: "Times an update would have taken more than the panic threshold's share of a service's backends out at once, and the rest were held.",
 		}, []string{"service"}),
@@ -58,11 +58,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"service"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.WatcherUpdates, m.KeptPrevious, m.Backends, m.Applies, m.Convergence, m.OverrideRev, m.Acks, m.CatalogWrites, m.CatalogLost, m.Panics, m.Held)
+		reg.MustRegister(m.WatcherUpdates, m.KeptPrevious, m.Backends, m.Applies, m.Convergence, m.OverrideRev, m.Acks, m.CatalogWrites, m.CatalogChecks, m.Panics, m.Held)
 	}
 	for _, r := range []string{"ok", "error"} {
 		m.Acks.WithLabelValues(r) // exported at 0 before the first ack
 		m.CatalogWrites.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "lost", "error"} {
+		m.CatalogChecks.WithLabelValues(r)
 	}
 	return m
 }

@@ -146,12 +146,12 @@ func (s *Synapse) Run(ctx context.Context) error {
 		})
 	}
 	acks := make(chan ackState, 1)
-	catalogLost := make(chan struct{}, 1)
+	catalogChanged := make(chan struct{}, 1)
 	if s.acks != nil {
-		wg.Go(func() { s.ackLoop(ctx, acks, catalogLost) })
+		wg.Go(func() { s.ackLoop(ctx, acks, catalogChanged) })
 	}
 	if s.catalog != nil {
-		wg.Go(func() { s.keepCatalog(ctx, catalogLost) })
+		wg.Go(func() { s.keepCatalog(ctx, catalogChanged) })
 	}
 	return s.loop(ctx, updates, overrideSets, acks)
 }

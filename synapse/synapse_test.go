@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/go-zookeeper/zk"
 	"io"
 	"net/http"
 	"os"
@@ -396,99 +397,134 @@ func (c *refusingCatalog) PutCatalog(ctx context.Context, cat registry.Catalog) 
 // An ack names the synapse's services (for synctl to find the backends)
 // only while its catalog, which holds the same map, is not known to be in
 // the registry as written: at 1000 services that map is ~40 KB of JSON,
-// written at every override change by every synapse. A catalog deleted by
+// written at every override change by every synapse. Otherwise the ack
+// leaves them to the catalog ("services": null). A catalog deleted by
 // hand, or rewritten by another writer, is found at the next check: the
 // ack names the services again at once, and the catalog is written again.
 func TestAckLeavesServicesToTheCatalog(t *testing.T) {
-	srv := testserver.StartEtcd(t)
-	ec, err := etcd.New(etcd.Config{Endpoints: []string{srv.Endpoint}, Metrics: registry.NewMetrics(nil), Root: "/syncstack-test"})
-	if err != nil {
-		t.Fatal(err)
+	for _, method := range []string{"etcd", "zookeeper"} {
+		t.Run(method, func(t *testing.T) { testAckLeavesServicesToTheCatalog(t, method) })
 	}
-	t.Cleanup(func() { ec.Close() })
-	raw, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Endpoint}, DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { raw.Close() })
-	a := testserver.StartBackend(t, "a", "127.0.0.11")
+}
+
+func testAckLeavesServicesToTheCatalog(t *testing.T, method string) {
 	ctx := context.Background()
-	if _, err := ec.Register(ctx, "/services/web", inst(a, "a")); err != nil {
+	var reg registry.Backend
+	var hosts string
+	var deleteCatalog func()
+	const catalogPath = "/syncstack-test/catalog/synapse-test"
+	switch method {
+	case "etcd":
+		srv := testserver.StartEtcd(t)
+		hosts = srv.Endpoint
+		ec, err := etcd.New(etcd.Config{Endpoints: []string{hosts}, Metrics: registry.NewMetrics(nil), Root: "/syncstack-test"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		reg = ec
+		raw, err := clientv3.New(clientv3.Config{Endpoints: []string{hosts}, DialTimeout: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { raw.Close() })
+		deleteCatalog = func() {
+			if _, err := raw.Delete(ctx, catalogPath); err != nil {
+				t.Fatal(err)
+			}
+		}
+	case "zookeeper":
+		zks := testserver.StartZooKeeper(t)
+		hosts = zks.Nodes[0].Addr
+		zc, err := zookeeper.New(zookeeper.Config{Servers: zks.Servers(), Metrics: registry.NewMetrics(nil), Root: "/syncstack-test"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		reg = zc
+		conn, _, err := zk.Connect(zks.Servers(), 5*time.Second, zk.WithLogInfo(false))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(conn.Close)
+		deleteCatalog = func() {
+			if err := conn.Delete(catalogPath, -1); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Cleanup(func() { reg.Close() })
+	a := testserver.StartBackend(t, "a", "127.0.0.11")
+	if _, err := reg.Register(ctx, "/services/web", inst(a, "a")); err != nil {
 		t.Fatal(err)
 	}
 	catalog := &refusingCatalog{}
 	catalog.refuse.Store(true)
-	e := startEnv(t, envOpts{Method: "etcd", Hosts: srv.Endpoint, Services: []string{"web"}, Overrides: true,
+	e := startEnv(t, envOpts{Method: method, Hosts: hosts, Services: []string{"web"}, Overrides: true,
 		BeforeRun: func(s *Synapse) {
 			catalog.CatalogWriter = s.catalog
 			s.catalog = catalog
 			s.catalogCheck = 200 * time.Millisecond
 		}})
 	e.waitServers(t, "web", map[string]int{"a": 0})
-	ack := func() registry.Ack {
-		t.Helper()
-		acks, err := ec.Acks(ctx)
-		if err != nil || len(acks) != 1 {
-			t.Fatalf("acks: %v, %v; want one", acks, err)
-		}
-		return acks[0]
-	}
-	ackAt := func(rev int64) registry.Ack {
-		t.Helper()
-		registrytest.Eventually(t, 5*time.Second, fmt.Sprintf("an ack at revision %d", rev), func() bool {
-			acks, err := ec.Acks(ctx)
-			return err == nil && len(acks) == 1 && acks[0].Revision >= rev
-		})
-		return ack()
-	}
 	drain := func(target string) int64 {
 		t.Helper()
-		rev, err := ec.PutOverride(ctx, registry.Override{Target: target, State: registry.StateDrain, Reason: "test", By: "t", At: time.Now()})
+		rev, err := reg.PutOverride(ctx, registry.Override{Target: target, State: registry.StateDrain, Reason: "test", By: "t", At: time.Now()})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return rev
 	}
+	// waitAck waits for the ack at rev (0: any) to name the services
+	// (named) or to leave them to the catalog.
+	waitAck := func(rev int64, named bool) {
+		t.Helper()
+		var last registry.Ack
+		registrytest.Eventually(t, 10*time.Second, fmt.Sprintf("an ack at revision ≥ %d naming the services: %v", rev, named), func() bool {
+			acks, err := reg.Acks(ctx)
+			if err != nil || len(acks) != 1 {
+				return false
+			}
+			last = acks[0]
+			if named {
+				return last.Revision >= rev && last.Services["web"] == "/services/web" && !last.ServicesInCatalog
+			}
+			return last.Revision >= rev && len(last.Services) == 0 && last.ServicesInCatalog
+		})
+	}
 	catalogNames := func(want string) func() bool {
 		return func() bool {
-			cats, err := ec.Catalogs(ctx)
+			cats, err := reg.Catalogs(ctx)
 			return err == nil && len(cats) == 1 && cats[0].Services["web"] == want
 		}
 	}
 
 	// No catalog yet: the ack is where synctl finds the services.
-	if got := ackAt(drain("127.0.0.98")); got.Services["web"] != "/services/web" {
-		t.Fatalf("without a catalog, the ack names services %v, want web", got.Services)
-	}
+	waitAck(drain("127.0.0.98"), true)
+	// The catalog written: the last ack is rewritten without them, with no
+	// override change, and so is the next.
 	catalog.refuse.Store(false)
 	registrytest.Eventually(t, 10*time.Second, "the catalog written", catalogNames("/services/web"))
-	if got := ackAt(drain("127.0.0.99")); len(got.Services) != 0 {
-		t.Errorf("with the catalog written, the ack still names services %v", got.Services)
-	}
+	waitAck(0, false)
+	waitAck(drain("127.0.0.99"), false)
 
-	// Deleted by hand: the ack names the services again without an
-	// override change, and the catalog comes back.
-	if _, err := raw.Delete(ctx, "/syncstack-test/catalog/synapse-test"); err != nil {
-		t.Fatal(err)
-	}
-	registrytest.Eventually(t, 5*time.Second, "the ack naming the services again", func() bool {
-		acks, err := ec.Acks(ctx)
-		return err == nil && len(acks) == 1 && acks[0].Services["web"] == "/services/web"
-	})
-	registrytest.Eventually(t, 5*time.Second, "the catalog written again", catalogNames("/services/web"))
-	if got := ackAt(drain("127.0.0.97")); len(got.Services) != 0 {
-		t.Errorf("with the catalog written again, the ack still names services %v", got.Services)
-	}
+	// Deleted by hand (and not to be written again yet): the ack names the
+	// services again, with no override change.
+	catalog.refuse.Store(true)
+	deleteCatalog()
+	waitAck(0, true)
+	catalog.refuse.Store(false)
+	registrytest.Eventually(t, 10*time.Second, "the catalog written again", catalogNames("/services/web"))
+	waitAck(0, false)
 
 	// Rewritten by another writer (a second synapse under this id): put
 	// back as this synapse has it.
-	if _, err := ec.PutCatalog(ctx, registry.Catalog{ID: "synapse-test", At: time.Now().UTC(), Services: map[string]string{"web": "/elsewhere"}}); err != nil {
+	if _, err := reg.PutCatalog(ctx, registry.Catalog{ID: "synapse-test", At: time.Now().UTC(), Services: map[string]string{"web": "/elsewhere"}}); err != nil {
 		t.Fatal(err)
 	}
-	registrytest.Eventually(t, 5*time.Second, "the catalog put back", catalogNames("/services/web"))
-	if n := testutil.ToFloat64(e.m.CatalogLost); n != 2 {
-		t.Errorf("synapse_catalog_lost_total = %v, want 2 (deleted, then rewritten)", n)
+	registrytest.Eventually(t, 10*time.Second, "the catalog put back", catalogNames("/services/web"))
+	if n := testutil.ToFloat64(e.m.CatalogChecks.WithLabelValues("lost")); n != 2 {
+		t.Errorf("synapse_catalog_checks_total{result=lost} = %v, want 2 (deleted, then rewritten)", n)
 	}
+	waitAck(0, false)
 }
 
 // ZooKeeper down: the backends stay and HAProxy serves; once it is back,

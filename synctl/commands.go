@@ -201,7 +201,7 @@ func runSet(ctx context.Context, env Env, action string, state registry.Override
 	}
 	after := replaceKeys(fl.overrides.Overrides, adds, nil)
 	res := result{Action: action, Targets: ts, DryRun: f.dryRun, Plan: fl.plan(fl.overrides.Overrides, after, nil, now), Dead: fl.dead(), Unknown: fl.unknown()}
-	if err := refuse(env, &f, res, action+" "+strings.Join(ts, ",")); err != nil {
+	if err := refuse(env, &f, res, action+" "+strings.Join(ts, ","), true); err != nil {
 		return err
 	}
 	if f.dryRun {
@@ -231,10 +231,13 @@ func (f *changeFlags) checkLimits() error {
 }
 
 // refuse reports a plan the safety limits refuse (printing it), or nil.
-func refuse(env Env, f *changeFlags, res result, what string) error {
+// takesOut: the change takes its targets out (a drain, maint, a weight of
+// 0), wherever they are served: in the services synctl cannot see too, so
+// it is refused while any live synapse's services are unknown.
+func refuse(env Env, f *changeFlags, res result, what string, takesOut bool) error {
 	refusal := safety(res.Plan, f.minUp, f.maxDrained)
-	if len(res.Unknown) > 0 && takesOut(res.Plan) {
-		unknown := fmt.Sprintf("synapses %s name no services and have no catalog, so the limits cannot cover what they serve (a catalog deleted by hand? each writes its own again within %v)", strings.Join(res.Unknown, ", "), registry.CatalogCheck)
+	if len(res.Unknown) > 0 && takesOut {
+		unknown := fmt.Sprintf("the services of synapses %s are unknown (their acks leave them to a catalog that is missing: deleted by hand?), so the limits cannot cover them; a running synapse writes its catalog again within %.0f minutes", strings.Join(res.Unknown, ", "), registry.CatalogCheck.Minutes())
 		refusal = strings.TrimPrefix(refusal+"; "+unknown, "; ")
 	}
 	if refusal != "" && f.force && !f.dryRun {
@@ -259,11 +262,6 @@ func reportDryRun(env Env, f *changeFlags, res result, what string) {
 		printPlan(w, res.Plan)
 		fmt.Fprintln(w, "nothing written")
 	})
-}
-
-// takesOut reports whether a plan takes any backend out of serving.
-func takesOut(plan []capacity) bool {
-	return slices.ContainsFunc(plan, func(c capacity) bool { return c.ReadyAfter < c.ReadyBefore })
 }
 
 // safety returns why a plan must be refused, or "".
@@ -620,7 +618,7 @@ func runWeight(ctx context.Context, env Env, args []string) error {
 	}
 	res := result{Action: action, Targets: ts, DryRun: f.dryRun, Plan: fl.plan(fl.overrides.Overrides, after, nil, now), Deleted: del, Dead: fl.dead(), Unknown: fl.unknown()}
 	// A weight of 0 takes servers out of traffic: the same limits as a drain.
-	if err := refuse(env, &f, res, action+" "+strings.Join(ts, ",")); err != nil {
+	if err := refuse(env, &f, res, action+" "+strings.Join(ts, ","), weight != nil && *weight == 0); err != nil {
 		return err
 	}
 	if f.dryRun {

@@ -139,10 +139,12 @@ func (f *fleet) live() map[string]bool {
 }
 
 // unknown lists the live synapses whose services synctl cannot see: the
-// ack names none and there is no catalog under its id (deleted by hand,
-// say, until the synapse's next check writes it again). A change that
-// takes backends out is refused without --force while there are any: the
-// safety limits cannot cover services synctl does not know.
+// ack leaves them to the catalog and there is no catalog under its id
+// (deleted by hand, say, until the synapse's next check writes it again).
+// A change that takes backends out is refused without --force while there
+// are any: the safety limits cannot cover services synctl does not know.
+// (An ack from a synapse before catalogs held the services names them, or
+// has no "services" key when it serves none: never unknown.)
 func (f *fleet) unknown() []string {
 	cataloged := map[string]bool{}
 	for _, c := range f.catalogs {
@@ -150,7 +152,7 @@ func (f *fleet) unknown() []string {
 	}
 	var out []string
 	for _, a := range f.acks {
-		if len(a.Services) == 0 && !cataloged[a.ID] {
+		if a.ServicesInCatalog && !cataloged[a.ID] {
 			out = append(out, a.ID)
 		}
 	}

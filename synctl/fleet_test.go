@@ -19,6 +19,7 @@ func TestKnownServicesPrecedence(t *testing.T) {
 	ack := func(id string, services map[string]string) registry.Ack {
 		return registry.Ack{ID: id, Services: services}
 	}
+	deferring := func(id string) registry.Ack { return registry.Ack{ID: id, ServicesInCatalog: true} }
 	for _, tc := range []struct {
 		name     string
 		acks     []registry.Ack
@@ -29,7 +30,7 @@ func TestKnownServicesPrecedence(t *testing.T) {
 	}{
 		{
 			name: "a live synapse's catalog over a dead one's, whichever sorts first",
-			acks: []registry.Ack{ack("b-live", nil)},
+			acks: []registry.Ack{deferring("b-live")},
 			catalogs: []registry.Catalog{
 				cat("a-dead", map[string]string{"web": "/old/web", "legacy": "/old/legacy"}),
 				cat("b-live", map[string]string{"web": "/services/web"}),
@@ -39,7 +40,7 @@ func TestKnownServicesPrecedence(t *testing.T) {
 		},
 		{
 			name:     "an ack naming its services over every catalog",
-			acks:     []registry.Ack{ack("a", map[string]string{"web": "/acked/web"}), ack("b", nil)},
+			acks:     []registry.Ack{ack("a", map[string]string{"web": "/acked/web"}), deferring("b")},
 			catalogs: []registry.Catalog{cat("b", map[string]string{"web": "/services/web", "api": "/services/api"})},
 			want:     map[string]string{"web": "/acked/web", "api": "/services/api"},
 		},
@@ -51,8 +52,11 @@ func TestKnownServicesPrecedence(t *testing.T) {
 			want:     map[string]string{"web": "/config/web"},
 		},
 		{
-			name:     "a live synapse with no services in its ack and no catalog is unknown",
-			acks:     []registry.Ack{ack("a", nil), ack("b", map[string]string{"web": "/services/web"}), ack("c", nil)},
+			name: "a live synapse that leaves its services to a catalog it has not is unknown",
+			acks: []registry.Ack{
+				deferring("a"), ack("b", map[string]string{"web": "/services/web"}), deferring("c"),
+				ack("e-serves-none", nil), // an older synapse serving none from this registry: no key, no catalog
+			},
 			catalogs: []registry.Catalog{cat("c", map[string]string{}), cat("d-dead", map[string]string{"web": "/old/web"})},
 			want:     map[string]string{"web": "/services/web"},
 			unknown:  []string{"a"},

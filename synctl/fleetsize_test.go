@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/go-zookeeper/zk"
 	"strings"
 	"sync"
 	"testing"
@@ -53,7 +54,7 @@ func TestFleetSize(t *testing.T) {
 		if _, err := reg.PutCatalog(ctx, registry.Catalog{ID: ids[i], At: time.Now().UTC(), Services: map[string]string{"web": "/services/web"}}); err != nil {
 			t.Fatal(err)
 		}
-		if err := reg.PutAck(ctx, registry.Ack{ID: ids[i], Revision: 0}); err != nil {
+		if err := reg.PutAck(ctx, registry.Ack{ID: ids[i], Revision: 0, ServicesInCatalog: true}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -87,7 +88,7 @@ func TestFleetSize(t *testing.T) {
 					return strings.Contains(progress.String(), "applied by 60/100; waiting on synapse-060, synapse-061, synapse-062 and 37 more")
 				})
 			}
-			if err := reg.PutAck(ctx, registry.Ack{ID: id, Revision: rev}); err != nil {
+			if err := reg.PutAck(ctx, registry.Ack{ID: id, Revision: rev, ServicesInCatalog: true}); err != nil {
 				t.Error(err)
 			}
 		}
@@ -126,10 +127,29 @@ func TestFleetSize(t *testing.T) {
 		t.Errorf("status --all lists %d lines", strings.Count(out, "\n"))
 	}
 	// A synapse's quarantined servers are always listed.
-	if err := reg.PutAck(ctx, registry.Ack{ID: "synapse-007", Revision: 1, Quarantined: []string{"web/bad_10.9.9.9:80: add server refused"}}); err != nil {
+	if err := reg.PutAck(ctx, registry.Ack{ID: "synapse-007", Revision: 1, ServicesInCatalog: true, Quarantined: []string{"web/bad_10.9.9.9:80: add server refused"}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, out, _ = run(false, "status"); !strings.Contains(out, "synapse-007 QUARANTINED web/bad_10.9.9.9:80: add server refused") {
 		t.Errorf("status does not show the quarantined server:\n%s", out)
+	}
+
+	// 99 catalogs deleted by hand: status stays short, and counts them.
+	conn, _, err := zk.Connect(zks.Servers(), 5*time.Second, zk.WithLogInfo(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(conn.Close)
+	for _, id := range ids[1:] {
+		if err := conn.Delete("/syncstack/catalog/"+id, -1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, out, _ = run(false, "status")
+	if code != 0 || !strings.Contains(out, "99 with SERVICES UNKNOWN") || !strings.Contains(out, "synapse-001 SERVICES UNKNOWN") || !strings.Contains(out, "and 89 more with SERVICES UNKNOWN") {
+		t.Errorf("status with 99 catalogs gone: exit %d\n%s", code, out)
+	}
+	if n := strings.Count(out, "\n"); n > 45 {
+		t.Errorf("status with 99 catalogs gone is %d lines:\n%.3000s", n, out)
 	}
 }

@@ -81,7 +81,7 @@ caption { text-align: left; font-weight: 600; padding: .25rem 0; }
 {{if .Status.Synapses}}<table aria-describedby="synapses">
 <thead><tr><th scope="col">Synapse</th><th scope="col">State</th><th scope="col">Revision applied</th><th scope="col">Last seen</th><th scope="col">Quarantined servers</th></tr></thead>
 <tbody>
-{{range .Status.Synapses}}<tr{{if or (ne .State "in sync") .Quarantined .Held .ServicesUnknown}} class="behind"{{end}}><td>{{.ID}}</td><td>{{.State}}</td><td>{{if .Live}}{{.Revision}}{{else}}-{{end}}</td><td>{{ago $.Now .At}} ago</td><td>{{if .ServicesUnknown}}services unknown: its ack names none and it has no catalog<br>{{end}}{{range .Quarantined}}{{.}}<br>{{else}}{{if not (or .Held .ServicesUnknown)}}none{{end}}{{end}}{{range .Held}}held back (panic threshold): {{.}}<br>{{end}}</td></tr>
+{{range .Status.Synapses}}<tr{{if or (ne .State "in sync") .Quarantined .Held .ServicesUnknown}} class="behind"{{end}}><td>{{.ID}}</td><td>{{.State}}{{if .ServicesUnknown}}, SERVICES UNKNOWN{{end}}</td><td>{{if .Live}}{{.Revision}}{{else}}-{{end}}</td><td>{{ago $.Now .At}} ago</td><td>{{if .ServicesUnknown}}its acks leave its services to a catalog that is missing<br>{{end}}{{range .Quarantined}}{{.}}<br>{{else}}{{if not (or .Held .ServicesUnknown)}}none{{end}}{{end}}{{range .Held}}held back (panic threshold): {{.}}<br>{{end}}</td></tr>
 {{end}}</tbody>
 </table>{{else}}<p>No synapse acks overrides in this registry.</p>{{end}}
 

@@ -183,11 +183,14 @@ func printStatus(w io.Writer, rep statusReport, now time.Time, all bool) {
 	counts := map[string]int{}
 	for _, s := range rep.Synapses {
 		counts[s.state()]++
+		if s.ServicesUnknown {
+			counts["unknown"]++
+		}
 	}
 	everySynapse := all || len(rep.Synapses) <= listSynapsesUpTo
 	if !everySynapse {
-		fmt.Fprintf(w, "  %d synapses: %d in sync, %d BEHIND, %d DEAD (listed: those not in sync; --all lists every one)\n",
-			len(rep.Synapses), counts["in sync"], counts["BEHIND"], counts["DEAD"])
+		fmt.Fprintf(w, "  %d synapses: %d in sync, %d BEHIND, %d DEAD, %d with SERVICES UNKNOWN (listed: those not in sync; --all lists every one)\n",
+			len(rep.Synapses), counts["in sync"], counts["BEHIND"], counts["DEAD"], counts["unknown"])
 	}
 	listed := 0
 	for _, s := range rep.Synapses {
@@ -204,12 +207,20 @@ func printStatus(w io.Writer, rep statusReport, now time.Time, all bool) {
 		}
 		fmt.Fprintf(w, "  %s: revision %d, %s (acked %s ago)\n", s.ID, s.Revision, s.state(), now.Sub(s.At).Round(time.Second))
 	}
-	// Synapses whose services synctl cannot see: always listed, they
-	// block changes that take backends out.
+	// Synapses whose services synctl cannot see: listed (up to a bound),
+	// they block changes that take backends out.
+	unknown := 0
 	for _, s := range rep.Synapses {
-		if s.ServicesUnknown {
-			fmt.Fprintf(w, "  %s SERVICES UNKNOWN (its ack names none and it has no catalog; it writes its catalog again within %v; until then drains are refused without --force)\n", s.ID, registry.CatalogCheck)
+		if !s.ServicesUnknown {
+			continue
 		}
+		if unknown++; !all && unknown > listSynapsesNotInSync {
+			continue
+		}
+		fmt.Fprintf(w, "  %s SERVICES UNKNOWN (its acks leave its services to a catalog that is missing; drains, maint and weight 0 are refused without --force until it is back)\n", s.ID)
+	}
+	if !all && unknown > listSynapsesNotInSync {
+		fmt.Fprintf(w, "  … and %d more with SERVICES UNKNOWN (--all lists every one)\n", unknown-listSynapsesNotInSync)
 	}
 	// Servers a synapse's HAProxy refused: always listed, they need a look.
 	for _, s := range rep.Synapses {

@@ -556,14 +556,49 @@ func TestDrainRefusedWhileServicesUnknown(t *testing.T) {
 	}
 
 	code, out, errs := w.synctl(t, "drain", "127.0.0.12", "--reason", "test")
-	if code == 0 || !strings.Contains(errs, "synapses synapse-2 name no services and have no catalog") || !strings.Contains(errs, "--force") {
+	if code != 1 || !strings.Contains(errs, "the services of synapses synapse-2 are unknown") || !strings.Contains(errs, "--force") {
 		t.Errorf("drain while synapse-2's services are unknown: exit %d, want refused naming it\n%s%s", code, out, errs)
 	}
 	if o := w.overrides(t); len(o) != 1 {
 		t.Errorf("a refused drain wrote overrides: %+v", o)
 	}
+	if code, out, errs := w.synctl(t, "weight", "127.0.0.12", "0", "--reason", "test"); code != 1 || !strings.Contains(errs, "synapse-2") {
+		t.Errorf("weight 0 while synapse-2's services are unknown: exit %d, want refused naming it\n%s%s", code, out, errs)
+	}
 	if code, out, errs := w.synctl(t, "status"); code != 0 || !strings.Contains(out, "synapse-2 SERVICES UNKNOWN") || strings.Contains(out, "synapse-1 SERVICES UNKNOWN") {
 		t.Errorf("status: exit %d, want synapse-2 (only) named as unknown\n%s%s", code, out, errs)
+	}
+	code, out, errs = w.synctl(t, "status", "--output", "json")
+	var rep statusReport
+	if err := json.Unmarshal([]byte(out), &rep); code != 0 || err != nil {
+		t.Fatalf("status --output json: exit %d, %v\n%s%s", code, err, out, errs)
+	}
+	for _, syn := range rep.Synapses {
+		if syn.ServicesUnknown != (syn.ID == "synapse-2") {
+			t.Errorf("status JSON: %s services_unknown %v", syn.ID, syn.ServicesUnknown)
+		}
+	}
+	// The fleet page says so in the synapse's state.
+	port := testserver.FreePort(t)
+	ctx, cancel := context.WithCancel(ctx)
+	served := make(chan int)
+	go func() {
+		env := Env{Stdout: io.Discard, Stderr: io.Discard, Getenv: func(string) string { return "" }, Now: time.Now, By: "t"}
+		served <- Main(ctx, append([]string{"serve", "--listen", fmt.Sprintf("127.0.0.1:%d", port)}, w.flag...), env)
+	}()
+	t.Cleanup(func() { cancel(); <-served })
+	registrytest.Eventually(t, 10*time.Second, "the page naming synapse-2's services unknown", func() bool {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(body), "<td>synapse-2</td><td>in sync, SERVICES UNKNOWN</td>") && strings.Contains(string(body), "<td>synapse-1</td><td>in sync</td>")
+	})
+	// Putting a backend back takes nothing out: never refused.
+	if code, out, errs := w.synctl(t, "add-to-lb", "127.0.0.99", "--reason", "test"); code != 0 {
+		t.Errorf("add-to-lb while synapse-2's services are unknown: exit %d\n%s%s", code, out, errs)
 	}
 	if code, out, errs := w.synctl(t, "drain", "127.0.0.12", "--reason", "test", "--force"); code != 0 || !strings.Contains(out, "services unknown: synapse-2") {
 		t.Errorf("drain --force: exit %d, want written, naming synapse-2\n%s%s", code, out, errs)

@@ -81,7 +81,7 @@ func TestRecordsLayout(t *testing.T) {
 	if err := c.PutAck(ctx, a); err != nil {
 		t.Fatal(err)
 	}
-	want, _ = json.Marshal(a)
+	want, _ = registry.EncodeAck(a)
 	lease, _ := c.leaseNow()
 	if kv := raw(root + "/acks/syn-1"); string(kv.Value) != string(want) || kv.Lease == 0 || kv.Lease != int64(lease) {
 		t.Errorf("ack key = %s (lease %x), want %s on the client's lease %x", kv.Value, kv.Lease, want, lease)

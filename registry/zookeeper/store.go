@@ -1,6 +1,7 @@
 package zookeeper
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -70,10 +71,20 @@ func (s store) Put(ctx context.Context, dir, name string, data []byte) (int64, e
 			if err != nil {
 				return err
 			}
-			_, stat, err = c.conn.Exists(p)
-			c.countRead("exists", err)
+			// A create answers no stat: read it back. Another writer may
+			// have changed the node since (a revision that is not ours,
+			// which a caller comparing revisions would take for its own
+			// write): then set it again.
+			got, stat, err := c.conn.Get(p)
+			c.countRead("get", err)
+			if errors.Is(err, zk.ErrNoNode) {
+				continue
+			}
 			if err != nil {
 				return err
+			}
+			if stat.Version != 0 || !bytes.Equal(got, data) {
+				continue
 			}
 			rev = stat.Mzxid
 			return nil

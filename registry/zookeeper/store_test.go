@@ -96,7 +96,7 @@ func TestRecordsLayout(t *testing.T) {
 	if err := c.PutAck(ctx, a); err != nil {
 		t.Fatal(err)
 	}
-	want, _ = json.Marshal(a)
+	want, _ = registry.EncodeAck(a)
 	if got, stat := raw(root + "/acks/syn-1"); string(got) != string(want) || stat.EphemeralOwner != c.SessionID() {
 		t.Errorf("ack node = %s (ephemeral owner %x), want %s on session %x", got, stat.EphemeralOwner, want, c.SessionID())
 	}
