@@ -29,9 +29,9 @@ type synapseStatus struct {
 	// Held: removals its panic threshold holds back ("service/server").
 	Held []string  `json:"held,omitempty"`
 	At   time.Time `json:"at"`
-	// ServicesUnknown: live, but its ack names no services and there is no
-	// catalog under its id, so synctl cannot see what it serves (changes
-	// that take backends out are refused without --force meanwhile).
+	// ServicesUnknown: live, but its ack leaves its services to a catalog
+	// that is missing, so synctl cannot see what it serves (changes that
+	// take backends out are refused without --force meanwhile).
 	ServicesUnknown bool `json:"services_unknown,omitempty"`
 }
 
