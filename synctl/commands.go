@@ -17,18 +17,21 @@ import (
 // changeFlags are the flags of the commands that change the fleet.
 type changeFlags struct {
 	common
-	services   string
-	reason     string
-	wait       bool
-	timeout    time.Duration
-	dryRun     bool
-	local      bool
-	socket     string
-	forDur     time.Duration
-	force      bool
-	minUp      int
-	maxDrained int
-	notify     *notifier // nil: no webhooks
+	services string
+	reason   string
+	wait     bool
+	timeout  time.Duration
+	dryRun   bool
+	local    bool
+	socket   string
+	forDur   time.Duration
+	force    bool
+	// allowUnknown: go ahead although some live synapses' services are
+	// unknown, with the limits on the services synctl sees.
+	allowUnknown bool
+	minUp        int
+	maxDrained   int
+	notify       *notifier // nil: no webhooks
 }
 
 func (f *changeFlags) register(fs *flag.FlagSet, safety bool) {
@@ -50,6 +53,7 @@ func (f *changeFlags) register(fs *flag.FlagSet, safety bool) {
 // backend out of traffic (drain, maint, and a weight of 0) has them.
 func (f *changeFlags) registerSafety(fs *flag.FlagSet) {
 	fs.BoolVar(&f.force, "force", false, "skip the safety limits")
+	fs.BoolVar(&f.allowUnknown, "allow-unknown", false, "go ahead although some live synapses' services are unknown (their catalog is missing); the limits still apply to the services synctl sees")
 	fs.IntVar(&f.minUp, "min-up", 1, "refuse when a service would keep fewer ready backends")
 	fs.IntVar(&f.maxDrained, "max-drained", 50, "refuse when more than this % of a service's backends would be out")
 }
@@ -236,8 +240,8 @@ func (f *changeFlags) checkLimits() error {
 // it is refused while any live synapse's services are unknown.
 func refuse(env Env, f *changeFlags, res result, what string, takesOut bool) error {
 	refusal := safety(res.Plan, f.minUp, f.maxDrained)
-	if len(res.Unknown) > 0 && takesOut {
-		unknown := fmt.Sprintf("the services of synapses %s are unknown (their acks leave them to a catalog that is missing: deleted by hand?), so the limits cannot cover them; a running synapse writes its catalog again within %.0f minutes", strings.Join(res.Unknown, ", "), registry.CatalogCheck.Minutes())
+	if len(res.Unknown) > 0 && takesOut && !f.allowUnknown {
+		unknown := fmt.Sprintf("the services of synapses %s are unknown (their acks leave them to a catalog that is missing: deleted by hand?), so the limits cannot cover them; a running synapse writes its catalog again within %.0f minutes, and --allow-unknown goes ahead with the limits on the services synctl sees", strings.Join(res.Unknown, ", "), registry.CatalogCheck.Minutes())
 		refusal = strings.TrimPrefix(refusal+"; "+unknown, "; ")
 	}
 	if refusal != "" && f.force && !f.dryRun {

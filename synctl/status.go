@@ -217,7 +217,7 @@ func printStatus(w io.Writer, rep statusReport, now time.Time, all bool) {
 		if unknown++; !all && unknown > listSynapsesNotInSync {
 			continue
 		}
-		fmt.Fprintf(w, "  %s SERVICES UNKNOWN (its acks leave its services to a catalog that is missing; drains, maint and weight 0 are refused without --force until it is back)\n", s.ID)
+		fmt.Fprintf(w, "  %s SERVICES UNKNOWN (its acks leave its services to a catalog that is missing; drains, maint and weight 0 are refused without --allow-unknown until it is back)\n", s.ID)
 	}
 	if !all && unknown > listSynapsesNotInSync {
 		fmt.Fprintf(w, "  … and %d more with SERVICES UNKNOWN (--all lists every one)\n", unknown-listSynapsesNotInSync)

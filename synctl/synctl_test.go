@@ -600,7 +600,14 @@ func TestDrainRefusedWhileServicesUnknown(t *testing.T) {
 	if code, out, errs := w.synctl(t, "add-to-lb", "127.0.0.99", "--reason", "test"); code != 0 {
 		t.Errorf("add-to-lb while synapse-2's services are unknown: exit %d\n%s%s", code, out, errs)
 	}
-	if code, out, errs := w.synctl(t, "drain", "127.0.0.12", "--reason", "test", "--force"); code != 0 || !strings.Contains(out, "services unknown: synapse-2") {
+	// --allow-unknown goes ahead, with the limits on what synctl sees.
+	if code, out, errs := w.synctl(t, "drain", "127.0.0.12", "--reason", "test", "--allow-unknown"); code != 0 || !strings.Contains(out, "services unknown: synapse-2") {
+		t.Errorf("drain --allow-unknown: exit %d, want written, naming synapse-2\n%s%s", code, out, errs)
+	}
+	if code, out, errs := w.synctl(t, "drain", "127.0.0.11", "--reason", "test", "--allow-unknown"); code != 1 || !strings.Contains(errs, "--max-drained") || strings.Contains(errs, "are unknown") {
+		t.Errorf("drain --allow-unknown past the limits: exit %d, want refused by the limits alone\n%s%s", code, out, errs)
+	}
+	if code, out, errs := w.synctl(t, "drain", "127.0.0.11", "--reason", "test", "--force"); code != 0 || !strings.Contains(out, "services unknown: synapse-2") {
 		t.Errorf("drain --force: exit %d, want written, naming synapse-2\n%s%s", code, out, errs)
 	}
 }
