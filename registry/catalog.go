@@ -52,14 +52,7 @@ func (c Catalog) Encode() ([]byte, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	data, err := json.Marshal(c)
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > MaxCatalogSize {
-		return nil, fmt.Errorf("catalog of %s is %d bytes, over the %d byte limit: %w", c.ID, len(data), MaxCatalogSize, ErrTooLarge)
-	}
-	return data, nil
+	return marshalWithin(c, "catalog of "+c.ID, MaxCatalogSize)
 }
 
 // DecodeCatalog reads and validates a catalog record.

@@ -348,12 +348,18 @@ func EncodeAck(a Ack) ([]byte, error) {
 	case a.Services == nil:
 		a.Services = map[string]string{}
 	}
-	data, err := json.Marshal(a)
+	return marshalWithin(a, "ack of "+a.ID, MaxAckSize)
+}
+
+// marshalWithin encodes v, refusing an encoding over limit bytes
+// (ErrTooLarge); what names the record in the error.
+func marshalWithin(v any, what string, limit int) ([]byte, error) {
+	data, err := json.Marshal(v)
 	if err != nil {
 		return nil, err
 	}
-	if len(data) > MaxAckSize {
-		return nil, fmt.Errorf("ack of %s is %d bytes, over the %d byte limit: %w", a.ID, len(data), MaxAckSize, ErrTooLarge)
+	if len(data) > limit {
+		return nil, fmt.Errorf("%s is %d bytes, over the %d byte limit: %w", what, len(data), limit, ErrTooLarge)
 	}
 	return data, nil
 }

@@ -173,9 +173,6 @@ func (s *Synapse) cacheLater(sets map[string][]registry.Instance, ovr registry.O
 
 // flushCache makes the cache writer write what it has now, and waits.
 func (s *Synapse) flushCache() {
-	select {
-	case s.cacheKick <- struct{}{}:
-	default:
-	}
+	notify(s.cacheKick)
 	s.cacheWG.Wait()
 }
